@@ -1,0 +1,31 @@
+# The two commands in README: `make train` and `make test` do all the set-up themselves.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= dev
+
+.PHONY: install train test lint format bench clean
+
+# Re-install only when the dependencies change.
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+train: install
+	$(PY) train.py $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache
