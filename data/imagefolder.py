@@ -1,0 +1,50 @@
+"""A folder of class subfolders (root/<class>/<image>), split into train/val/test by seed."""
+
+from __future__ import annotations
+
+import os
+
+from torch.utils.data import Subset
+from torchvision import datasets, transforms
+
+from data.splits import DatasetError, Splits, split_indices
+
+
+def imagefolder(
+    root: str,
+    image_size: int,
+    in_channels: int,
+    num_classes: int,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    mean: list[float],
+    std: list[float],
+) -> Splits:
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise DatasetError(f"imagefolder: {root} does not exist or is not a directory (data.dataset.root).")
+    resize = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    grey = [transforms.Grayscale(in_channels)] if in_channels in (1, 3) else []
+    to_tensor = [*grey, transforms.ToTensor(), transforms.Normalize(mean, std)]
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0)), transforms.RandomHorizontalFlip()]
+        + to_tensor
+    )
+    eval_tf = transforms.Compose(resize + to_tensor)
+    try:
+        train_full = datasets.ImageFolder(root, transform=train_tf)
+    except FileNotFoundError as err:  # no class folders, or no images in them
+        raise DatasetError(f"imagefolder: {root} holds no images in class subfolders ({err}).") from None
+    if len(train_full.classes) != num_classes:
+        raise DatasetError(
+            f"imagefolder: {root} has {len(train_full.classes)} class folders but data.num_classes="
+            f"{num_classes}; set data.num_classes={len(train_full.classes)}."
+        )
+    eval_full = datasets.ImageFolder(root, transform=eval_tf)
+    val_idx, test_idx, train_idx = split_indices(len(train_full), [val_fraction, test_fraction], split_seed)
+    return Splits(
+        Subset(train_full, train_idx.tolist()),
+        Subset(eval_full, val_idx.tolist()),
+        Subset(eval_full, test_idx.tolist()),
+    )

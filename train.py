@@ -1,0 +1,232 @@
+"""Train a model chosen by Hydra config, with a plain PyTorch loop.
+
+    python train.py                                     # mlp on scikit-learn's digits, offline
+    python train.py model=resnet18 logging.graph=true   # the graph shows in TensorBoard's GRAPHS tab
+
+The story: check the config, build data and model, train (validating every few epochs and keeping the
+best weights), test the best weights, write metrics.json. Everything lands in the run directory that Hydra
+made for this run. Helpers live in utils/, one concern per module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from utils.config import ConfigError, check_config
+from utils.rundir import register_resolvers
+
+log = logging.getLogger("train")
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """Hydra's entry point; returns the best validation accuracy, the metric that sweepers optimize."""
+    from data.splits import DatasetError
+    from utils.checkpoint import CheckpointError
+
+    try:
+        return train(cfg)
+    except (ConfigError, DatasetError, CheckpointError) as err:
+        # A problem the user can fix: one line, not a traceback (HYDRA_FULL_ERROR=1 still shows it).
+        log.error("%s", err)
+        sys.exit(2)
+
+
+def train(cfg: DictConfig) -> float:
+    # torch is imported here, not at the top, so `train.py --help` and tab completion stay instant.
+    import torch
+    import torch.nn.functional as F
+    from hydra.core.hydra_config import HydraConfig
+
+    from utils.checkpoint import rng_state, save_checkpoint
+    from utils.evaluation import evaluate, logits_of
+    from utils.loaders import build_dataloaders
+    from utils.progress import Progress
+    from utils.runtime import autocast, grad_scaler, pick_device, seed_everything
+    from utils.tensorboard import log_graph_once, open_writer, unwrap
+
+    check_config(cfg)
+    tcfg = cfg.trainer
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    log.info("Run directory: %s", run_dir)
+    log.info("TensorBoard:   tensorboard --logdir %s", shlex.quote(str(run_dir / "tb")))
+
+    # --- Set-up: seed, device, data, model, optimizer, schedule -----------------------------------------
+    seed_everything(tcfg.seed, tcfg.deterministic)
+    device = pick_device(tcfg.device)
+    torch.backends.cudnn.benchmark = tcfg.cudnn_benchmark and not tcfg.deterministic
+
+    splits = build("data", cfg.data.dataset)
+    loaders = build_dataloaders(
+        splits,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        seed=tcfg.seed,
+        pin_memory=device.type == "cuda",
+    )
+    batches_per_epoch = min(len(loaders.train), tcfg.limit_batches or math.inf)
+    steps_per_epoch = math.ceil(batches_per_epoch / tcfg.accumulate_grad_batches)
+    total_steps = tcfg.max_steps or tcfg.max_epochs * steps_per_epoch
+    max_epochs = math.ceil(total_steps / steps_per_epoch)
+    log.info(
+        "Data: %d train / %d val / %d test samples; %d optimizer steps over %d epochs",
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
+        total_steps,
+        max_epochs,
+    )
+
+    model = build("model", cfg.model).to(device)
+    if tcfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    log.info(
+        "Model: %s, %.2fM parameters", type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6
+    )
+    optimizer = build("optimizer", cfg.optimizer, model.parameters())
+    scheduler = build("scheduler", cfg.scheduler, optimizer, total_steps=total_steps)
+    scaler = grad_scaler(device, tcfg.precision)
+    # Compile after the graph source is kept: log_graph_once traces the original module, not the compiled one.
+    train_model = torch.compile(model) if tcfg.compile else model
+
+    writer = open_writer(run_dir / "tb")
+    ckpt_dir = run_dir / "checkpoints"
+    progress = Progress(cfg.logging.progress_bar, total_steps)
+
+    def checkpoint(epoch: int, step: int, best_acc: float) -> dict:
+        return {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "best_val_acc": best_acc,
+            "rng": rng_state(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+
+    # --- The loop -----------------------------------------------------------------------------------------
+    step, best_acc, val = 0, -1.0, None
+    accum = tcfg.accumulate_grad_batches
+    # Running sums stay on the device; they are read (one sync) only every logging.every_n_steps.
+    loss_sum = torch.zeros((), device=device)
+    seen, window_batches, window_start = 0, 0, time.perf_counter()
+    train_model.train()
+    for epoch in range(max_epochs):
+        loaders.train.set_epoch(epoch)
+        for i, (x, y) in enumerate(loaders.train):
+            if i >= batches_per_epoch or step >= total_steps:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if tcfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if step == 0 and i == 0 and cfg.logging.graph:
+                log_graph_once(writer, model, x[:2])
+
+            with autocast(device, tcfg.precision):
+                loss = F.cross_entropy(logits_of(train_model(x)), y)
+            scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach()
+            seen += y.shape[0]
+            window_batches += 1
+
+            if (i + 1) % accum and i + 1 < batches_per_epoch:
+                continue  # accumulate gradients: no optimizer step on this batch
+            if tcfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            progress.advance()
+
+            if step % cfg.logging.every_n_steps == 0 or step == total_steps:
+                # The one sync point of the loop: a tensor read forces the device to catch up.
+                mean_loss = loss_sum.item() / window_batches
+                elapsed = time.perf_counter() - window_start
+                values = {
+                    "loss": mean_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": seen / elapsed,
+                }
+                writer.add_scalar("train/loss", values["loss"], step)
+                writer.add_scalar("train/lr", values["lr"], step)
+                writer.add_scalar("train/samples_per_s", values["samples_per_s"], step)
+                progress.report(step, epoch, values)
+                loss_sum.zero_()
+                seen, window_batches, window_start = 0, 0, time.perf_counter()
+
+        last_epoch = epoch + 1 == max_epochs or step >= total_steps
+        if (epoch + 1) % tcfg.val_every_n_epochs == 0 or last_epoch:
+            val = evaluate(train_model, loaders.val, device, tcfg.precision, tcfg.channels_last)
+            writer.add_scalar("val/loss", val["loss"], step)
+            writer.add_scalar("val/acc", val["acc"], step)
+            log.info("epoch %d step %d: val loss %.4f, val acc %.4f", epoch, step, val["loss"], val["acc"])
+            if val["acc"] > best_acc:
+                best_acc = val["acc"]
+                save_checkpoint(checkpoint(epoch + 1, step, best_acc), ckpt_dir / "best.pt")
+        save_checkpoint(checkpoint(epoch + 1, step, best_acc), ckpt_dir / "last.pt")
+        if step >= total_steps:
+            break
+    progress.close()
+
+    # --- Test the best weights, and report -----------------------------------------------------------------
+    from utils.checkpoint import load_checkpoint
+
+    unwrap(model).load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
+    test = evaluate(model, loaders.test, device, tcfg.precision, tcfg.channels_last)
+    metrics = {
+        "test/acc": test["acc"],
+        "test/loss": test["loss"],
+        "val/acc_best": best_acc,
+        "val/acc_last": val["acc"],
+        "epochs": epoch + 1,
+        "steps": step,
+    }
+    writer.add_scalar("test/acc", test["acc"], step)
+    writer.close()
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info(
+        "Test accuracy %.4f (best val %.4f). Metrics: %s", test["acc"], best_acc, run_dir / "metrics.json"
+    )
+    return best_acc
+
+
+def build(group: str, node: DictConfig, *args, **kwargs):
+    """instantiate(node), then call the result with args for `_partial_` configs (the optimizer gets the
+    parameters, the schedule the optimizer). A bad value fails in one line that names the config group."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from data.splits import DatasetError
+
+    try:
+        obj = instantiate(node)
+        return obj(*args, **kwargs) if args or kwargs else obj
+    except DatasetError:
+        raise
+    except (InstantiationException, TypeError, ValueError) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        if isinstance(cause, DatasetError):
+            raise cause from None
+        first = (str(cause).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"could not build {group} ({node.get('_target_', '?')}): {type(cause).__name__}: {first}"
+        ) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Loss and accuracy over a whole split, accumulated on the device and synced once at the end."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from utils.runtime import autocast
+
+
+def logits_of(output) -> torch.Tensor:
+    """Models return logits, or a dict / object with a `logits` entry (as Hugging Face models do)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return output["logits"]
+    return output.logits
+
+
+@torch.no_grad()
+def evaluate(model, loader, device: torch.device, precision: str, channels_last: bool = False) -> dict:
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits = logits_of(model(x))
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+        count += y.shape[0]
+    model.train(was_training)
+    count = max(count, 1)
+    return {"loss": loss_sum.item() / count, "acc": correct.item() / count, "count": count}

@@ -1,0 +1,148 @@
+"""Batches for the loop. In-memory tensors are sliced a whole batch at a time; file datasets go through
+DataLoader workers. Both shuffle with a permutation fixed by (seed, epoch), so a run's data order can be
+reproduced, resumed mid-epoch (`start_batch`) and sharded across DDP ranks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from data.splits import Splits
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1):
+    """The indices this rank visits in this epoch: every rank sees the same permutation, takes every
+    world_size-th item, and pads by wrapping so that all ranks run the same number of steps."""
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    else:
+        order = torch.arange(n)
+    if world_size > 1:
+        per_rank = math.ceil(n / world_size)
+        order = torch.cat([order, order[: per_rank * world_size - n]])[rank::world_size]
+    return order
+
+
+class TensorBatches:
+    """Batches of a TensorDataset by fancy indexing: one gather per tensor per batch, no collate."""
+
+    def __init__(
+        self,
+        dataset: TensorDataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.tensors = dataset.tensors
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = 0, 0
+        self.dataset = dataset
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.dataset) / self.world_size)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        order = epoch_order(
+            len(self.dataset), self.seed, self.epoch, self.shuffle, self.rank, self.world_size
+        )
+        for b in range(self.start_batch, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield tuple(t[idx] for t in self.tensors)
+
+
+class EpochSampler(Sampler[int]):
+    """The same (seed, epoch) order as TensorBatches, for DataLoader-backed datasets."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.n, self.shuffle, self.seed, self.batch_size = n, shuffle, seed, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return max(0, math.ceil(self.n / self.world_size) - self.start_batch * self.batch_size)
+
+    def __iter__(self):
+        order = epoch_order(self.n, self.seed, self.epoch, self.shuffle, self.rank, self.world_size)
+        return iter(order[self.start_batch * self.batch_size :].tolist())
+
+
+class SampledLoader:
+    """A DataLoader whose sampler follows set_epoch, so both loader kinds look the same to the loop."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        num_workers: int,
+        pin_memory: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size)
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            # Workers stay alive across epochs: re-forking them each epoch costs seconds on big datasets.
+            persistent_workers=num_workers > 0,
+        )
+        self.dataset = dataset
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.dataset) / self.sampler.world_size)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+@dataclass
+class Loaders:
+    train: TensorBatches | SampledLoader
+    val: TensorBatches | SampledLoader
+    test: TensorBatches | SampledLoader
+
+
+def build_dataloaders(
+    splits: Splits,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Loaders:
+    def make(dataset: Dataset, train: bool):
+        # Only the training split is shuffled and drops its ragged last batch (BatchNorm dislikes a batch of 1).
+        drop_last = train and len(dataset) > batch_size * world_size
+        if isinstance(dataset, TensorDataset):
+            return TensorBatches(dataset, batch_size, train, seed, drop_last, rank, world_size)
+        return SampledLoader(
+            dataset, batch_size, train, seed, drop_last, num_workers, pin_memory, rank, world_size
+        )
+
+    return Loaders(make(splits.train, True), make(splits.val, False), make(splits.test, False))

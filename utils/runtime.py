@@ -1,0 +1,48 @@
+"""Where and how the math runs: device, precision (autocast and grad scaling), seeding, determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from utils.config import ConfigError
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu."
+        )
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    if deterministic:
+        # cuBLAS needs this set before its first call to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision forward passes; a no-op context at 32-bit."""
+    dtype = PRECISIONS[str(precision)]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling guards fp16 gradients from underflow; bf16 has fp32's range and needs none."""
+    return torch.amp.GradScaler(device.type, enabled=str(precision) == "16")
