@@ -1,0 +1,76 @@
+"""Shared by the tests: compose the real configs, train for real on small slices, read event files back."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+PYTHON = sys.executable
+
+# A real run, shrunk: one epoch of three small batches, plain log lines instead of a bar.
+FAST = ["trainer.max_epochs=1", "trainer.limit_batches=3", "data.batch_size=32", "logging.progress_bar=false"]
+
+
+def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
+    """The config exactly as `python train.py <overrides>` would see it, with its run dir at run_dir."""
+    from utils.rundir import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: the task's config holds no hydra node
+    return cfg
+
+
+def train_in_process(overrides: list[str], run_dir: Path) -> float:
+    """Train through Hydra's compose API (no subprocess): fast, and failures show a real traceback."""
+    import train
+
+    cfg = compose_config(overrides, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return train.train(cfg)
+
+
+def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
+    """`python train.py ARGS` as a user types it; returns the CompletedProcess (text output)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [PYTHON, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def event_accumulator(run_dir: Path):
+    """TensorBoard's own reader over the run's tb/ directory, fully loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = glob.glob(str(run_dir / "tb" / "events.out.tfevents.*"))
+    assert files, f"no event file under {run_dir / 'tb'}"
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
