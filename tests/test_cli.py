@@ -1,0 +1,93 @@
+"""What a user sees at the command line: a fast --help, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import FAST, PYTHON, REPO, run_cli
+
+
+def test_help_lists_groups_and_does_not_import_torch():
+    import subprocess
+
+    proc = subprocess.run([PYTHON, "-X", "importtime", str(REPO / "train.py"), "--help"],
+                          capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0
+    for line in (
+        "model: mlp, resnet18, simple_cnn",
+        "optimizer: adamw, sgd",
+        "scheduler: cosine, none, step",
+    ):
+        assert line in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "hydra" in imported
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}, "--help imported torch"
+
+
+def test_cfg_job_prints_the_composed_config():
+    proc = run_cli(["--cfg", "job", "model=resnet18"])
+    assert proc.returncode == 0
+    assert "_target_: models.resnet.resnet18" in proc.stdout
+
+
+def assert_clean_failure(proc, *needles):
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in output, output
+    for needle in needles:
+        assert needle in output, output
+
+
+def test_unknown_model_lists_the_options(tmp_path):
+    proc = run_cli(["model=resnet50"], cwd=tmp_path)
+    assert_clean_failure(
+        proc, "Could not find 'model/resnet50'", "Available options in 'model'", "simple_cnn"
+    )
+
+
+def test_unknown_data_lists_the_options(tmp_path):
+    proc = run_cli(["data=imagenet"], cwd=tmp_path)
+    assert_clean_failure(proc, "Could not find 'data/imagenet'", "digits", "fashion_mnist")
+
+
+def test_typo_in_a_key_is_named(tmp_path):
+    proc = run_cli(["trainer.max_epoch=3"], cwd=tmp_path)
+    assert_clean_failure(proc, "Key 'max_epoch' is not in struct", "trainer.max_epoch")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "trainer.max_epochs=ten",
+            "trainer.max_epochs: Value 'ten' of type 'str' could not be converted to Integer",
+        ),
+        ("trainer.precision=8", "trainer.precision='8' is not one of: 32, bf16, 16"),
+        ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
+        ("optimizer.lr=fast", "could not build optimizer (torch.optim.AdamW): TypeError"),
+    ],
+)
+def test_wrong_type_or_value_is_one_line(override, message, tmp_path):
+    proc = run_cli([*FAST, override, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert_clean_failure(proc, message)
+    assert proc.returncode == 2
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_missing_imagefolder_path(tmp_path):
+    proc = run_cli([*FAST, "data=imagefolder", f"data.dataset.root={tmp_path / 'no_such'}", "data.num_classes=2",
+                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)  # fmt: skip
+    assert_clean_failure(proc, f"imagefolder: {tmp_path / 'no_such'} does not exist")
+
+
+def test_imagefolder_without_a_path_says_which_key(tmp_path):
+    proc = run_cli([*FAST, "data=imagefolder", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert_clean_failure(proc, "data.dataset.root")
+
+
+def test_absent_dataset_offline(tmp_path):
+    offline = {v: "http://127.0.0.1:9" for v in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    proc = run_cli([*FAST, "data=cifar10", f"paths.data_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                   cwd=tmp_path, env={**offline, "no_proxy": "", "NO_PROXY": ""})  # fmt: skip
+    assert_clean_failure(proc, f"CIFAR10 is not in {tmp_path / 'cache'} and could not be downloaded")

@@ -1,0 +1,135 @@
+"""The torchvision dataset paths, on small files written in each dataset's own on-disk format.
+Nothing is downloaded: where a test needs the network to be absent, it points the proxy at a closed port."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.splits import DatasetError
+from data.vision import cifar10, fashion_mnist, mnist
+
+MNIST_KW = dict(val_fraction=0.25, split_seed=0, mean=[0.5], std=[0.5])
+
+
+def write_idx(folder, prefix: str, n: int, rng) -> None:
+    """MNIST's IDX format: big-endian magic, dimensions, then raw uint8 (torchvision reads raw/)."""
+    raw = folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes()
+    )
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+
+
+def write_mnist_like(root, name: str, n_train=40, n_test=12) -> None:
+    rng = np.random.default_rng(0)
+    write_idx(root / name, "train", n_train, rng)
+    write_idx(root / name, "t10k", n_test, rng)
+
+
+def write_cifar10(root, n_per_batch=8) -> None:
+    """CIFAR-10's python format: pickled dicts of uint8 rows (3x32x32, channel-major) and labels.
+    (The originals are Python 2 pickles whose str keys torchvision reads back as str, as these are.)"""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            "data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, size=n_per_batch).tolist(),
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    names = [f"class{i}" for i in range(10)]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names}, f)
+
+
+def write_imagefolder(root, classes: int, per_class: int, size: int = 20):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(("build", "folder"), [(mnist, "MNIST"), (fashion_mnist, "FashionMNIST")])
+def test_mnist_like_loads_from_idx_files(build, folder, tmp_path):
+    write_mnist_like(tmp_path, folder)
+    splits = build(root=str(tmp_path), download=False, **MNIST_KW)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 12)
+    x, y = splits.train[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0  # normalized with mean=std=0.5
+    # train and val come from the official train split and never overlap
+    assert not set(splits.train.indices) & set(splits.val.indices)
+
+
+def test_cifar10_loads_from_python_batches(tmp_path):
+    write_cifar10(tmp_path)
+    splits = cifar10(root=str(tmp_path), download=False, val_fraction=0.25, split_seed=0,
+                     mean=[0.5] * 3, std=[0.5] * 3)  # fmt: skip
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 8)
+    x, _ = splits.val[0]
+    assert x.shape == (3, 32, 32)
+
+
+def test_absent_dataset_without_download_names_it_and_the_path(tmp_path):
+    with pytest.raises(DatasetError, match=r"MNIST is not in .*nothing_here.* download is off"):
+        mnist(root=str(tmp_path / "nothing_here"), download=False, **MNIST_KW)
+
+
+def test_absent_dataset_offline_names_it_and_the_path(tmp_path, monkeypatch):
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: offline, at once
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(DatasetError, match=r"FashionMNIST is not in .*absent.* could not be downloaded"):
+        fashion_mnist(root=str(tmp_path / "absent"), download=True, **MNIST_KW)
+
+
+def test_imagefolder_splits_and_checks(tmp_path):
+    from data.imagefolder import imagefolder
+
+    root = write_imagefolder(tmp_path / "imgs", classes=2, per_class=10)
+    kw = dict(image_size=16, in_channels=3, val_fraction=0.2, test_fraction=0.2, split_seed=1,
+              mean=[0.5] * 3, std=[0.5] * 3)  # fmt: skip
+    splits = imagefolder(root=str(root), num_classes=2, **kw)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 4, 4)
+    assert splits.test[0][0].shape == (3, 16, 16)
+    with pytest.raises(DatasetError, match="does not exist"):
+        imagefolder(root=str(tmp_path / "missing"), num_classes=2, **kw)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        imagefolder(root=str(tmp_path / "empty"), num_classes=2, **kw)
+    with pytest.raises(DatasetError, match="2 class folders but data.num_classes=5"):
+        imagefolder(root=str(root), num_classes=5, **kw)
+
+
+def test_digits_split_is_deterministic_by_seed():
+    from data.digits import digits
+
+    a = digits(0.15, 0.15, split_seed=3, mean=[0.3], std=[0.38])
+    b = digits(0.15, 0.15, split_seed=3, mean=[0.3], std=[0.38])
+    c = digits(0.15, 0.15, split_seed=4, mean=[0.3], std=[0.38])
+    assert torch.equal(a.test.tensors[0], b.test.tensors[0])
+    assert not torch.equal(a.test.tensors[0], c.test.tensors[0])
+    assert len(a.train) + len(a.val) + len(a.test) == 1797
+
+
+def test_gzip_is_not_needed_for_mnist(tmp_path):
+    # torchvision reads the extracted raw files; a stray .gz beside them must not matter.
+    write_mnist_like(tmp_path, "MNIST")
+    (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"junk"))
+    assert len(mnist(root=str(tmp_path), download=False, **MNIST_KW).test) == 12

@@ -1,0 +1,103 @@
+"""End to end: each model trains on a small slice, through Hydra's compose API and as `python train.py`,
+and leaves a complete run directory behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.helpers import FAST, event_accumulator, read_metrics, run_cli, train_in_process
+from tests.test_configs import MODELS
+
+SCALARS = {"train/loss", "train/lr", "train/samples_per_s", "val/loss", "val/acc"}
+
+
+def assert_run_dir(run, graph: bool, by_hydra: bool = False):
+    if by_hydra:  # the compose API writes no .hydra/ and no train.log; a real `python train.py` does
+        assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    tags = event_accumulator(run).Tags()
+    assert set(tags["scalars"]) >= SCALARS, tags["scalars"]
+    assert tags["graph"] is graph
+    metrics = read_metrics(run)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_model_trains_in_process(model, tmp_path):
+    run = tmp_path / "run"
+    train_in_process([*FAST, f"model={model}", "logging.graph=true"], run)
+    assert_run_dir(run, graph=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_each_model_trains_from_the_command_line(model, tmp_path):
+    run = tmp_path / "outputs" / "cli"
+    graph = model == "resnet18"  # `python train.py model=resnet18 logging.graph=true`, the README's example
+    proc = run_cli([*FAST, f"model={model}", f"logging.graph={str(graph).lower()}", f"hydra.run.dir={run}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_run_dir(run, graph=graph, by_hydra=True)
+    log = (run / "train.log").read_text()
+    assert f"Run directory: {run}" in log
+    assert f"tensorboard --logdir {run / 'tb'}" in log
+    assert "Test accuracy" in log
+
+
+def test_default_run_reaches_95_percent_test_accuracy(tmp_path):
+    run = tmp_path / "run"
+    train_in_process(["logging.progress_bar=false"], run)
+    assert read_metrics(run)["test/acc"] >= 0.95
+
+
+def test_run_dirs_are_unique_and_named_safely(tmp_path):
+    """Two runs in the same second get two directories; user text in the name is made safe."""
+    name = 'my "exp" $HOME; rm'
+    procs = [
+        run_cli([*FAST, f"name='{name}'", f"paths.output_root={tmp_path / 'outputs'}"], cwd=tmp_path)
+        for _ in range(2)
+    ]
+    assert all(p.returncode == 0 for p in procs), procs[0].stderr[-2000:]
+    runs = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        assert run.name.split("_", 1)[1].startswith("mlp_digits_my_exp_HOME_rm")
+        assert all(c.isalnum() or c in "._-" for c in run.name), run.name
+        assert (run / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.accumulate_grad_batches=2", "trainer.grad_clip=1.0"],
+        ["trainer.precision=bf16"],
+        ["trainer.precision=16"],
+        ["trainer.max_steps=4", "trainer.limit_batches=null", "trainer.max_epochs=100"],
+        ["optimizer=sgd", "scheduler=step"],
+        ["scheduler=none", "trainer.channels_last=true", "model=simple_cnn"],
+        ["trainer.deterministic=true"],
+    ],
+    ids=["accumulate+clip", "bf16", "fp16", "max_steps", "sgd+step", "channels_last", "deterministic"],
+)
+def test_trainer_options_train(overrides, tmp_path):
+    run = tmp_path / "run"
+    train_in_process([*FAST, *overrides], run)
+    metrics = read_metrics(run)
+    assert metrics["steps"] >= 1
+    if "trainer.max_steps=4" in overrides:
+        assert metrics["steps"] == 4
+    if "trainer.accumulate_grad_batches=2" in overrides:
+        assert metrics["steps"] == 2  # three batches: one full window of two, then the epoch's remainder
+    weights = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_same_seed_same_result_different_seed_different(tmp_path):
+    results = []
+    for i, seed in enumerate([1, 1, 2]):
+        run = tmp_path / f"run{i}"
+        train_in_process([*FAST, f"trainer.seed={seed}"], run)
+        results.append(json.loads((run / "metrics.json").read_text())["test/loss"])
+    assert results[0] == results[1] != results[2]
