@@ -299,14 +299,15 @@ def tensorboard_env_command() -> str:
 
 
 class Served:
-    """serve_tb.sh running in the background, with its output in files."""
+    """One of the scripts (serve_tb.sh unless told) running in the background, with its output in files."""
 
-    def __init__(self, args: list[str], directory: Path):
-        self.stdout_path = directory / "serve_tb.stdout"
-        self.stderr_path = directory / "serve_tb.stderr"
+    def __init__(self, args: list[str], directory: Path, script: Path = SERVE_TB, cwd: Path | None = None):
+        self.stdout_path = directory / f"{script.stem}.stdout"
+        self.stderr_path = directory / f"{script.stem}.stderr"
+        self.name = script.name
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
             self.process = subprocess.Popen(
-                [str(SERVE_TB), *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL
+                [str(script), *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd
             )
         self.url = ""
 
@@ -320,10 +321,10 @@ class Served:
                 if "http://localhost:" in line:
                     return line
             if self.process.poll() is not None:
-                pytest.fail(f"serve_tb.sh exited with {self.process.returncode}:\n{self.output}")
+                pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.output}")
             return None
 
-        line = wait_until(url_line, "serve_tb.sh to print the URL", DEADLINE)
+        line = wait_until(url_line, f"{self.name} to print the URL", DEADLINE)
         self.url = line[line.index("http://localhost:") :].split()[0].rstrip("/")
         return self.url
 
@@ -332,7 +333,7 @@ class Served:
         return int(self.url.rsplit(":", 1)[1])
 
     def ssh_client(self) -> int:
-        """pid of the ssh connection that serve_tb.sh holds open."""
+        """pid of the ssh connection that the script holds open."""
         found = [pid for pid, name in children(self.process.pid).items() if name == "ssh"]
         assert len(found) == 1, f"expected one ssh child, found {found}"
         return found[0]

@@ -1,0 +1,301 @@
+"""scripts/tunnel.sh (against the real test sshd), scripts/tb.sh (a real local TensorBoard), and the
+command-line contract of all three scripts: --help true to the code, bad input fails in one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from tests.remote_fixtures import (
+    DEADLINE,
+    HOST,
+    HOST_CLOSED,
+    SERVE_TB,
+    TB,
+    TUNNEL,
+    Served,
+    children,
+    free_port,
+    get_json,
+    listen_addresses,
+    port_listening,
+    processes_mentioning,
+    sshd,  # noqa: F401 (a fixture)
+    training_run,  # noqa: F401 (a fixture)
+    wait_until,
+)
+
+
+def run_script(script, *args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(result, script, *fragments) -> None:
+    assert result.returncode != 0, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{script.name}: error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], result.stderr
+
+
+# ---- the command-line contract ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", [SERVE_TB, TUNNEL, TB], ids=lambda path: path.name)
+def test_scripts_are_strict_bash(script):
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in text
+    assert os.access(script, os.X_OK)
+    assert "--bind_all" not in text
+    assert "StrictHostKeyChecking" not in text, "the scripts must not touch host-key checking"
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+def test_serve_tb_help_is_true_to_the_code():
+    result = run_script(SERVE_TB, "--help")
+    assert result.returncode == 0
+    text = SERVE_TB.read_text()
+    options = set(re.findall(r"^  (--[a-z-]+)", result.stdout, re.MULTILINE))
+    assert options == {"--logdir", "--remote-dir", "--env", "--local-port", "--remote-port", "--no-browser"}
+    for option in options:
+        assert f"    {option})" in text, f"--help documents {option}, the parser does not take it"
+    variables = set(re.findall(r"\[(SERVE_TB_[A-Z_]+)", result.stdout))
+    assert variables == set(re.findall(r"\$\{(SERVE_TB_[A-Z_]+):-", text)), (
+        "--help and the code name other variables"
+    )
+    assert len(variables) == len(options)
+    assert "http://localhost:PORT" in result.stdout
+
+
+def test_environment_variables_mean_the_same_as_the_options(tmp_path):
+    # SERVE_TB_LOCAL_PORT is checked like --local-port, before any connection is made.
+    env = {**os.environ, "SERVE_TB_LOCAL_PORT": "nope"}
+    result = subprocess.run(
+        [str(SERVE_TB), "somehost"], capture_output=True, text=True, env=env, timeout=DEADLINE
+    )
+    assert_one_line_error(result, SERVE_TB, "--local-port must be a port number", "'nope'")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ([], "no HOST given"),
+        (["a", "b"], "only one HOST"),
+        (["--local-port", "0", "h"], "--local-port must be a port number"),
+        (["--remote-port", "70000", "h"], "--remote-port must be a port number"),
+        (["--frobnicate", "h"], "unknown option --frobnicate"),
+        (["--logdir"], "option --logdir needs a value"),
+        (["-N", "h"], "ssh option -N cannot be used"),
+        (["-vf", "h"], "ssh option -f cannot be used"),
+        (["h", "-p"], "ssh option -p needs a value"),
+    ],
+)
+def test_serve_tb_bad_arguments(args, fragment):
+    assert_one_line_error(run_script(SERVE_TB, *args), SERVE_TB, fragment)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "fragment"),
+    [
+        (TUNNEL, [], "no HOST given"),
+        (TUNNEL, ["h", "x"], "REMOTE_PORT must be a port number"),
+        (TUNNEL, ["h", "6006", "99999"], "LOCAL_PORT must be a port number"),
+        (TUNNEL, ["h", "1", "2", "3"], "too many arguments"),
+        (TB, ["--port", "x"], "--port must be a port number"),
+        (TB, ["--nope"], "unknown option --nope"),
+        (TB, ["a", "b"], "only one LOGDIR"),
+        (TB, ["--all", "a"], "either LOGDIR or --all"),
+    ],
+    ids=lambda value: value.name if hasattr(value, "name") else None,
+)
+def test_tunnel_and_tb_bad_arguments(script, args, fragment):
+    assert_one_line_error(run_script(script, *args), script, fragment)
+
+
+@pytest.mark.parametrize("script", [TUNNEL, TB], ids=lambda path: path.name)
+def test_help(script):
+    result = run_script(script, "--help")
+    assert result.returncode == 0 and result.stdout.startswith("Usage: ")
+
+
+# ---- tunnel.sh --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tunnel_forwards_to_a_server_already_running(sshd, tmp_path):  # noqa: F811
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "hello.txt").write_text("through the tunnel\n")
+    remote_port = free_port()
+    # "Anything else" already running on the server: a plain HTTP server on 127.0.0.1.
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(tmp_path / "www"),
+            str(remote_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: port_listening(remote_port), "the web server to listen")
+        tunnel = Served([*sshd.ssh_args, HOST, str(remote_port)], tmp_path, script=TUNNEL)
+        url = tunnel.wait_for_url()
+        with urllib.request.urlopen(f"{url}/hello.txt", timeout=30) as response:
+            assert response.read() == b"through the tunnel\n"
+        assert listen_addresses(tunnel.local_port) == {"127.0.0.1"}
+        assert "nothing answers" not in tunnel.output
+        ssh = tunnel.ssh_client()
+        assert tunnel.stop(signal.SIGINT) == 130
+        assert not port_listening(tunnel.local_port)
+        assert not os.path.exists(f"/proc/{ssh}"), "the ssh client outlived tunnel.sh"
+    finally:
+        web.terminate()
+        web.wait()
+
+
+@pytest.mark.slow
+def test_tunnel_says_when_nothing_answers_on_the_server(sshd, tmp_path):  # noqa: F811
+    tunnel = Served([*sshd.ssh_args, HOST, str(free_port())], tmp_path, script=TUNNEL)
+    tunnel.wait_for_url()
+    wait_until(lambda: "press Ctrl-C" in tunnel.output, "tunnel.sh to finish its checks")
+    assert "nothing answers HTTP" in tunnel.output
+    assert tunnel.stop(signal.SIGTERM) == 143
+
+
+def test_tunnel_unreachable_host(sshd):  # noqa: F811
+    assert_one_line_error(run_script(TUNNEL, *sshd.ssh_args, HOST_CLOSED), TUNNEL, "cannot reach stb-closed")
+
+
+def test_tunnel_local_port_in_use(sshd):  # noqa: F811
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_script(TUNNEL, *sshd.ssh_args, HOST, "6008", str(port))
+    assert_one_line_error(result, TUNNEL, f"local port {port} is already in use")
+
+
+def test_tunnel_local_port_that_cannot_be_bound(sshd):  # noqa: F811
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: only ssh's own bind finds out
+        port = sock.getsockname()[1]
+        result = run_script(TUNNEL, *sshd.ssh_args, HOST, "6008", str(port))
+    assert_one_line_error(result, TUNNEL, f"cannot bind local port 127.0.0.1:{port}")
+
+
+# ---- tb.sh -------------------------------------------------------------------------------------------
+
+
+def tensorboards_for(path) -> dict[int, str]:
+    return {pid: cmd for pid, cmd in processes_mentioning(str(path)).items() if "--logdir" in cmd}
+
+
+@pytest.fixture
+def outputs(tmp_path, training_run):  # noqa: F811
+    """<tmp>/outputs with two runs; `new` holds the newest event file."""
+    for name in ("old", "new"):
+        shutil.copytree(training_run, tmp_path / "outputs" / name)
+    (old_events,) = (tmp_path / "outputs" / "old" / "tb").iterdir()
+    os.utime(old_events, (1_000_000_000, 1_000_000_000))
+    return tmp_path / "outputs"
+
+
+@pytest.mark.slow
+def test_tb_serves_the_newest_run_on_localhost(outputs, tmp_path):
+    served = Served([], tmp_path, script=TB, cwd=tmp_path)
+    url = served.wait_for_url()
+    wait_until(lambda: port_listening(served.local_port), "TensorBoard to listen")
+    environment = wait_until(lambda: get_json_or_none(f"{url}/data/environment"), "TensorBoard to answer")
+    assert environment["data_location"] == str(outputs / "new")
+    assert get_json(f"{url}/data/runs") == ["tb"]
+    assert listen_addresses(served.local_port) == {"127.0.0.1"}
+    assert "1 run(s), 1 with data" in served.output  # the log doctor's summary
+    tensorboard = tensorboards_for(outputs)
+    # tb.sh execs TensorBoard: its pid is TensorBoard's, and the data server is the other process.
+    assert len(tensorboard) == 2 and served.process.pid in tensorboard
+    served.stop(signal.SIGINT)  # TensorBoard's own Ctrl-C: it exits with 0
+    wait_until(lambda: not tensorboards_for(outputs), "TensorBoard and its data server to exit")
+    assert not port_listening(served.local_port)
+
+
+@pytest.mark.slow
+def test_tb_makes_a_relative_logdir_absolute_and_takes_the_next_free_port(outputs, tmp_path):
+    with socket.socket() as held:
+        start = 6006
+        while port_listening(start):
+            start += 1
+        held.bind(("127.0.0.1", start))
+        held.listen()
+        served = Served(["outputs/old"], tmp_path, script=TB, cwd=tmp_path)
+        url = served.wait_for_url()
+        assert served.local_port > start
+        environment = wait_until(lambda: get_json_or_none(f"{url}/data/environment"), "TensorBoard to answer")
+        assert environment["data_location"] == str(outputs / "old")
+        served.stop(signal.SIGTERM)
+    wait_until(lambda: not tensorboards_for(outputs), "TensorBoard to exit")
+
+
+def test_tb_missing_directory(tmp_path):
+    assert_one_line_error(
+        run_script(TB, "nowhere", cwd=tmp_path), TB, "log directory 'nowhere' does not exist"
+    )
+
+
+def test_tb_directory_without_event_files_lists_it(tmp_path):
+    (tmp_path / "run" / "tb").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    result = run_script(TB, "run", cwd=tmp_path)
+    assert_one_line_error(
+        result, TB, f"no event files under {tmp_path / 'run'}", "You haven't written any data"
+    )
+    assert "metrics.json" in result.stderr
+
+
+def test_tb_port_in_use(outputs, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = run_script(TB, "--port", str(port), "outputs", cwd=tmp_path)
+    assert_one_line_error(result, TB, f"port {port} is already in use")
+
+
+def get_json_or_none(url):
+    try:
+        return get_json(url)
+    except OSError:
+        return None
+
+
+def test_children_helper_sees_this_process():
+    # The /proc helpers the cleanup assertions rely on must see real processes.
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert children(os.getpid()).get(child.pid) == "sleep"
+        assert child.pid in processes_mentioning("sleep 30")
+    finally:
+        child.kill()
+        child.wait()
