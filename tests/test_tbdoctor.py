@@ -1,0 +1,204 @@
+"""utils/tbdoctor.py on real event files (written by the template's training run and by SummaryWriter),
+and against a real TensorBoard holding the port."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from tests.remote_fixtures import (
+    DEADLINE,
+    ROOT,
+    free_port,
+    get_json,
+    processes_mentioning,
+    training_run,  # noqa: F401 (a fixture)
+    wait_until,
+)
+from utils.tbdoctor import examine, main
+
+
+def report(directory, port=None, brief=False) -> tuple[int, str]:
+    status, lines = examine(str(directory), port, brief)
+    return status, "\n".join(lines)
+
+
+def test_a_training_run_is_listed_with_its_tags_graph_and_last_step(training_run):  # noqa: F811
+    status, text = report(training_run)
+    assert status == 0, text
+    assert "run tb" in text
+    (event_file,) = (training_run / "tb").iterdir()
+    assert event_file.name in text
+    assert "graph: yes" in text
+    assert "train/loss" in text and "val/acc" in text
+    assert "last step " in text and "last write " in text
+    assert "problem" not in text
+
+
+def test_images_other_plugins_and_several_runs(tmp_path):
+    with SummaryWriter(tmp_path / "a") as writer:
+        writer.add_image("samples", torch.zeros(3, 4, 4), global_step=7)
+        writer.add_histogram("weights", torch.arange(10.0), global_step=7)
+    with SummaryWriter(tmp_path / "b") as writer:
+        writer.add_scalar("loss", 1.0, 3)
+    status, text = report(tmp_path)
+    assert status == 0, text
+    assert "run a\n" in text and "run b\n" in text
+    assert "images: 1 tags (samples)" in text
+    assert "histograms: 1 tags" in text
+    assert "last step 7" in text and "last step 3" in text
+    assert "2 run(s), 2 with data" in text
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # add_graph traces the model
+def test_a_run_that_holds_only_a_graph(tmp_path):
+    with SummaryWriter(tmp_path / "run") as writer:
+        writer.add_graph(torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.zeros(1, 2))
+    status, text = report(tmp_path)
+    assert status == 0
+    assert "graph: yes" in text
+    assert "problem: run run holds only a graph" in text
+
+
+def test_zero_byte_event_file(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "events.out.tfevents.1.host.1.0").touch()
+    status, text = report(tmp_path)
+    assert status == 1
+    assert "is empty (0 bytes)" in text and "flush" in text
+    assert "hold no data yet" in text
+
+
+def test_a_writer_that_never_logged_leaves_only_the_header(tmp_path):
+    writer = SummaryWriter(tmp_path / "run")
+    writer.flush()
+    try:
+        status, text = report(tmp_path)
+    finally:
+        writer.close()
+    assert status == 1
+    assert "holds only the file header" in text
+
+
+def test_a_truncated_last_record_is_reported_and_the_rest_still_read(tmp_path, training_run):  # noqa: F811
+    shutil.copytree(training_run / "tb", tmp_path / "run")
+    (event_file,) = (tmp_path / "run").iterdir()
+    data = event_file.read_bytes()
+    event_file.write_bytes(data[:-5])  # as if the writer died in the middle of its last record
+    status, text = report(tmp_path)
+    assert status == 0
+    assert "ends in an incomplete record" in text
+    assert "train/loss" in text
+
+
+def test_no_event_files_says_so_and_lists_what_is_there(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "train.log").write_text("hello\n")
+    status, text = report(tmp_path / "run")
+    assert status == 2
+    assert "no event files" in text and "You haven't written any data" in text
+    assert "checkpoints/" in text and "train.log" in text
+
+
+def test_missing_directory_lists_the_nearest_existing_parent(tmp_path):
+    (tmp_path / "outputs").mkdir()
+    status, text = report(tmp_path / "outputs" / "2026-01-01" / "run")
+    assert status == 2
+    assert f"the nearest existing directory, {tmp_path / 'outputs'}" in text
+
+
+def test_a_relative_path_resolved_against_another_working_directory(tmp_path, monkeypatch, training_run):  # noqa: F811
+    shutil.copytree(training_run, tmp_path / "project" / "outputs" / "run1")
+    (tmp_path / "project" / "scripts").mkdir()
+    monkeypatch.chdir(tmp_path / "project" / "scripts")  # TensorBoard started from the wrong place
+    status, text = report("outputs")
+    assert status == 2
+    assert f"resolved against the working directory {tmp_path / 'project' / 'scripts'}" in text
+    assert "hint: 'outputs' is relative" in text
+    assert f"{tmp_path / 'project' / 'outputs'} holds 1 event file(s)" in text
+
+
+def test_another_tensorboard_already_on_the_port(tmp_path, training_run):  # noqa: F811
+    port = free_port()
+    other = tmp_path / "someone else's logs"
+    shutil.copytree(training_run, other)
+    tensorboard = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(other),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: answers(port), "TensorBoard to answer", DEADLINE)
+        status, text = report(training_run, port=port, brief=True)
+    finally:
+        tensorboard.terminate()
+        tensorboard.wait(timeout=DEADLINE)
+    wait_until(lambda: not processes_mentioning(str(other)), "TensorBoard's data server to exit")
+    assert status == 0
+    assert f"a TensorBoard is already on port {port}, serving {other}, not {training_run}" in text
+    assert "run tb" not in text  # --brief: the summary only
+    assert "1 run(s), 1 with data" in text
+
+
+def test_a_port_taken_by_something_else(training_run):  # noqa: F811
+    class NotTensorBoard(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotTensorBoard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _, text = report(training_run, port=server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"port {server.server_address[1]} is taken by another program (not a TensorBoard)" in text
+
+
+def answers(port):
+    try:
+        return get_json(f"http://127.0.0.1:{port}/data/environment")
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("form", [["-m", "utils.tbdoctor"], ["utils/tbdoctor.py"]], ids=["module", "file"])
+def test_command_line_exit_status(form, tmp_path, training_run):  # noqa: F811
+    # Both ways of running it; as a file, utils/tensorboard.py must not shadow the tensorboard package.
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, *form, *args], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE
+        )
+
+    good = run(str(training_run), "--port", str(free_port()))
+    assert good.returncode == 0, good.stderr
+    assert "graph: yes" in good.stdout
+    assert run(str(tmp_path)).returncode == 2
+    assert run("--help").returncode == 0
+
+
+def test_main_defaults_to_outputs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--port", str(free_port())]) == 2
+    assert f"TensorBoard log doctor: {tmp_path / 'outputs'}" in capsys.readouterr().out
