@@ -28,6 +28,7 @@ from tests.remote_fixtures import (
     listen_addresses,
     port_listening,
     processes_mentioning,
+    require,
     sshd,  # noqa: F401 (a fixture)
     training_run,  # noqa: F401 (a fixture)
     wait_until,
@@ -299,3 +300,13 @@ def test_children_helper_sees_this_process():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_missing_component_skips_locally_and_fails_under_require_e2e(monkeypatch):
+    monkeypatch.delenv("REQUIRE_E2E", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install"):
+        require(False, "a component")
+    monkeypatch.setenv("REQUIRE_E2E", "1")
+    with pytest.raises(pytest.fail.Exception, match="REQUIRE_E2E=1"):
+        require(False, "a component")
+    require(True, "a component")

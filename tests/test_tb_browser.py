@@ -1,0 +1,101 @@
+"""A real browser on the serve_tb.sh tunnel: Debian's chromium, driven by Playwright for Python.
+
+Playwright launches /usr/bin/chromium through `executable_path`, so no browser is downloaded. The test
+opens the GRAPHS tab through the tunnel, checks that the model's node is drawn, and saves a screenshot
+to test-artifacts/ (or $TEST_ARTIFACTS) for people to look at.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.remote_fixtures import (
+    CHROMIUM,
+    HOST,
+    ROOT,
+    Served,
+    processes_mentioning,
+    require,
+    sshd,  # noqa: F401 (a fixture)
+    tensorboard_env_command,
+    training_run,  # noqa: F401 (a fixture)
+)
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def model_node(url: str, run: str) -> str:
+    """The model's top-level node in the graph TensorBoard serves (the traced module's class name)."""
+    query = urllib.parse.urlencode(
+        {"run": run, "limit_attr_size": 1024, "large_attrs_key": "_too_large_attrs"}
+    )
+    with urllib.request.urlopen(f"{url}/data/plugin/graphs/graph?{query}", timeout=30) as response:
+        names = re.findall(r'name: "([^"]+)"', response.read().decode())
+    scopes = {name.split("/")[0] for name in names if "/" in name} - {"input", "output"}
+    assert len(scopes) == 1, f"expected one model scope in the graph, got {scopes}"
+    return scopes.pop()
+
+
+def test_graphs_tab_draws_the_model_through_the_tunnel(sshd, training_run, tmp_path):  # noqa: F811
+    require(CHROMIUM.exists(), f"Chromium ({CHROMIUM})")
+    require(
+        importlib.util.find_spec("playwright") is not None, "Playwright for Python (pip install playwright)"
+    )
+    from playwright.sync_api import expect, sync_playwright
+
+    project = tmp_path / "project"
+    shutil.copytree(training_run, project / "outputs" / "run1")
+    served = Served(
+        [
+            *sshd.ssh_args,
+            "--no-browser",
+            "--remote-dir",
+            str(project),
+            "--env",
+            tensorboard_env_command(),
+            HOST,
+        ],
+        tmp_path,
+    )
+    try:
+        url = served.wait_for_url()
+        node = model_node(url, "run1/tb")
+        artifacts = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(f"{url}/#graphs", wait_until="domcontentloaded")
+                label = page.locator("text.nodelabel", has_text=re.compile(rf"^{re.escape(node)}"))
+                expect(label.first).to_be_visible(timeout=90_000)
+                expect(page.locator("text.nodelabel", has_text="input").first).to_be_visible()
+                page.screenshot(path=str(artifacts / "tensorboard_graphs.png"))
+            finally:
+                browser.close()
+        assert (artifacts / "tensorboard_graphs.png").stat().st_size > 0
+    finally:
+        assert served.stop(signal.SIGINT) == 130, served.output
+    assert not {pid for pid, cmd in processes_mentioning(str(project)).items() if "--logdir" in cmd}
