@@ -49,6 +49,15 @@ def train(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from utils.checkpoint import rng_state, save_checkpoint
+    from utils.dashboards import (
+        histograms_due,
+        log_histograms,
+        log_input_images,
+        log_lr_per_group,
+        log_per_class,
+        log_run_end,
+        log_run_start,
+    )
     from utils.evaluation import evaluate, logits_of
     from utils.loaders import build_dataloaders
     from utils.progress import Progress
@@ -100,6 +109,9 @@ def train(cfg: DictConfig) -> float:
     train_model = torch.compile(model) if tcfg.compile else model
 
     writer = open_writer(run_dir / "tb")
+    # TEXT tab: the resolved config and the environment (also env.json); HPARAMS tab: this run's
+    # hyperparameters, written now so that a run killed midway still shows in the table.
+    log_run_start(writer, cfg, run_dir, device)
     ckpt_dir = run_dir / "checkpoints"
     progress = Progress(cfg.logging.progress_bar, total_steps)
 
@@ -133,6 +145,8 @@ def train(cfg: DictConfig) -> float:
                 x = x.contiguous(memory_format=torch.channels_last)
             if step == 0 and i == 0 and cfg.logging.graph:
                 log_graph_once(writer, model, x[:2])
+            if step == 0 and i == 0 and cfg.logging.images:
+                log_input_images(writer, x, cfg.data, step)
 
             with autocast(device, tcfg.precision):
                 loss = F.cross_entropy(logits_of(train_model(x)), y)
@@ -148,6 +162,8 @@ def train(cfg: DictConfig) -> float:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if histograms_due(cfg.logging.histograms_every_n_epochs, step + 1, steps_per_epoch):
+                log_histograms(writer, model, step + 1)  # before zero_grad: the gradients are still there
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -165,6 +181,8 @@ def train(cfg: DictConfig) -> float:
                 writer.add_scalar("train/loss", values["loss"], step)
                 writer.add_scalar("train/lr", values["lr"], step)
                 writer.add_scalar("train/samples_per_s", values["samples_per_s"], step)
+                if cfg.logging.lr_per_group:
+                    log_lr_per_group(writer, optimizer, step)
                 progress.report(step, epoch, values)
                 loss_sum.zero_()
                 seen, window_batches, window_start = 0, 0, time.perf_counter()
@@ -174,6 +192,8 @@ def train(cfg: DictConfig) -> float:
             val = evaluate(train_model, loaders.val, device, tcfg.precision, tcfg.channels_last)
             writer.add_scalar("val/loss", val["loss"], step)
             writer.add_scalar("val/acc", val["acc"], step)
+            if cfg.logging.confusion_matrix:
+                log_per_class(writer, val["confusion"], step)  # confusion matrix, per-class accuracy
             log.info("epoch %d step %d: val loss %.4f, val acc %.4f", epoch, step, val["loss"], val["acc"])
             if val["acc"] > best_acc:
                 best_acc = val["acc"]
@@ -196,7 +216,7 @@ def train(cfg: DictConfig) -> float:
         "epochs": epoch + 1,
         "steps": step,
     }
-    writer.add_scalar("test/acc", test["acc"], step)
+    log_run_end(writer, metrics, step)  # test/acc, test/loss, val/acc_best; the HPARAMS session ends
     writer.close()
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(

@@ -49,6 +49,10 @@ class LoggingSchema:
     graph: bool
     every_n_steps: int
     progress_bar: bool
+    images: bool
+    confusion_matrix: bool
+    histograms_every_n_epochs: int
+    lr_per_group: bool
 
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
@@ -59,6 +63,7 @@ POSITIVE = (
     "data.batch_size",
     "logging.every_n_steps",
 )
+NON_NEGATIVE = ("logging.histograms_every_n_epochs",)  # 0 switches the feature off
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -82,3 +87,7 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be at least 1")
+    for key in NON_NEGATIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{key}={value} must be 0 (off) or more")

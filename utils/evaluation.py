@@ -24,6 +24,8 @@ def evaluate(model, loader, device: torch.device, precision: str, channels_last:
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
+    # [true class, predicted class] counts, flattened; they stay on the device until the end.
+    confusion, c = torch.zeros(0, device=device, dtype=torch.long), 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
@@ -31,8 +33,19 @@ def evaluate(model, loader, device: torch.device, precision: str, channels_last:
         with autocast(device, precision):
             logits = logits_of(model(x))
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
+        pred = logits.argmax(dim=1)
+        correct += (pred == y).sum()
         count += y.shape[0]
+        if not c:
+            c = logits.shape[1]
+            confusion = torch.zeros(c * c, device=device, dtype=torch.long)
+        # scatter_add_, not bincount: bincount reads the max index back to the host, a sync per batch.
+        confusion.scatter_add_(0, y * c + pred, torch.ones_like(y))
     model.train(was_training)
     count = max(count, 1)
-    return {"loss": loss_sum.item() / count, "acc": correct.item() / count, "count": count}
+    return {
+        "loss": loss_sum.item() / count,
+        "acc": correct.item() / count,
+        "count": count,
+        "confusion": confusion.view(c, c).cpu(),  # [C, C] long; rows: true classes, columns: predictions
+    }
