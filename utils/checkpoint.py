@@ -37,11 +37,47 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make `dst` a second name of the finished checkpoint `src`, atomically: hard-link under a temp name,
+    then os.replace. No second copy is written; where hard links are not supported, it is copied."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: str | os.PathLike) -> None:
+    """model.load_state_dict(state["model"]), but a checkpoint of another architecture (a different model
+    config, an edited model file) fails in one line that names the file and the first differences."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        summary = "; ".join(details)[:300] or str(err).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this {type(model).__name__} (was it saved with another model "
+            f"config?): {summary}"
+        ) from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -33,6 +33,8 @@ class TrainerSchema:
     compile: bool
     channels_last: bool
     cudnn_benchmark: bool
+    checkpoint_every_n_steps: Optional[int]
+    skip_nonfinite: bool
 
 
 @dataclass
@@ -60,6 +62,7 @@ POSITIVE = (
     "trainer.max_epochs",
     "trainer.accumulate_grad_batches",
     "trainer.val_every_n_epochs",
+    "trainer.checkpoint_every_n_steps",
     "data.batch_size",
     "logging.every_n_steps",
 )

@@ -52,8 +52,31 @@ def unique_run_dir(root: str, *parts: object) -> str:
     return path
 
 
+def is_run_dir(path) -> bool:
+    """A directory that a run wrote: it holds .hydra/ or checkpoints/."""
+    return bool(path) and any(
+        os.path.isdir(os.path.join(str(path), sub)) for sub in (".hydra", "checkpoints")
+    )
+
+
+def resumable_run_dir(resume, root: str, *parts: object) -> str:
+    """`resume=RUN_DIR` continues in RUN_DIR itself; otherwise a new directory, as unique_run_dir makes it.
+    A `resume` path that is no run directory gets a new one, where train.py then reports the mistake."""
+    return str(resume) if is_run_dir(resume) else unique_run_dir(root, *parts)
+
+
+def unless_resuming(resume, value):
+    """`value` for a new run, null when resuming: `${unless_resuming:${resume},.hydra}` keeps Hydra from
+    writing the resumed run's fresh compose over the .hydra/ config that the run started with."""
+    return None if is_run_dir(resume) else value
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_dir"):
         OmegaConf.register_new_resolver("run_dir", unique_run_dir)
+    if not OmegaConf.has_resolver("resumable_run_dir"):
+        OmegaConf.register_new_resolver("resumable_run_dir", resumable_run_dir, use_cache=True)
+    if not OmegaConf.has_resolver("unless_resuming"):
+        OmegaConf.register_new_resolver("unless_resuming", unless_resuming)
     if not OmegaConf.has_resolver("safe"):
         OmegaConf.register_new_resolver("safe", safe_name)

@@ -15,13 +15,16 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def open_writer(logdir: str, enabled: bool = True):
-    """A SummaryWriter on rank 0; None elsewhere, so callers write `if writer:` and nothing more."""
+def open_writer(logdir: str, enabled: bool = True, purge_step: int | None = None):
+    """A SummaryWriter on rank 0; None elsewhere, so callers write `if writer:` and nothing more.
+
+    A resumed run passes purge_step (its checkpoint's step + 1): TensorBoard then hides the events at and
+    after it that the interrupted run wrote past its checkpoint, so that no step shows twice."""
     if not enabled:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(log_dir=str(logdir))
+    return SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

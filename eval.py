@@ -1,0 +1,130 @@
+"""Evaluate a checkpoint on a test split.
+
+    python eval.py ckpt=outputs/<day>/<run>/checkpoints/best.pt             # the data it was trained on
+    python eval.py ckpt=outputs/<day>/<run>/checkpoints/best.pt data=digits  # or another of the same shape
+
+The model, its data and the rest come from the config saved in the checkpoint, so that no one has to
+repeat the training command; only `data=` and `device=` may change. The result goes to metrics.json next to
+the checkpoint and, as eval/<data>/acc and eval/<data>/loss at the checkpoint's step, to the run's
+TensorBoard. The checkpoint is read with torch.load(weights_only=True): a file carrying pickled code is
+refused, unread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from utils.config import ConfigError, check_config
+from utils.rundir import register_resolvers
+
+log = logging.getLogger("eval")
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from omegaconf.errors import OmegaConfBaseException
+
+    from data.splits import DatasetError
+    from utils.checkpoint import CheckpointError
+
+    try:
+        evaluate_checkpoint(cfg)
+    except (ConfigError, DatasetError, CheckpointError, OmegaConfBaseException) as err:
+        # One line, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback.
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", (str(err).strip().splitlines() or [type(err).__name__])[0])
+        sys.exit(2)
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    # torch is imported here, not at the top, so `eval.py --help` stays instant.
+    from hydra.core.hydra_config import HydraConfig
+
+    from train import build
+    from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from utils.evaluation import evaluate
+    from utils.loaders import build_dataloaders
+    from utils.runtime import pick_device
+    from utils.tensorboard import open_writer
+
+    path = Path(str(cfg.ckpt))
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} holds no config: eval.py cannot tell which model it is")
+    run_cfg = OmegaConf.create(state["config"])
+    data_name = HydraConfig.get().runtime.choices.get("data")
+    if cfg.get("data") is not None:
+        check_same_shape(run_cfg.data, cfg.data, data_name)
+        run_cfg.data = cfg.data  # its interpolations (${trainer.seed}, ...) now resolve in the run's config
+    else:
+        data_name = str(run_cfg.data.dataset._target_).rsplit(".", 1)[-1]
+    check_config(run_cfg)
+
+    device = pick_device(cfg.device)
+    model = build("model", run_cfg.model).to(device)
+    load_model_state(model, state, path)
+    splits = build("data", run_cfg.data.dataset)
+    loaders = build_dataloaders(
+        splits,
+        batch_size=run_cfg.data.batch_size,
+        num_workers=run_cfg.data.num_workers,
+        seed=run_cfg.trainer.seed,
+        pin_memory=device.type == "cuda",
+    )
+    t = run_cfg.trainer
+    try:
+        test = evaluate(model, loaders.test, device, t.precision, t.channels_last)
+    except RuntimeError as err:  # shapes that the config check could not foresee
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"data={data_name} does not fit the checkpoint's model: {first}") from None
+
+    step = int(state.get("step", 0))
+    metrics = {
+        "checkpoint": path.name,
+        "data": data_name,
+        "step": step,
+        "epoch": int(state.get("epoch", 0)),
+        "test/acc": test["acc"],
+        "test/loss": test["loss"],
+        "test/count": test["count"],
+    }
+    (path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # The run's TensorBoard: <run>/tb for <run>/checkpoints/x.pt; tb/ beside a checkpoint kept elsewhere.
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    writer = open_writer(run_dir / "tb")
+    writer.add_scalar(f"eval/{data_name}/acc", test["acc"], step)
+    writer.add_scalar(f"eval/{data_name}/loss", test["loss"], step)
+    writer.close()
+    log.info(
+        "%s on %s test (%d samples): acc %.4f, loss %.4f. Metrics: %s",
+        path,
+        data_name,
+        test["count"],
+        test["acc"],
+        test["loss"],
+        path.parent / "metrics.json",
+    )
+    return metrics
+
+
+def check_same_shape(trained: DictConfig, chosen: DictConfig, name: str | None) -> None:
+    """The model was built for the trained data's channels, size and classes; another dataset must match."""
+    for key in ("in_channels", "image_size", "num_classes"):
+        if key in trained and key in chosen and trained[key] != chosen[key]:
+            raise ConfigError(
+                f"data={name} has {key}={chosen[key]}, but the checkpoint's model was trained with "
+                f"{key}={trained[key]}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""eval.py: a checkpoint evaluated on the test split, metrics.json beside it, scalars in the run's
+TensorBoard; bad checkpoints and data that does not fit fail in one line."""
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+from tests.helpers import FAST, PYTHON, REPO, event_accumulator, read_metrics, train_in_process
+
+
+def run_eval(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [PYTHON, str(REPO / "eval.py"), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    train_in_process([*FAST, "trainer.limit_batches=6"], run)
+    return run
+
+
+def test_eval_reproduces_the_runs_test_metrics_and_logs_them(trained):
+    best = trained / "checkpoints" / "best.pt"
+    proc = run_eval([f"ckpt={best}", "data=digits"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((best.parent / "metrics.json").read_text())
+    # train.py tested the same best.pt on the same split: the numbers must agree exactly.
+    assert metrics["test/acc"] == read_metrics(trained)["test/acc"]
+    assert metrics["test/loss"] == pytest.approx(read_metrics(trained)["test/loss"], rel=1e-6)
+    assert (metrics["checkpoint"], metrics["data"], metrics["test/count"]) == ("best.pt", "digits", 270)
+    events = event_accumulator(trained).Scalars("eval/digits/acc")
+    assert [(e.step, round(e.value, 6)) for e in events] == [(metrics["step"], round(metrics["test/acc"], 6))]
+    assert not (trained / ".hydra").exists() and not list(REPO.glob("eval*.log"))  # nothing else written
+
+
+@pytest.mark.slow
+def test_eval_errors_are_one_line(trained, tmp_path):
+    best = trained / "checkpoints" / "best.pt"
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "x": Payload(marker)}, evil)
+    cases = {
+        f"ckpt={best} data=fake": "data=fake has in_channels=3, but the checkpoint's model was trained with",
+        f"ckpt={tmp_path / 'missing.pt'}": "does not exist",
+        f"ckpt={evil}": "refused unread",
+    }
+    for args, expected in cases.items():
+        proc = run_eval(args.split())
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, out
+        assert expected in out and len(out.strip().splitlines()) == 1 and "Traceback" not in out
+    assert not marker.exists()
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

@@ -1,0 +1,123 @@
+"""Resume: a run killed with kill -9 mid-epoch and resumed ends bit-identical to the run never killed; the
+resumed TensorBoard stream has every step once; the saved config wins over the command line."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from tests.helpers import PYTHON, REPO, event_accumulator, read_metrics, run_cli, train_in_process
+from utils.checkpoint import load_checkpoint
+from utils.config import ConfigError
+
+# Two epochs of 157 batches of 8 digits; a checkpoint every 25 steps, a log line every 7.
+KILL_RUN = [
+    "trainer.max_epochs=2",
+    "data.batch_size=8",
+    "trainer.checkpoint_every_n_steps=25",
+    "logging.every_n_steps=7",
+    "logging.progress_bar=false",
+]
+
+
+def start_cli(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        [PYTHON, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def weights(run) -> dict:
+    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+
+
+def scalars(run, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in event_accumulator(run).Scalars(tag)]
+
+
+@pytest.mark.slow
+def test_kill9_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = start_cli([*KILL_RUN, f"hydra.run.dir={whole}"])  # runs alongside, on the other core
+    victim = start_cli([*KILL_RUN, f"hydra.run.dir={killed}"])
+    first = killed / "checkpoints" / "step_00000025.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    state = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 157, "the kill was not mid-epoch"
+    assert not (killed / "metrics.json").exists()
+
+    overrides_before = (killed / ".hydra" / "overrides.yaml").read_text()
+    resumed = run_cli([f"resume={killed}"])  # the run dir comes from `resume` alone
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert reference.wait(timeout=300) == 0
+
+    a, b = weights(whole), weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metrics(whole)["test/acc"] == read_metrics(killed)["test/acc"]
+    # The same directory, its original config kept, its log continued.
+    assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides_before
+    assert "Resuming from" in (killed / "train.log").read_text()
+    # TensorBoard: every logged step exactly once, with the same values as the run never killed.
+    for tag in ("train/loss", "val/acc"):
+        got, want = scalars(killed, tag), scalars(whole, tag)
+        assert [s for s, _ in got] == [s for s, _ in want]
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+
+
+def test_resumed_tensorboard_stream_has_no_duplicate_or_missing_steps(tmp_path):
+    """A crash after step 12 whose events up to step 20 had reached the disk: the resumed run hides the
+    orphans and writes those steps again, once."""
+    run = tmp_path / "run"
+    overrides = [
+        "trainer.max_epochs=1",
+        "trainer.limit_batches=20",
+        "data.batch_size=16",
+        "trainer.checkpoint_every_n_steps=4",
+        "logging.every_n_steps=1",
+        "logging.progress_bar=false",
+    ]
+    train_in_process(overrides, run)
+    want = scalars(run, "train/loss")
+    ckpts = run / "checkpoints"
+    os.replace(ckpts / "step_00000012.pt", ckpts / "last.pt")  # as if killed right after step 12
+    (run / "metrics.json").unlink()
+    train_in_process([f"resume={run}"], run)
+    got = scalars(run, "train/loss")
+    assert [s for s, _ in got] == list(range(1, 21))
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+    assert [s for s, _ in scalars(run, "val/acc")] == [20]
+
+
+def test_resume_with_a_longer_run_equals_the_longer_run(tmp_path):
+    base = ["trainer.limit_batches=6", "data.batch_size=32", "scheduler=none", "logging.progress_bar=false"]
+    short, long = tmp_path / "short", tmp_path / "long"
+    train_in_process([*base, "trainer.max_epochs=1"], short)
+    train_in_process([*base, "trainer.max_epochs=2"], long)
+    train_in_process([f"resume={short}", "trainer.max_epochs=2"], short)
+    assert read_metrics(short)["steps"] == 12
+    a, b = weights(short), weights(long)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Finished: resuming again has nothing to do.
+    with pytest.raises(ConfigError, match="already finished its 12 steps"):
+        train_in_process([f"resume={short}", "trainer.max_epochs=2"], short)
+
+
+def test_resume_accepts_run_length_overrides_only(tmp_path):
+    run = tmp_path / "run"
+    train_in_process(["trainer.max_epochs=1", "trainer.limit_batches=2", "logging.progress_bar=false"], run)
+    with pytest.raises(ConfigError, match=r"only trainer\.max_epochs.*\(got: optimizer\.lr=1\)"):
+        train_in_process([f"resume={run}", "optimizer.lr=1"], run)
+    with pytest.raises(ConfigError, match="not a run directory"):
+        train_in_process([f"resume={tmp_path / 'nowhere'}"], tmp_path / "nowhere")

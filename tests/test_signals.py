@@ -1,0 +1,79 @@
+"""SIGINT / SIGTERM: finish the step, save last.pt, close TensorBoard, print the resume command, exit
+130 / 143. A second signal exits at once. Real runs of train.py, stopped with real signals."""
+
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from tests.helpers import PYTHON, REPO, event_accumulator, read_metrics, run_cli
+from utils.checkpoint import load_checkpoint
+
+ENDLESS = [
+    "trainer.max_epochs=1000",
+    "data.batch_size=8",
+    "logging.every_n_steps=1",
+    "logging.progress_bar=false",
+]
+
+
+def start_until(args: list[str], line_pattern: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start train.py and read its output until a line matches: the loop is then running."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen(
+        [PYTHON, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if re.search(line_pattern, line):
+            return proc, lines
+    proc.wait()
+    raise AssertionError("train.py ended before the loop ran:\n" + "".join(lines))
+
+
+@pytest.mark.parametrize(
+    "signum, code",
+    [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)],  # SIGINT also resumes
+)
+def test_stop_signal_saves_closes_and_prints_the_resume_command(tmp_path, signum, code):
+    run = tmp_path / "run"
+    proc, lines = start_until([*ENDLESS, f"hydra.run.dir={run}"], r"step 30/")
+    proc.send_signal(signum)
+    out = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == code, out
+    assert f"Resume with: python train.py resume={run}" in out
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    stopped = state["step"]
+    assert stopped >= 30 and state["epoch"] == 0 and state["batch_in_epoch"] == stopped  # mid-epoch
+    # Every step up to the stop is in TensorBoard: the writer was flushed and closed, nothing lost.
+    assert [e.step for e in event_accumulator(run).Scalars("train/loss")] == list(range(1, stopped + 1))
+    if signum == signal.SIGINT:  # and the printed command goes on from there
+        proc = run_cli([f"resume={run}", f"trainer.max_steps={stopped + 5}"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert read_metrics(run)["steps"] == stopped + 5
+
+
+def test_second_signal_exits_at_once_without_saving(tmp_path):
+    run = tmp_path / "run"
+    proc, lines = start_until([*ENDLESS, f"hydra.run.dir={run}"], r"step 5/")
+    # Both signals land while the process is stopped, so both are pending when it continues: the first
+    # asks for a graceful stop, the second must end the process before the step is over.
+    proc.send_signal(signal.SIGSTOP)
+    os.waitpid(proc.pid, os.WUNTRACED)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    out = "".join(lines) + proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, out
+    assert "SIGTERM again: exiting now, without saving" in out
+    assert "Resume with" not in out
+    assert not (run / "checkpoints" / "last.pt").exists()  # no epoch ended, nothing saved

@@ -1,0 +1,153 @@
+"""Resume: `python train.py resume=RUN_DIR` continues RUN_DIR from its checkpoints/last.pt, exactly.
+
+The checkpoint carries everything the loop's future depends on: weights, optimizer, schedule, grad scaler,
+epoch, step and the batch reached inside the epoch, the RNG streams, the data order and the running
+logging window. The run's own config comes back from the checkpoint; on the command line only the keys in
+RESUME_OVERRIDES may change (how long to run, where, how to report), since anything else would make the
+resumed run a different one. Hydra puts the resumed run into RUN_DIR itself (conf/hydra/default.yaml).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
+from utils.config import ConfigError
+from utils.loaders import epoch_order
+from utils.rundir import is_run_dir
+
+RESUME_OVERRIDES = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.checkpoint_every_n_steps",
+    "trainer.device",
+    "logging.progress_bar",
+)
+
+
+@dataclass
+class Position:
+    """Where the loop starts: epoch, batches of that epoch already done, optimizer steps done, and the
+    bookkeeping that continues across the interruption."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best_val_acc: float = -1.0
+    val: dict | None = None
+    nonfinite_skipped: int = 0
+    window: dict = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0})
+
+
+@dataclass
+class Resume:
+    run_dir: Path
+    path: Path
+    state: dict
+    cfg: DictConfig
+
+    def restore(self, model, optimizer, scheduler, scaler) -> Position:
+        """Load every saved state into the freshly built objects and set the RNG streams; call it after
+        everything that draws random numbers at set-up (model init), right before the loop."""
+        s = self.state
+        load_model_state(model, s, self.path)
+        try:
+            optimizer.load_state_dict(s["optimizer"])
+            scheduler.load_state_dict(s["scheduler"])
+            scaler.load_state_dict(s["scaler"])
+            set_rng_state(s["rng"])
+            return Position(
+                epoch=int(s["epoch"]),
+                batch=int(s.get("batch_in_epoch", 0)),
+                step=int(s["step"]),
+                best_val_acc=float(s["best_val_acc"]),
+                val=s.get("val_last"),
+                nonfinite_skipped=int(s.get("nonfinite_skipped", 0)),
+                window=s.get("window") or Position().window,
+            )
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(
+                f"checkpoint {self.path} cannot be resumed: {type(err).__name__}: {first}"
+            ) from None
+
+
+def load_resume(cfg: DictConfig, hydra_cfg) -> Resume:
+    """The run to continue, with its saved config plus the allowed command-line overrides.
+
+    Raises ConfigError for a path that is no run directory or for an override that would change the run,
+    CheckpointError for a missing, unreadable or unsafe checkpoint."""
+    run_dir = Path(str(cfg.resume))
+    if not is_run_dir(run_dir):
+        raise ConfigError(f"resume={cfg.resume}: not a run directory (it has no .hydra/ or checkpoints/)")
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    if output_dir.resolve() != run_dir.resolve():
+        raise ConfigError(f"resume={cfg.resume}, but hydra.run.dir is {output_dir}: leave it unset to resume")
+    given = {_key(o): o for o in hydra_cfg.overrides.task}
+    others = [o for k, o in given.items() if k not in ("resume", *RESUME_OVERRIDES)]
+    if others:
+        raise ConfigError(
+            f"resume continues the run with its saved config; only {', '.join(RESUME_OVERRIDES)} may be "
+            f"set with it (got: {' '.join(others)})"
+        )
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
+        )
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} holds no config to resume with")
+    saved = OmegaConf.create(state["config"])
+    for key in RESUME_OVERRIDES:
+        if key in given:
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+    if "trainer.max_epochs" in given and "trainer.max_steps" not in given and saved.trainer.max_steps:
+        raise ConfigError(
+            f"this run's length is trainer.max_steps={saved.trainer.max_steps}, which wins over "
+            "trainer.max_epochs: change trainer.max_steps instead"
+        )
+    saved.resume = str(run_dir)
+    OmegaConf.set_struct(saved, True)
+    return Resume(run_dir=run_dir, path=path, state=state, cfg=saved)
+
+
+def check_can_resume(resume: Resume, loader, total_steps: int, run_dir: Path) -> None:
+    """Refuse a run that has nothing left to do, and one whose data order is no longer the saved one."""
+    step = int(resume.state["step"])
+    if step >= total_steps and (run_dir / "metrics.json").exists():
+        raise ConfigError(
+            f"{run_dir} already finished its {step} steps; to train on, resume it with a larger "
+            "trainer.max_epochs or trainer.max_steps"
+        )
+    saved = resume.state.get("data_order")
+    if saved is None:
+        return
+    now = data_order_state(loader, int(saved["epoch"]), int(saved["batch"]))
+    if now["num_samples"] != saved["num_samples"] or not torch.equal(now["head"], saved["head"]):
+        raise CheckpointError(
+            f"checkpoint {resume.path}: the training data changed since it was saved ({saved['num_samples']} "
+            f"samples then, {now['num_samples']} now, or another order); resuming would not be exact"
+        )
+
+
+def data_order_state(loader, epoch: int, batch: int) -> dict:
+    """The data order at this point: the (seed, epoch) permutation that utils/loaders.py draws, the batch
+    reached in it, and its first indices, by which a resume checks that the order is still the same."""
+    sampler = getattr(loader, "sampler", loader)
+    n = len(loader.dataset)
+    head = epoch_order(n, sampler.seed, epoch, sampler.shuffle)[:16].clone()
+    return {"seed": sampler.seed, "epoch": epoch, "batch": batch, "num_samples": n, "head": head}
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"python train.py resume={shlex.quote(str(run_dir))}"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
