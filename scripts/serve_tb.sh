@@ -41,8 +41,8 @@ A port given with --local-port or --remote-port is used as is: the script fails 
 Any other option starting with '-' goes to ssh (e.g. -J jump, -p 2222, -i key, -o Option=value);
 -f -n -N -t -M -O -S -s -W -G -V are refused because they would break the session.
 
-The URL is printed on a line that contains http://localhost:PORT. Exit status: 0 never (it runs until
-stopped), 130 after Ctrl-C, 143 after SIGTERM, 1 on any error (one line starting with "$PROG: error:").
+The URL is printed on a line that contains http://localhost:PORT; it runs until stopped. Exit status:
+130 after Ctrl-C, 143 after SIGTERM, 1 on an error or a lost connection (a line "$PROG: error: ...").
 EOF
 }
 

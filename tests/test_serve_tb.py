@@ -26,6 +26,7 @@ from tests.remote_fixtures import (
     Served,
     first_free_port,
     get_json,
+    hold_port,
     listen_addresses,
     port_listening,
     ports_of,
@@ -109,12 +110,7 @@ def project(tmp_path, training_run):  # noqa: F811
 
 def test_round_trip_serves_run_graph_and_scalars_then_sigint_cleans_up(sshd, project, tmp_path):  # noqa: F811
     # The default ports, with the first free one of each taken: the script must move on to the next.
-    held = []
-    for start in (16008, 6008):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", first_free_port(start)))
-        sock.listen()
-        held.append(sock)
+    held = [hold_port(16008), hold_port(6008)]
     held_local, held_remote = (sock.getsockname()[1] for sock in held)
 
     served = Served(serve_args(sshd, project), tmp_path)
@@ -165,12 +161,18 @@ def test_round_trip_serves_run_graph_and_scalars_then_sigint_cleans_up(sshd, pro
         assert not port_listening(port), f"port {port} still listens after Ctrl-C"
 
 
-def test_sigterm_stops_the_remote_tensorboard(sshd, project, tmp_path):  # noqa: F811
-    served = Served(serve_args(sshd, project, "--local-port", str(first_free_port(17008))), tmp_path)
+def test_through_a_jump_host_sigterm_stops_the_remote_tensorboard(sshd, project, tmp_path):  # noqa: F811
+    # -J passes through to ssh: the test sshd is its own jump host. A named free local port is taken as is.
+    local_port = first_free_port(17008)
+    served = Served(serve_args(sshd, project, "-J", HOST, "--local-port", str(local_port)), tmp_path)
     served.wait_for_url()
+    assert served.local_port == local_port
     remote = tensorboard_processes(str(project))
     ports = ports_of(remote)
     assert served.stop(signal.SIGTERM) == 143, served.output
+    assert not processes_mentioning(str(sshd.client_config)), (
+        "an ssh client (or its jump) outlived the script"
+    )
     assert tensorboard_processes(str(project)) == {}
     assert remote_leftovers(str(project)) == {}
     assert not any(port_listening(port) for port in (*ports, served.local_port))

@@ -25,6 +25,7 @@ from tests.remote_fixtures import (
     children,
     free_port,
     get_json,
+    hold_port,
     listen_addresses,
     port_listening,
     processes_mentioning,
@@ -244,12 +245,8 @@ def test_tb_serves_the_newest_run_on_localhost(outputs, tmp_path):
 
 @pytest.mark.slow
 def test_tb_makes_a_relative_logdir_absolute_and_takes_the_next_free_port(outputs, tmp_path):
-    with socket.socket() as held:
-        start = 6006
-        while port_listening(start):
-            start += 1
-        held.bind(("127.0.0.1", start))
-        held.listen()
+    with hold_port(6006) as held:
+        start = held.getsockname()[1]
         served = Served(["outputs/old"], tmp_path, script=TB, cwd=tmp_path)
         url = served.wait_for_url()
         assert served.local_port > start
