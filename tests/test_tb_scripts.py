@@ -307,3 +307,15 @@ def test_a_missing_component_skips_locally_and_fails_under_require_e2e(monkeypat
     with pytest.raises(pytest.fail.Exception, match="REQUIRE_E2E=1"):
         require(False, "a component")
     require(True, "a component")
+
+
+def test_default_remote_dir_is_the_checkout_relative_to_home():
+    checkout = SERVE_TB.parents[1]
+
+    def default_shown(home):
+        env = {**os.environ, "HOME": str(home)}
+        out = subprocess.run([str(SERVE_TB), "--help"], capture_output=True, text=True, env=env).stdout
+        return re.search(r"here: (.*)\)", out).group(1)
+
+    assert default_shown(checkout.parent) == checkout.name  # ~/code/proj here means ~/code/proj there
+    assert default_shown("/nonexistent-home") == str(checkout)  # outside $HOME: the same absolute path
