@@ -33,6 +33,7 @@ def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the best validation accuracy, the metric that sweepers optimize."""
     from data.splits import DatasetError
     from utils.checkpoint import CheckpointError
+    from utils.distributed import cleanup_distributed
 
     try:
         return train(cfg)
@@ -40,6 +41,8 @@ def main(cfg: DictConfig) -> float:
         # A problem the user can fix: one line, not a traceback (HYDRA_FULL_ERROR=1 still shows it).
         log.error("%s", err)
         sys.exit(2)
+    finally:
+        cleanup_distributed()  # under torchrun: leave the process group, so the next multirun job can join
 
 
 def train(cfg: DictConfig) -> float:
@@ -58,10 +61,18 @@ def train(cfg: DictConfig) -> float:
         log_run_end,
         log_run_start,
     )
+    from utils.distributed import (
+        all_reduce_sum,
+        barrier,
+        check_weights_in_sync,
+        init_distributed,
+        sync_gradients,
+        wrap_ddp,
+    )
     from utils.evaluation import evaluate, logits_of
     from utils.loaders import build_dataloaders
     from utils.progress import Progress
-    from utils.runtime import autocast, grad_scaler, pick_device, seed_everything
+    from utils.runtime import autocast, grad_scaler, seed_everything
     from utils.tensorboard import log_graph_once, open_writer, unwrap
 
     check_config(cfg)
@@ -71,8 +82,11 @@ def train(cfg: DictConfig) -> float:
     log.info("TensorBoard:   tensorboard --logdir %s", shlex.quote(str(run_dir / "tb")))
 
     # --- Set-up: seed, device, data, model, optimizer, schedule -----------------------------------------
-    seed_everything(tcfg.seed, tcfg.deterministic)
-    device = pick_device(tcfg.device)
+    # Under torchrun (or several SLURM tasks) join the process group; run plainly, world_size is 1.
+    ddp = init_distributed(tcfg.device)
+    device = ddp.device
+    # A random stream per rank (dropout, augmentation); DDP hands every rank rank 0's initial weights.
+    seed_everything(tcfg.seed + ddp.rank, tcfg.deterministic)
     torch.backends.cudnn.benchmark = tcfg.cudnn_benchmark and not tcfg.deterministic
 
     splits = build("data", cfg.data.dataset)
@@ -82,6 +96,9 @@ def train(cfg: DictConfig) -> float:
         num_workers=cfg.data.num_workers,
         seed=tcfg.seed,
         pin_memory=device.type == "cuda",
+        # Each rank its own shard: data.batch_size is per rank, the global batch world_size times that.
+        rank=ddp.rank,
+        world_size=ddp.world_size,
     )
     batches_per_epoch = min(len(loaders.train), tcfg.limit_batches or math.inf)
     steps_per_epoch = math.ceil(batches_per_epoch / tcfg.accumulate_grad_batches)
@@ -107,8 +124,13 @@ def train(cfg: DictConfig) -> float:
     scaler = grad_scaler(device, tcfg.precision)
     # Compile after the graph source is kept: log_graph_once traces the original module, not the compiled one.
     train_model = torch.compile(model) if tcfg.compile else model
+    # Evaluation runs outside DDP (each rank on its shard, metrics summed): a DDP forward syncs buffers.
+    eval_model = train_model
+    # DDP wraps the compiled model; its backward averages gradients over ranks. Alone: the model itself.
+    train_model = wrap_ddp(train_model, ddp)
 
-    writer = open_writer(run_dir / "tb")
+    # Rank 0 alone writes TensorBoard, checkpoints and metrics.json; elsewhere the writer is None.
+    writer = open_writer(run_dir / "tb", enabled=ddp.is_main)
     # TEXT tab: the resolved config and the environment (also env.json); HPARAMS tab: this run's
     # hyperparameters, written now so that a run killed midway still shows in the table.
     log_run_start(writer, cfg, run_dir, device)
@@ -148,14 +170,17 @@ def train(cfg: DictConfig) -> float:
             if step == 0 and i == 0 and cfg.logging.images:
                 log_input_images(writer, x, cfg.data, step)
 
-            with autocast(device, tcfg.precision):
-                loss = F.cross_entropy(logits_of(train_model(x)), y)
-            scaler.scale(loss / accum).backward()
+            update = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
+            # DDP averages gradients over ranks in backward; not on batches that only accumulate them.
+            with sync_gradients(train_model, update):
+                with autocast(device, tcfg.precision):
+                    loss = F.cross_entropy(logits_of(train_model(x)), y)
+                scaler.scale(loss / accum).backward()
             loss_sum += loss.detach()
-            seen += y.shape[0]
+            seen += y.shape[0] * ddp.world_size  # over all ranks: each runs batches of the same size
             window_batches += 1
 
-            if (i + 1) % accum and i + 1 < batches_per_epoch:
+            if not update:
                 continue  # accumulate gradients: no optimizer step on this batch
             if tcfg.grad_clip:
                 scaler.unscale_(optimizer)
@@ -170,17 +195,19 @@ def train(cfg: DictConfig) -> float:
             progress.advance()
 
             if step % cfg.logging.every_n_steps == 0 or step == total_steps:
-                # The one sync point of the loop: a tensor read forces the device to catch up.
-                mean_loss = loss_sum.item() / window_batches
+                # The one sync point of the loop: a tensor read forces the device to catch up. Under DDP
+                # the loss is first summed over ranks, all of which have run window_batches batches.
+                mean_loss = all_reduce_sum(loss_sum)[0].item() / (window_batches * ddp.world_size)
                 elapsed = time.perf_counter() - window_start
                 values = {
                     "loss": mean_loss,
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_s": seen / elapsed,
                 }
-                writer.add_scalar("train/loss", values["loss"], step)
-                writer.add_scalar("train/lr", values["lr"], step)
-                writer.add_scalar("train/samples_per_s", values["samples_per_s"], step)
+                if writer:
+                    writer.add_scalar("train/loss", values["loss"], step)
+                    writer.add_scalar("train/lr", values["lr"], step)
+                    writer.add_scalar("train/samples_per_s", values["samples_per_s"], step)
                 if cfg.logging.lr_per_group:
                     log_lr_per_group(writer, optimizer, step)
                 progress.report(step, epoch, values)
@@ -189,23 +216,28 @@ def train(cfg: DictConfig) -> float:
 
         last_epoch = epoch + 1 == max_epochs or step >= total_steps
         if (epoch + 1) % tcfg.val_every_n_epochs == 0 or last_epoch:
-            val = evaluate(train_model, loaders.val, device, tcfg.precision, tcfg.channels_last)
-            writer.add_scalar("val/loss", val["loss"], step)
-            writer.add_scalar("val/acc", val["acc"], step)
+            val = evaluate(eval_model, loaders.val, device, tcfg.precision, tcfg.channels_last)
+            if writer:
+                writer.add_scalar("val/loss", val["loss"], step)
+                writer.add_scalar("val/acc", val["acc"], step)
             if cfg.logging.confusion_matrix:
                 log_per_class(writer, val["confusion"], step)  # confusion matrix, per-class accuracy
             log.info("epoch %d step %d: val loss %.4f, val acc %.4f", epoch, step, val["loss"], val["acc"])
-            if val["acc"] > best_acc:
+            if val["acc"] > best_acc:  # val is summed over ranks: all ranks agree
                 best_acc = val["acc"]
-                save_checkpoint(checkpoint(epoch + 1, step, best_acc), ckpt_dir / "best.pt")
-        save_checkpoint(checkpoint(epoch + 1, step, best_acc), ckpt_dir / "last.pt")
+                if ddp.is_main:
+                    save_checkpoint(checkpoint(epoch + 1, step, best_acc), ckpt_dir / "best.pt")
+        if ddp.is_main:
+            save_checkpoint(checkpoint(epoch + 1, step, best_acc), ckpt_dir / "last.pt")
         if step >= total_steps:
             break
     progress.close()
+    check_weights_in_sync(model, ddp)  # under DDP: every rank logs a digest of its weights; they must agree
 
     # --- Test the best weights, and report -----------------------------------------------------------------
     from utils.checkpoint import load_checkpoint
 
+    barrier()  # rank 0 has written best.pt; now the other ranks may read it
     unwrap(model).load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
     test = evaluate(model, loaders.test, device, tcfg.precision, tcfg.channels_last)
     metrics = {
@@ -217,8 +249,9 @@ def train(cfg: DictConfig) -> float:
         "steps": step,
     }
     log_run_end(writer, metrics, step)  # test/acc, test/loss, val/acc_best; the HPARAMS session ends
-    writer.close()
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if ddp.is_main:
+        writer.close()
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(
         "Test accuracy %.4f (best val %.4f). Metrics: %s", test["acc"], best_acc, run_dir / "metrics.json"
     )

@@ -74,3 +74,17 @@ def event_accumulator(run_dir: Path):
 
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def require_extra(module: str, extra: str) -> None:
+    """Skip a test whose optional extra (pyproject) is not installed; fail instead under REQUIRE_E2E=1,
+    as in CI, which installs every extra (.ci/run)."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec(module) is not None:
+        return
+    if os.environ.get("REQUIRE_E2E") == "1":
+        pytest.fail(f"{module} is missing, and REQUIRE_E2E=1 requires it (pip install -e '.[{extra}]')")
+    pytest.skip(f"{module} is missing: pip install -e '.[{extra}]'")

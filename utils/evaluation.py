@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from utils.distributed import all_reduce_sum
 from utils.runtime import autocast
 
 
@@ -42,7 +43,11 @@ def evaluate(model, loader, device: torch.device, precision: str, channels_last:
         # scatter_add_, not bincount: bincount reads the max index back to the host, a sync per batch.
         confusion.scatter_add_(0, y * c + pred, torch.ones_like(y))
     model.train(was_training)
-    count = max(count, 1)
+    # Under DDP each rank saw its own shard of the split: sum over ranks (a no-op in a single process).
+    loss_sum, correct, count_t, confusion = all_reduce_sum(
+        loss_sum, correct, torch.tensor(count, device=device), confusion
+    )
+    count = max(int(count_t), 1)
     return {
         "loss": loss_sum.item() / count,
         "acc": correct.item() / count,

@@ -11,19 +11,27 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from data.splits import Splits
+from utils.config import ConfigError
 
 
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1):
-    """The indices this rank visits in this epoch: every rank sees the same permutation, takes every
-    world_size-th item, and pads by wrapping so that all ranks run the same number of steps."""
+def epoch_order(
+    n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1, pad: bool = True
+):
+    """The indices this rank visits in this epoch: every rank sees the same permutation and takes every
+    world_size-th item, as torch's DistributedSampler does. Training pads by wrapping, so that all ranks
+    run the same number of steps (DDP needs it); evaluation does not, so that no sample counts twice."""
     if shuffle:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     else:
         order = torch.arange(n)
-    if world_size > 1:
-        per_rank = math.ceil(n / world_size)
-        order = torch.cat([order, order[: per_rank * world_size - n]])[rank::world_size]
-    return order
+    if world_size > 1 and pad:
+        order = torch.cat([order, order[: shard_size(n, rank, world_size) * world_size - n]])
+    return order[rank::world_size]
+
+
+def shard_size(n: int, rank: int, world_size: int, pad: bool = True) -> int:
+    """How many of n items epoch_order gives this rank."""
+    return math.ceil(n / world_size) if pad else len(range(rank, n, world_size))
 
 
 class TensorBatches:
@@ -38,10 +46,11 @@ class TensorBatches:
         drop_last: bool,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool = True,
     ) -> None:
         self.tensors = dataset.tensors
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start_batch = 0, 0
         self.dataset = dataset
 
@@ -49,12 +58,12 @@ class TensorBatches:
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.dataset) / self.world_size)
+        n = shard_size(len(self.dataset), self.rank, self.world_size, self.pad)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
         order = epoch_order(
-            len(self.dataset), self.seed, self.epoch, self.shuffle, self.rank, self.world_size
+            len(self.dataset), self.seed, self.epoch, self.shuffle, self.rank, self.world_size, self.pad
         )
         for b in range(self.start_batch, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -64,19 +73,29 @@ class TensorBatches:
 class EpochSampler(Sampler[int]):
     """The same (seed, epoch) order as TensorBatches, for DataLoader-backed datasets."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool,
+        seed: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ):
         self.n, self.shuffle, self.seed, self.batch_size = n, shuffle, seed, batch_size
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        return max(0, math.ceil(self.n / self.world_size) - self.start_batch * self.batch_size)
+        n = shard_size(self.n, self.rank, self.world_size, self.pad)
+        return max(0, n - self.start_batch * self.batch_size)
 
     def __iter__(self):
-        order = epoch_order(self.n, self.seed, self.epoch, self.shuffle, self.rank, self.world_size)
+        order = epoch_order(self.n, self.seed, self.epoch, self.shuffle, self.rank, self.world_size, self.pad)
         return iter(order[self.start_batch * self.batch_size :].tolist())
 
 
@@ -94,8 +113,9 @@ class SampledLoader:
         pin_memory: bool,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool = True,
     ) -> None:
-        self.sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size)
+        self.sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size, pad)
         self.batch_size, self.drop_last = batch_size, drop_last
         self.loader = DataLoader(
             dataset,
@@ -113,7 +133,8 @@ class SampledLoader:
         self.sampler.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.dataset) / self.sampler.world_size)
+        s = self.sampler
+        n = shard_size(len(self.dataset), s.rank, s.world_size, s.pad)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
@@ -138,11 +159,14 @@ def build_dataloaders(
 ) -> Loaders:
     def make(dataset: Dataset, train: bool):
         # Only the training split is shuffled and drops its ragged last batch (BatchNorm dislikes a batch of 1).
+        # With several ranks, only training pads its shards to equal length (see epoch_order).
         drop_last = train and len(dataset) > batch_size * world_size
+        if len(dataset) < world_size:
+            raise ConfigError(f"a split of {len(dataset)} samples cannot feed {world_size} processes")
         if isinstance(dataset, TensorDataset):
-            return TensorBatches(dataset, batch_size, train, seed, drop_last, rank, world_size)
+            return TensorBatches(dataset, batch_size, train, seed, drop_last, rank, world_size, pad=train)
         return SampledLoader(
-            dataset, batch_size, train, seed, drop_last, num_workers, pin_memory, rank, world_size
+            dataset, batch_size, train, seed, drop_last, num_workers, pin_memory, rank, world_size, pad=train
         )
 
     return Loaders(make(splits.train, True), make(splits.val, False), make(splits.test, False))

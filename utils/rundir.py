@@ -2,12 +2,19 @@
 
 Hydra resolves `hydra.run.dir` through the `run_dir` resolver registered here. This module must stay free of
 torch imports: it is loaded before Hydra parses the command line, so `train.py --help` stays fast.
+
+Under torchrun (or a multi-task SLURM job) every rank is its own process and composes the config itself. So
+that they all land in one directory, and a restarted job lands there again, the first rank to get here
+reserves the name in a marker file, `<root>/.runs/<launch id>_<name>`, and the others read it back.
+`process_rank` and the `on_main` resolver keep the other ranks from writing over rank 0's `.hydra/` and
+`train.log` (see conf/hydra/default.yaml).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from datetime import datetime
 
 from omegaconf import OmegaConf
@@ -21,21 +28,97 @@ def safe_name(text: str) -> str:
     """Reduce user text to letters, digits, '.', '_' and '-'.
 
     TensorBoard answers 400 for a run whose name holds a double quote, and shells trip on spaces, so
-    anything else becomes '_'. Leading dots are dropped so a name can never be '..' or a hidden file.
+    anything else becomes '_'. Dots and '_' are trimmed from both ends: never '..' nor a hidden file.
     """
-    return _UNSAFE.sub("_", str(text)).strip("_").lstrip(".") or "run"
+    return _UNSAFE.sub("_", str(text)).strip("._") or "run"
+
+
+def process_rank() -> int:
+    """This process's global rank, as its launcher announces it before torch starts: torchrun's RANK,
+    submitit's local task id, or SLURM_PROCID for SLURM tasks (srun, submitit). 0 for a lone process."""
+    names = ["RANK"]
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        names.append("SUBMITIT_LOCAL_GLOBALID")  # before SLURM_PROCID, which a salloc shell may hold
+    names.append("SLURM_PROCID")
+    for name in names:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def launch_id() -> str | None:
+    """An id that every rank of one launch shares and that a restart of that launch keeps; None for a lone
+    process. torchrun: TORCHELASTIC_RUN_ID (random per launch with --standalone, else --rdzv-id; its
+    default "none" is made unique with the id of the torchrun agent, the ranks' common parent). SLURM with
+    several tasks: job id and step, kept when the job is requeued."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id:
+        return f"torchrun-{run_id}" if run_id != "none" else f"torchrun-agent{os.getppid()}"
+    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and os.environ.get("SLURM_JOB_ID"):
+        return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
+    return None
+
+
+def on_main(value, otherwise=None):
+    """`value` on rank 0, `otherwise` on the other ranks: `${on_main:.hydra}` is null there."""
+    return value if process_rank() == 0 else otherwise
+
+
+def rank_log(filename: str) -> str:
+    """`train.log` on rank 0, `train.rank<N>.log` on rank N: one log file per process, none clobbered."""
+    rank = process_rank()
+    stem, dot, ext = filename.rpartition(".")
+    if rank == 0:
+        return filename
+    return f"{stem}.rank{rank}.{ext}" if dot else f"{filename}.rank{rank}"
 
 
 def unique_run_dir(root: str, *parts: object) -> str:
     """Create and return `root/YYYY-MM-DD/HH-MM-SS_<parts>`, adding `-2`, `-3`, ... if it already exists.
 
     The directory is created here with mkdir (atomic), so two runs started in the same second can never
-    share it. Hydra later calls makedirs(exist_ok=True) on it, which is then a no-op.
+    share it. Hydra later calls makedirs(exist_ok=True) on it, which is then a no-op. The ranks of one
+    launch (see launch_id) share the directory that the first of them made.
     """
     name = "_".join(safe_name(p) for p in parts if p not in (None, ""))
     key = (str(root), name)
-    if key in _reserved:
-        return _reserved[key]
+    if key not in _reserved:
+        shared = launch_id()
+        _reserved[key] = _shared_dir(root, name, shared) if shared else _new_dir(root, name)
+    return _reserved[key]
+
+
+def _shared_dir(root: str, name: str, shared: str) -> str:
+    """The directory recorded for this launch, or a new one recorded by whichever rank comes first.
+
+    The marker is written whole under a temporary name and hard-linked into place: link() fails if the
+    marker exists, so exactly one rank wins, and no rank can ever read a half-written marker.
+    """
+    runs = os.path.join(str(root), ".runs")
+    os.makedirs(runs, exist_ok=True)
+    marker = os.path.join(runs, safe_name(f"{shared}_{name}" if name else shared))
+    if os.path.exists(marker):
+        return _read_marker(marker)
+    path = _new_dir(root, name)
+    fd, tmp = tempfile.mkstemp(dir=runs, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(path + "\n")
+        os.link(tmp, marker)
+        return path
+    except FileExistsError:
+        os.rmdir(path)  # another rank won the race; ours is still empty
+        return _read_marker(marker)
+    finally:
+        os.unlink(tmp)
+
+
+def _read_marker(marker: str) -> str:
+    with open(marker) as f:
+        return f.read().strip()
+
+
+def _new_dir(root: str, name: str) -> str:
     now = datetime.now()
     day = os.path.join(str(root), now.strftime("%Y-%m-%d"))
     os.makedirs(day, exist_ok=True)
@@ -48,7 +131,6 @@ def unique_run_dir(root: str, *parts: object) -> str:
         except FileExistsError:
             n += 1
             path = os.path.join(day, f"{stem}-{n}")
-    _reserved[key] = path
     return path
 
 
@@ -73,7 +155,13 @@ def unless_resuming(resume, value):
 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_dir"):
-        OmegaConf.register_new_resolver("run_dir", unique_run_dir)
+        # use_cache: the answer travels with the config, so that a submitit job, which unpickles the sweep
+        # config in a new process, finds the sweep directory instead of making one of its own.
+        OmegaConf.register_new_resolver("run_dir", unique_run_dir, use_cache=True)
+    if not OmegaConf.has_resolver("on_main"):
+        OmegaConf.register_new_resolver("on_main", on_main)
+    if not OmegaConf.has_resolver("rank_log"):
+        OmegaConf.register_new_resolver("rank_log", rank_log)
     if not OmegaConf.has_resolver("resumable_run_dir"):
         OmegaConf.register_new_resolver("resumable_run_dir", resumable_run_dir, use_cache=True)
     if not OmegaConf.has_resolver("unless_resuming"):
