@@ -27,5 +27,9 @@ format: install
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The template's loop against a hand-written one, startup, graph logging; writes docs/benchmarks.md.
+bench: install
+	$(PY) scripts/bench.py $(ARGS)
+
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -43,6 +43,16 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def fused_on_cuda(node, device: torch.device):
+    """An optimizer config's `fused: null` means: the fused kernel on CUDA (one launch updates every
+    parameter, instead of a handful per parameter), torch's own default elsewhere. True/false pass through."""
+    if "fused" not in node or node.fused is not None or device.type != "cuda":
+        return node
+    node = node.copy()
+    node.fused = True
+    return node
+
+
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling guards fp16 gradients from underflow; bf16 has fp32's range and needs none."""
     return torch.amp.GradScaler(device.type, enabled=str(precision) == "16")
