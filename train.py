@@ -34,10 +34,11 @@ def main(cfg: DictConfig) -> float:
     from data.splits import DatasetError
     from utils.checkpoint import CheckpointError
     from utils.distributed import cleanup_distributed
+    from utils.nonfinite import NonFiniteLossError
 
     try:
         return train(cfg)
-    except (ConfigError, DatasetError, CheckpointError) as err:
+    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError) as err:
         # A problem the user can fix: one line, not a traceback (HYDRA_FULL_ERROR=1 still shows it).
         log.error("%s", err)
         sys.exit(2)
@@ -51,7 +52,7 @@ def train(cfg: DictConfig) -> float:
     import torch.nn.functional as F
     from hydra.core.hydra_config import HydraConfig
 
-    from utils.checkpoint import rng_state, save_checkpoint
+    from utils.checkpoint import link_checkpoint, rng_state, save_checkpoint
     from utils.dashboards import (
         histograms_due,
         log_histograms,
@@ -71,10 +72,18 @@ def train(cfg: DictConfig) -> float:
     )
     from utils.evaluation import evaluate, logits_of
     from utils.loaders import build_dataloaders
+    from utils.nonfinite import NonFiniteGuard
     from utils.progress import Progress
+    from utils.resume import Position, check_can_resume, data_order_state, load_resume, resume_command
     from utils.runtime import autocast, fused_on_cuda, grad_scaler, seed_everything
+    from utils.signals import StopSignals
     from utils.tensorboard import log_graph_once, open_writer, unwrap
 
+    # `resume=RUN_DIR`: continue that run from its last checkpoint, with the config it was started with.
+    resumed = load_resume(cfg, HydraConfig.get()) if cfg.get("resume") else None
+    if resumed:
+        cfg = resumed.cfg
+        log.info("Resuming from %s (step %d)", resumed.path, resumed.state["step"])
     check_config(cfg)
     tcfg = cfg.trainer
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -128,40 +137,69 @@ def train(cfg: DictConfig) -> float:
     eval_model = train_model
     # DDP wraps the compiled model; its backward averages gradients over ranks. Alone: the model itself.
     train_model = wrap_ddp(train_model, ddp)
+    # A resumed run takes back every state it saved (weights, optimizer, schedule, scaler, RNG streams) and
+    # the position it reached; a new one starts at zero.
+    start = Position()
+    if resumed:
+        check_can_resume(resumed, loaders.train, total_steps, run_dir)
+        start = resumed.restore(unwrap(model), optimizer, scheduler, scaler)
 
     # Rank 0 alone writes TensorBoard, checkpoints and metrics.json; elsewhere the writer is None.
-    writer = open_writer(run_dir / "tb", enabled=ddp.is_main)
+    # Resumed: hide the events that the interrupted run wrote after its checkpoint, so no step shows twice.
+    writer = open_writer(run_dir / "tb", enabled=ddp.is_main, purge_step=start.step + 1 if resumed else None)
     # TEXT tab: the resolved config and the environment (also env.json); HPARAMS tab: this run's
     # hyperparameters, written now so that a run killed midway still shows in the table.
     log_run_start(writer, cfg, run_dir, device)
     ckpt_dir = run_dir / "checkpoints"
     progress = Progress(cfg.logging.progress_bar, total_steps)
 
-    def checkpoint(epoch: int, step: int, best_acc: float) -> dict:
+    def checkpoint(epoch: int, batch: int) -> dict:
+        """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
         return {
             "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "epoch": epoch,
+            "batch_in_epoch": batch,  # batches of `epoch` already trained on
             "step": step,
             "best_val_acc": best_acc,
+            "val_last": {"loss": val["loss"], "acc": val["acc"]} if val else None,
             "rng": rng_state(),
+            "data_order": data_order_state(loaders.train, epoch, batch),
+            "window": {"loss_sum": loss_sum.item(), "batches": window_batches},  # the loss being averaged
+            "nonfinite_skipped": guard.skipped,
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
 
+    last_good = None  # the newest checkpoint, which the error for a non-finite loss names
+
+    def save(name: str, epoch: int, batch: int = 0) -> Path:
+        """Every checkpoint goes through here: never one of weights that a non-finite loss has spoiled, and
+        TensorBoard flushed first, so that a resumed run finds every event up to this step on disk."""
+        nonlocal last_good
+        guard.check(last_good, writer)
+        writer.flush()
+        save_checkpoint(checkpoint(epoch, batch), ckpt_dir / name)
+        last_good = ckpt_dir / name
+        return last_good
+
     # --- The loop -----------------------------------------------------------------------------------------
-    step, best_acc, val = 0, -1.0, None
+    step, best_acc, val = start.step, start.best_val_acc, start.val
     accum = tcfg.accumulate_grad_batches
     # Running sums stay on the device; they are read (one sync) only every logging.every_n_steps.
-    loss_sum = torch.zeros((), device=device)
-    seen, window_batches, window_start = 0, 0, time.perf_counter()
+    loss_sum = torch.full((), start.window["loss_sum"], device=device)
+    seen, window_batches, window_start = 0, start.window["batches"], time.perf_counter()
+    guard = NonFiniteGuard(tcfg.skip_nonfinite, device, skipped=start.nonfinite_skipped)
+    stop = StopSignals()  # Ctrl-C, SIGTERM: finish the step, save last.pt, exit 130 / 143
+    stopped_at, epoch = None, start.epoch - 1
     # (samples, seconds) of each logging window, for the throughput in metrics.json.
     windows: list[tuple[int, float]] = []
     train_model.train()
-    for epoch in range(max_epochs):
-        loaders.train.set_epoch(epoch)
-        for i, (x, y) in enumerate(loaders.train):
+    for epoch in range(start.epoch, max_epochs):
+        first = start.batch if epoch == start.epoch else 0  # a resumed run goes on mid-epoch
+        loaders.train.set_epoch(epoch, first)
+        for i, (x, y) in enumerate(loaders.train, start=first):
             if i >= batches_per_epoch or step >= total_steps:
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -177,6 +215,10 @@ def train(cfg: DictConfig) -> float:
             with sync_gradients(train_model, update):
                 with autocast(device, tcfg.precision):
                     loss = F.cross_entropy(logits_of(train_model(x)), y)
+                if guard.drop(loss, step + 1):
+                    # trainer.skip_nonfinite: drop this batch, with the batches it was accumulating with.
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
                 scaler.scale(loss / accum).backward()
             loss_sum += loss.detach()
             seen += y.shape[0] * ddp.world_size  # over all ranks: each runs batches of the same size
@@ -200,6 +242,7 @@ def train(cfg: DictConfig) -> float:
                 # The one sync point of the loop: a tensor read forces the device to catch up. Under DDP
                 # the loss is first summed over ranks, all of which have run window_batches batches.
                 mean_loss = all_reduce_sum(loss_sum)[0].item() / (window_batches * ddp.world_size)
+                guard.check(last_good, writer)
                 elapsed = time.perf_counter() - window_start
                 windows.append((seen, elapsed))
                 values = {
@@ -217,6 +260,15 @@ def train(cfg: DictConfig) -> float:
                 loss_sum.zero_()
                 seen, window_batches, window_start = 0, 0, time.perf_counter()
 
+            if tcfg.checkpoint_every_n_steps and step % tcfg.checkpoint_every_n_steps == 0 and ddp.is_main:
+                # last.pt first, then step_<N>.pt as a second name of it: once that exists, last.pt is as new.
+                link_checkpoint(save("last.pt", epoch, i + 1), ckpt_dir / f"step_{step:08d}.pt")
+            if stop.requested:
+                stopped_at = (epoch, i + 1)
+                break
+        if stopped_at:
+            break
+
         epoch_end = time.perf_counter()  # validation and checkpoints are kept out of samples_per_s
         last_epoch = epoch + 1 == max_epochs or step >= total_steps
         if (epoch + 1) % tcfg.val_every_n_epochs == 0 or last_epoch:
@@ -230,13 +282,21 @@ def train(cfg: DictConfig) -> float:
             if val["acc"] > best_acc:  # val is summed over ranks: all ranks agree
                 best_acc = val["acc"]
                 if ddp.is_main:
-                    save_checkpoint(checkpoint(epoch + 1, step, best_acc), ckpt_dir / "best.pt")
+                    save("best.pt", epoch + 1)
         if ddp.is_main:
-            save_checkpoint(checkpoint(epoch + 1, step, best_acc), ckpt_dir / "last.pt")
+            save("last.pt", epoch + 1)
         window_start += time.perf_counter() - epoch_end
         if step >= total_steps:
             break
     progress.close()
+    if stopped_at:
+        # Ctrl-C or SIGTERM: the step in flight is done; keep it, close TensorBoard, say how to go on.
+        if ddp.is_main:
+            save("last.pt", *stopped_at)
+            writer.close()
+        log.warning("Stopped by %s at step %d. Resume with: %s", stop.name, step, resume_command(run_dir))
+        sys.exit(stop.exit_code)
+    stop.restore()
     check_weights_in_sync(model, ddp)  # under DDP: every rank logs a digest of its weights; they must agree
 
     # --- Test the best weights, and report -----------------------------------------------------------------
@@ -252,6 +312,7 @@ def train(cfg: DictConfig) -> float:
         "val/acc_last": val["acc"],
         "epochs": epoch + 1,
         "steps": step,
+        "nonfinite_batches_skipped": guard.skipped,
     }
     # Training throughput over every logging window but the first, which holds the one-off costs
     # (allocator warm-up, cudnn autotuning, torch.compile, starting workers); `make bench` reads it.
