@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -31,6 +32,8 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the best validation accuracy, the metric that sweepers optimize."""
+    from omegaconf.errors import OmegaConfBaseException
+
     from data.splits import DatasetError
     from utils.checkpoint import CheckpointError
     from utils.distributed import cleanup_distributed
@@ -38,12 +41,21 @@ def main(cfg: DictConfig) -> float:
 
     try:
         return train(cfg)
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError) as err:
-        # A problem the user can fix: one line, not a traceback (HYDRA_FULL_ERROR=1 still shows it).
-        log.error("%s", err)
+    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, OmegaConfBaseException) as err:
+        # A problem the user can fix: one line, not a traceback. HYDRA_FULL_ERROR=1 shows the traceback.
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", one_line(err))
         sys.exit(2)
     finally:
         cleanup_distributed()  # under torchrun: leave the process group, so the next multirun job can join
+
+
+def one_line(err: Exception) -> str:
+    """OmegaConf's errors span several lines (message, full_key, object_type); keep message and key."""
+    key = getattr(err, "full_key", None)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return f"{first} (config key: {key})" if key and key not in first else first
 
 
 def train(cfg: DictConfig) -> float:
@@ -346,9 +358,9 @@ def build(group: str, node: DictConfig, *args, **kwargs):
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
         if isinstance(cause, DatasetError):
             raise cause from None
-        first = (str(cause).strip().splitlines() or [""])[0]
+        target = node.get("_target_", "?")
         raise ConfigError(
-            f"could not build {group} ({node.get('_target_', '?')}): {type(cause).__name__}: {first}"
+            f"could not build {group} ({target}): {type(cause).__name__}: {one_line(cause)}"
         ) from None
 
 
