@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from utils.config import ConfigError, check_config
+from utils.config import ConfigError, check_config, plain
 from utils.rundir import register_resolvers
 
 log = logging.getLogger("train")
@@ -75,7 +75,6 @@ def train(cfg: DictConfig) -> float:
         log_run_start,
     )
     from utils.distributed import (
-        all_reduce_sum,
         barrier,
         check_weights_in_sync,
         init_distributed,
@@ -84,7 +83,7 @@ def train(cfg: DictConfig) -> float:
     )
     from utils.evaluation import evaluate, logits_of
     from utils.loaders import build_dataloaders
-    from utils.nonfinite import NonFiniteGuard
+    from utils.nonfinite import LossWindow, drop_nonfinite
     from utils.progress import Progress
     from utils.resume import Position, check_can_resume, data_order_state, load_resume, resume_command
     from utils.runtime import autocast, fused_on_cuda, grad_scaler, seed_everything
@@ -97,7 +96,8 @@ def train(cfg: DictConfig) -> float:
         cfg = resumed.cfg
         log.info("Resuming from %s (step %d)", resumed.path, resumed.state["step"])
     check_config(cfg)
-    tcfg = cfg.trainer
+    # Plain attributes: the loop reads these every step, and an OmegaConf lookup costs microseconds each.
+    tcfg, lcfg = plain(cfg.trainer), plain(cfg.logging)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info("Run directory: %s", run_dir)
     log.info("TensorBoard:   tensorboard --logdir %s", shlex.quote(str(run_dir / "tb")))
@@ -161,9 +161,10 @@ def train(cfg: DictConfig) -> float:
     writer = open_writer(run_dir / "tb", enabled=ddp.is_main, purge_step=start.step + 1 if resumed else None)
     # TEXT tab: the resolved config and the environment (also env.json); HPARAMS tab: this run's
     # hyperparameters, written now so that a run killed midway still shows in the table.
-    log_run_start(writer, cfg, run_dir, device)
+    if not resumed:  # the interrupted run wrote these already, and env.json describes where it started
+        log_run_start(writer, cfg, run_dir, device)
     ckpt_dir = run_dir / "checkpoints"
-    progress = Progress(cfg.logging.progress_bar, total_steps)
+    progress = Progress(lcfg.progress_bar, total_steps)
 
     def checkpoint(epoch: int, batch: int) -> dict:
         """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
@@ -179,8 +180,8 @@ def train(cfg: DictConfig) -> float:
             "val_last": {"loss": val["loss"], "acc": val["acc"]} if val else None,
             "rng": rng_state(),
             "data_order": data_order_state(loaders.train, epoch, batch),
-            "window": {"loss_sum": loss_sum.item(), "batches": window_batches},  # the loss being averaged
-            "nonfinite_skipped": guard.skipped,
+            "window": losses.state(),  # the losses that the next log line averages
+            "nonfinite_skipped": skipped,
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
 
@@ -190,7 +191,7 @@ def train(cfg: DictConfig) -> float:
         """Every checkpoint goes through here: never one of weights that a non-finite loss has spoiled, and
         TensorBoard flushed first, so that a resumed run finds every event up to this step on disk."""
         nonlocal last_good
-        guard.check(last_good, writer)
+        losses.check(last_good, writer)
         writer.flush()
         save_checkpoint(checkpoint(epoch, batch), ckpt_dir / name)
         last_good = ckpt_dir / name
@@ -199,10 +200,10 @@ def train(cfg: DictConfig) -> float:
     # --- The loop -----------------------------------------------------------------------------------------
     step, best_acc, val = start.step, start.best_val_acc, start.val
     accum = tcfg.accumulate_grad_batches
-    # Running sums stay on the device; they are read (one sync) only every logging.every_n_steps.
-    loss_sum = torch.full((), start.window["loss_sum"], device=device)
-    seen, window_batches, window_start = 0, start.window["batches"], time.perf_counter()
-    guard = NonFiniteGuard(tcfg.skip_nonfinite, device, skipped=start.nonfinite_skipped)
+    # Losses stay on the device; they are read (the loop's one sync) only every logging.every_n_steps.
+    losses = LossWindow(lcfg.every_n_steps * accum, device, state=start.window)
+    skipped = start.nonfinite_skipped  # batches dropped for a non-finite loss (trainer.skip_nonfinite)
+    seen, window_start = 0, time.perf_counter()
     stop = StopSignals()  # Ctrl-C, SIGTERM: finish the step, save last.pt, exit 130 / 143
     stopped_at, epoch = None, start.epoch - 1
     # (samples, seconds) of each logging window, for the throughput in metrics.json.
@@ -211,15 +212,16 @@ def train(cfg: DictConfig) -> float:
     for epoch in range(start.epoch, max_epochs):
         first = start.batch if epoch == start.epoch else 0  # a resumed run goes on mid-epoch
         loaders.train.set_epoch(epoch, first)
+        resume_at = (epoch + 1, 0)  # where last.pt says to go on: the next epoch, unless we stop mid-epoch
         for i, (x, y) in enumerate(loaders.train, start=first):
-            if i >= batches_per_epoch or step >= total_steps:
+            if i >= batches_per_epoch:
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if tcfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if step == 0 and i == 0 and cfg.logging.graph:
+            if step == 0 and i == 0 and lcfg.graph:
                 log_graph_once(writer, model, x[:2])
-            if step == 0 and i == 0 and cfg.logging.images:
+            if step == 0 and i == 0 and lcfg.images:
                 log_input_images(writer, x, cfg.data, step)
 
             update = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
@@ -227,14 +229,14 @@ def train(cfg: DictConfig) -> float:
             with sync_gradients(train_model, update):
                 with autocast(device, tcfg.precision):
                     loss = F.cross_entropy(logits_of(train_model(x)), y)
-                if guard.drop(loss, step + 1):
-                    # trainer.skip_nonfinite: drop this batch, with the batches it was accumulating with.
+                if tcfg.skip_nonfinite and drop_nonfinite(loss):
+                    # Drop this batch, with the batches it was accumulating with.
+                    skipped += 1
                     optimizer.zero_grad(set_to_none=True)
                     continue
-                scaler.scale(loss / accum).backward()
-            loss_sum += loss.detach()
+                scaler.scale(loss / accum if accum > 1 else loss).backward()
+            losses.add(loss, step + 1)
             seen += y.shape[0] * ddp.world_size  # over all ranks: each runs batches of the same size
-            window_batches += 1
 
             if not update:
                 continue  # accumulate gradients: no optimizer step on this batch
@@ -243,40 +245,39 @@ def train(cfg: DictConfig) -> float:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            if histograms_due(cfg.logging.histograms_every_n_epochs, step + 1, steps_per_epoch):
+            if histograms_due(lcfg.histograms_every_n_epochs, step + 1, steps_per_epoch):
                 log_histograms(writer, model, step + 1)  # before zero_grad: the gradients are still there
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
             progress.advance()
 
-            if step % cfg.logging.every_n_steps == 0 or step == total_steps:
-                # The one sync point of the loop: a tensor read forces the device to catch up. Under DDP
-                # the loss is first summed over ranks, all of which have run window_batches batches.
-                mean_loss = all_reduce_sum(loss_sum)[0].item() / (window_batches * ddp.world_size)
-                guard.check(last_good, writer)
+            synced = step % lcfg.every_n_steps == 0 or step == total_steps
+            if synced:
+                # The one sync point of the loop: reading the losses makes the device catch up. Under DDP
+                # they are averaged over ranks, and a non-finite one stops every rank alike.
+                values = {"loss": losses.read(last_good, writer), "lr": scheduler.get_last_lr()[0]}
                 elapsed = time.perf_counter() - window_start
                 windows.append((seen, elapsed))
-                values = {
-                    "loss": mean_loss,
-                    "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": seen / elapsed,
-                }
+                values["samples_per_s"] = seen / elapsed
                 if writer:
-                    writer.add_scalar("train/loss", values["loss"], step)
-                    writer.add_scalar("train/lr", values["lr"], step)
-                    writer.add_scalar("train/samples_per_s", values["samples_per_s"], step)
-                if cfg.logging.lr_per_group:
+                    for key, value in values.items():
+                        writer.add_scalar(f"train/{key}", value, step)
+                if lcfg.lr_per_group:
                     log_lr_per_group(writer, optimizer, step)
                 progress.report(step, epoch, values)
-                loss_sum.zero_()
-                seen, window_batches, window_start = 0, 0, time.perf_counter()
+                losses.reset()
+                seen, window_start = 0, time.perf_counter()
 
             if tcfg.checkpoint_every_n_steps and step % tcfg.checkpoint_every_n_steps == 0 and ddp.is_main:
                 # last.pt first, then step_<N>.pt as a second name of it: once that exists, last.pt is as new.
                 link_checkpoint(save("last.pt", epoch, i + 1), ckpt_dir / f"step_{step:08d}.pt")
-            if stop.requested:
+            if stop.agreed(synced, device):
                 stopped_at = (epoch, i + 1)
+                break
+            if step >= total_steps:
+                if i + 1 < batches_per_epoch:
+                    resume_at = (epoch, i + 1)  # a longer resumed run goes on with this epoch's next batch
                 break
         if stopped_at:
             break
@@ -288,15 +289,15 @@ def train(cfg: DictConfig) -> float:
             if writer:
                 writer.add_scalar("val/loss", val["loss"], step)
                 writer.add_scalar("val/acc", val["acc"], step)
-            if cfg.logging.confusion_matrix:
+            if lcfg.confusion_matrix:
                 log_per_class(writer, val["confusion"], step)  # confusion matrix, per-class accuracy
             log.info("epoch %d step %d: val loss %.4f, val acc %.4f", epoch, step, val["loss"], val["acc"])
             if val["acc"] > best_acc:  # val is summed over ranks: all ranks agree
                 best_acc = val["acc"]
                 if ddp.is_main:
-                    save("best.pt", epoch + 1)
+                    save("best.pt", *resume_at)
         if ddp.is_main:
-            save("last.pt", epoch + 1)
+            save("last.pt", *resume_at)
         window_start += time.perf_counter() - epoch_end
         if step >= total_steps:
             break
@@ -324,7 +325,7 @@ def train(cfg: DictConfig) -> float:
         "val/acc_last": val["acc"],
         "epochs": epoch + 1,
         "steps": step,
-        "nonfinite_batches_skipped": guard.skipped,
+        "nonfinite_batches_skipped": skipped,
     }
     # Training throughput over every logging window but the first, which holds the one-off costs
     # (allocator warm-up, cudnn autotuning, torch.compile, starting workers); `make bench` reads it.

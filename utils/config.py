@@ -8,6 +8,7 @@ instead of deep inside the loop. Keys a forker adds to these groups are allowed;
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -94,3 +95,8 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 0:
             raise ConfigError(f"{key}={value} must be 0 (off) or more")
+
+
+def plain(node: DictConfig) -> SimpleNamespace:
+    """A config group as plain Python attributes, resolved: for code that reads values in a hot loop."""
+    return SimpleNamespace(**OmegaConf.to_container(node, resolve=True))

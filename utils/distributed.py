@@ -105,10 +105,15 @@ def sync_gradients(model: torch.nn.Module, sync: bool):
     return model.no_sync()
 
 
+def is_distributed() -> bool:
+    """Whether this process is one of several in a process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce_sum(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """Each tensor summed over all ranks, in one collective (float64 on the wire: counts stay exact).
     Without a process group, the tensors themselves."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return list(tensors)
     flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
     dist.all_reduce(flat)
@@ -117,6 +122,14 @@ def all_reduce_sum(*tensors: torch.Tensor) -> list[torch.Tensor]:
         out.append(flat[start : start + t.numel()].view(t.shape).to(t.dtype))
         start += t.numel()
     return out
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on any rank: a collective, so every rank must ask at the same step."""
+    if not is_distributed():
+        return flag
+    (count,) = all_reduce_sum(torch.tensor(float(flag), device=device))
+    return bool(count > 0)
 
 
 def weights_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -144,11 +157,11 @@ def check_weights_in_sync(model: torch.nn.Module, ddp: Distributed) -> None:
 
 def barrier() -> None:
     """Wait for every rank: e.g. before the others read a checkpoint that rank 0 has just written."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
 def cleanup_distributed() -> None:
     """Leave the process group (Hydra multiruns start the next job in the same process)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()

@@ -1,47 +1,83 @@
-"""A NaN or infinite loss: stop with an error that names the step and the last good checkpoint (default), or
-skip the batch and count it (`trainer.skip_nonfinite=true`).
+"""The training losses between two log lines, and what happens when one of them is NaN or infinite.
 
-The default costs no sync: the first bad step is noted on the device and read only where the loop syncs
-anyway (the logging interval) and before every checkpoint, so that no checkpoint ever holds the weights
-that a non-finite loss has spoiled. Skipping must decide before the backward pass, so it syncs per batch.
+The losses stay on the device, one slot per batch in a preallocated buffer: that costs what summing them
+would, and no per-step check is needed. They are read where the loop syncs anyway (every
+logging.every_n_steps steps) and before every checkpoint; a non-finite one is then traced to its exact step,
+and training stops with an error that names that step and the last good checkpoint, so that no checkpoint
+ever holds weights that a non-finite loss has spoiled.
+
+`trainer.skip_nonfinite=true` instead drops such batches and counts them. That must be decided before the
+backward pass, so it costs one sync per batch (under DDP, the ranks agree on it).
 """
 
 from __future__ import annotations
 
 import torch
 
+from utils.distributed import all_reduce_sum
+
 
 class NonFiniteLossError(Exception):
     """Training produced a non-finite loss; the message names the step and the last good checkpoint."""
 
 
-class NonFiniteGuard:
-    def __init__(self, skip: bool, device: torch.device, skipped: int = 0) -> None:
-        self.skip = skip
-        self.skipped = skipped  # batches skipped so far, this run and the runs it resumes
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
+class LossWindow:
+    def __init__(self, capacity: int, device: torch.device, state: dict | None = None) -> None:
+        self.losses = torch.zeros(max(capacity, 1), device=device)
+        self.steps: list[int] = []  # the optimizer step each loss belongs to
+        if state:  # a resumed run goes on with the window it was interrupted in
+            for loss, step in zip(state["losses"], state["steps"], strict=True):
+                self.add(loss, step)
 
-    def drop(self, loss: torch.Tensor, step: int) -> bool:
-        """Whether to drop this batch; `step` is the optimizer step that the batch belongs to."""
-        if self.skip:
-            if bool(torch.isfinite(loss)):  # the one sync per batch that this option costs
-                return False
-            self.skipped += 1
-            return True
-        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
-        self._first_bad = torch.where(bad, step, self._first_bad)
-        return False
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        if len(self.steps) == len(self.losses):
+            self.losses = torch.cat([self.losses, torch.zeros_like(self.losses)])
+        self.losses[len(self.steps)] = loss.detach()
+        self.steps.append(step)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def read(self, last_good, writer=None) -> float:
+        """The mean loss over all ranks' windows (a sync; under DDP every rank must call it at the same
+        step). Raises NonFiniteLossError, on every rank alike, if any of those losses was non-finite."""
+        n = len(self.steps)
+        total, count = all_reduce_sum(
+            self.losses[:n].sum(), torch.tensor(float(n), device=self.losses.device)
+        )
+        if not torch.isfinite(total):
+            self._raise(last_good, writer)
+        return total.item() / max(count.item(), 1)
 
     def check(self, last_good, writer=None) -> None:
-        """Raise NonFiniteLossError if any loss so far was non-finite (a sync: call it where the loop syncs).
-        The TensorBoard writer is closed first, so that the curves up to the failure are on disk."""
-        bad = int(self._first_bad)
-        if bad < 0:
-            return
+        """This rank's losses only (a sync, no collective): before a checkpoint is written."""
+        n = len(self.steps)
+        if n and not bool(torch.isfinite(self.losses[:n]).all()):
+            self._raise(last_good, writer)
+
+    def reset(self) -> None:
+        self.steps = []
+
+    def state(self) -> dict:
+        return {"losses": self.losses[: len(self.steps)].cpu(), "steps": list(self.steps)}
+
+    def _raise(self, last_good, writer) -> None:
+        finite = torch.isfinite(self.losses[: len(self.steps)]).tolist()
+        where = (
+            f"step {self.steps[finite.index(False)]}"
+            if False in finite
+            else f"steps {self.steps[0]}-{self.steps[-1]} (on another rank)"
+        )
         if writer is not None:
-            writer.close()
+            writer.close()  # the curves up to the failure stay on disk
         good = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved before it"
         raise NonFiniteLossError(
-            f"non-finite loss at step {bad}; training stopped, {good}. Lower optimizer.lr, set "
+            f"non-finite loss at {where}; training stopped, {good}. Lower optimizer.lr, set "
             "trainer.grad_clip, or skip such batches with trainer.skip_nonfinite=true."
         )
+
+
+def drop_nonfinite(loss: torch.Tensor) -> bool:
+    """For trainer.skip_nonfinite: whether this batch's loss (on any rank) is non-finite. One sync."""
+    (bad,) = all_reduce_sum((~torch.isfinite(loss.detach())).to(torch.float32))
+    return bool(bad > 0)

@@ -10,7 +10,7 @@ resumed run a different one. Hydra puts the resumed run into RUN_DIR itself (con
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,7 +41,7 @@ class Position:
     best_val_acc: float = -1.0
     val: dict | None = None
     nonfinite_skipped: int = 0
-    window: dict = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0})
+    window: dict | None = None  # the losses of the interrupted logging window (LossWindow.state())
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Resume:
                 best_val_acc=float(s["best_val_acc"]),
                 val=s.get("val_last"),
                 nonfinite_skipped=int(s.get("nonfinite_skipped", 0)),
-                window=s.get("window") or Position().window,
+                window=s.get("window"),
             )
         except (KeyError, ValueError, RuntimeError, TypeError) as err:
             first = (str(err).strip().splitlines() or [""])[0][:200]

@@ -31,6 +31,16 @@ class StopSignals:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def agreed(self, synced: bool, device) -> bool:
+        """Whether to leave the loop now. Alone: as soon as a signal came. Under DDP every rank must leave
+        at the same step, or the others would wait forever in their next collective; so the ranks agree on
+        it, only at steps where the loop syncs anyway (every logging.every_n_steps)."""
+        from utils.distributed import any_rank, is_distributed
+
+        if not is_distributed():
+            return self.requested
+        return synced and any_rank(self.requested, device)
+
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
