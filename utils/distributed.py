@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from utils.config import ConfigError
 from utils.runtime import pick_device
@@ -91,8 +92,6 @@ def wrap_ddp(model: torch.nn.Module, ddp: Distributed) -> torch.nn.Module:
     rank 0's weights now and averages gradients in backward, so every rank keeps equal weights."""
     if ddp.world_size == 1:
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     device_ids = [ddp.device.index] if ddp.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -100,7 +99,8 @@ def wrap_ddp(model: torch.nn.Module, ddp: Distributed) -> torch.nn.Module:
 def sync_gradients(model: torch.nn.Module, sync: bool):
     """Gradient accumulation: skip DDP's all-reduce on micro-batches that end in no optimizer step (the
     context must hold the forward pass as well as backward). A no-op outside DDP."""
-    if sync or not hasattr(model, "no_sync"):
+    # isinstance, not hasattr: a missing attribute on an nn.Module raises inside __getattr__, every step.
+    if sync or not isinstance(model, DistributedDataParallel):
         return contextlib.nullcontext()
     return model.no_sync()
 

@@ -10,6 +10,8 @@ import os
 import signal
 import threading
 
+from utils.distributed import any_rank, is_distributed
+
 log = logging.getLogger("train")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -35,8 +37,6 @@ class StopSignals:
         """Whether to leave the loop now. Alone: as soon as a signal came. Under DDP every rank must leave
         at the same step, or the others would wait forever in their next collective; so the ranks agree on
         it, only at steps where the loop syncs anyway (every logging.every_n_steps)."""
-        from utils.distributed import any_rank, is_distributed
-
         if not is_distributed():
             return self.requested
         return synced and any_rank(self.requested, device)
