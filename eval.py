@@ -79,6 +79,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         num_workers=run_cfg.data.num_workers,
         seed=run_cfg.trainer.seed,
         pin_memory=device.type == "cuda",
+        device=device,
     )
     t = run_cfg.trainer
     try:

@@ -120,6 +120,7 @@ def train(cfg: DictConfig) -> float:
         # Each rank its own shard: data.batch_size is per rank, the global batch world_size times that.
         rank=ddp.rank,
         world_size=ddp.world_size,
+        device=device,  # in-memory data is gathered on the GPU, when there is one
     )
     batches_per_epoch = min(len(loaders.train), tcfg.limit_batches or math.inf)
     steps_per_epoch = math.ceil(batches_per_epoch / tcfg.accumulate_grad_batches)

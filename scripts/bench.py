@@ -93,6 +93,7 @@ def cases_for(device: str, quick: bool) -> dict[str, Case]:
     if device == "cuda":
         bf16_cl = ["trainer.precision=bf16", "trainer.channels_last=true"]
         return {
+            "digits": Case("digits (default run: mlp, 15 epochs)", [], fake=False),
             "resnet18-fp32": fake_case("resnet18 fp32", "resnet18", 128, 20, 100),
             "resnet18-bf16-cl": fake_case("resnet18 bf16+channels_last", "resnet18", 128, 20, 100, *bf16_cl),
             "resnet18-bf16-cl-compile": fake_case(
@@ -176,7 +177,12 @@ def run_raw(overrides: list[str], run_dir: Path) -> dict:
     torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
     splits = instantiate(cfg.data.dataset)
     loaders = build_dataloaders(
-        splits, cfg.data.batch_size, cfg.data.num_workers, t.seed, pin_memory=device.type == "cuda"
+        splits,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+        t.seed,
+        pin_memory=device.type == "cuda",
+        device=device,
     )
     total = t.max_steps or t.max_epochs * len(loaders.train)
     model = instantiate(cfg.model).to(device)

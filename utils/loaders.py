@@ -64,7 +64,7 @@ class TensorBatches:
     def __iter__(self):
         order = epoch_order(
             len(self.dataset), self.seed, self.epoch, self.shuffle, self.rank, self.world_size, self.pad
-        )
+        ).to(self.tensors[0].device)  # the order is drawn on the CPU (the same on every device and rank)
         for b in range(self.start_batch, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield tuple(t[idx] for t in self.tensors)
@@ -148,6 +148,18 @@ class Loaders:
     test: TensorBatches | SampledLoader
 
 
+# In-memory data up to this size moves to the GPU once, so that batches are gathered there with no host work.
+DEVICE_RESIDENT_BYTES = 2 * 1024**3
+
+
+def on_device(dataset: TensorDataset, device: torch.device | None) -> TensorDataset:
+    if device is None or device.type != "cuda":
+        return dataset
+    if sum(t.numel() * t.element_size() for t in dataset.tensors) > DEVICE_RESIDENT_BYTES:
+        return dataset
+    return TensorDataset(*(t.to(device) for t in dataset.tensors))
+
+
 def build_dataloaders(
     splits: Splits,
     batch_size: int,
@@ -156,6 +168,7 @@ def build_dataloaders(
     pin_memory: bool,
     rank: int = 0,
     world_size: int = 1,
+    device: torch.device | None = None,
 ) -> Loaders:
     def make(dataset: Dataset, train: bool):
         # Only the training split is shuffled and drops its ragged last batch (BatchNorm dislikes a batch of 1).
@@ -164,7 +177,9 @@ def build_dataloaders(
         if len(dataset) < world_size:
             raise ConfigError(f"a split of {len(dataset)} samples cannot feed {world_size} processes")
         if isinstance(dataset, TensorDataset):
-            return TensorBatches(dataset, batch_size, train, seed, drop_last, rank, world_size, pad=train)
+            return TensorBatches(
+                on_device(dataset, device), batch_size, train, seed, drop_last, rank, world_size, pad=train
+            )
         return SampledLoader(
             dataset, batch_size, train, seed, drop_last, num_workers, pin_memory, rank, world_size, pad=train
         )
