@@ -13,6 +13,8 @@ SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 PROJECT_DIR=${SCRIPT_DIR%/*}
 readonly PROG SCRIPT_DIR PROJECT_DIR
 readonly DEFAULT_LOCAL_PORT=16008 DEFAULT_REMOTE_PORT=6008 PORT_TRIES=50
+# shellcheck source=scripts/common.sh
+source "$SCRIPT_DIR/common.sh"
 
 usage() {
   cat <<EOF
@@ -46,11 +48,6 @@ The URL is printed on a line that contains http://localhost:PORT; it runs until 
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 1
-}
-
 note() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 
 # The remote project directory defaults to this checkout's place relative to $HOME, so that
@@ -63,20 +60,8 @@ default_remote_dir() {
   fi
 }
 
-is_port() { [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
-
-# True when something accepts connections on 127.0.0.1:PORT (bash's /dev/tcp, no extra tools).
-port_in_use() { (exec 9<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # True when an HTTP server on 127.0.0.1:PORT answers TensorBoard's /data/environment with 200.
-tensorboard_answers() {
-  (
-    exec 9<>"/dev/tcp/127.0.0.1/$1" || exit 1
-    printf 'GET /data/environment HTTP/1.0\r\nHost: localhost\r\n\r\n' >&9
-    IFS= read -r -t 5 status <&9 || exit 1
-    [[ $status == "HTTP/1."?" 200"* ]]
-  ) 2>/dev/null
-}
+tensorboard_answers() { http_answers "$1" /data/environment 'HTTP/1.? 200*'; }
 
 # ---- options ---------------------------------------------------------------------------------------
 logdir=${SERVE_TB_LOGDIR:-outputs}
@@ -88,27 +73,8 @@ no_browser=${SERVE_TB_NO_BROWSER:-0}
 host=""
 ssh_opts=()
 
-# ssh options that take a value (from ssh's getopt string) and those that would break the session.
-readonly SSH_ARG_FLAGS="bcDEeFIiJLlmOoPpQRSWw" SSH_REFUSED_FLAGS="fnNtMOSsWGV"
-
-# Copies one ssh option cluster (e.g. -v, -p 22, -p22, -vJ jump) into ssh_opts and sets `used` to
-# the number of arguments it took.
-take_ssh_option() {
-  local cluster=$1 i c
-  used=1
-  for ((i = 1; i < ${#cluster}; i++)); do
-    c=${cluster:i:1}
-    [[ $SSH_REFUSED_FLAGS != *"$c"* ]] || die "ssh option -$c cannot be used with $PROG (see --help)"
-    if [[ $SSH_ARG_FLAGS == *"$c"* ]]; then
-      if ((i + 1 == ${#cluster})); then
-        (($# >= 2)) || die "ssh option -$c needs a value"
-        used=2
-      fi
-      break
-    fi
-  done
-  ssh_opts+=("${@:1:used}")
-}
+# ssh options that would break the session (see take_ssh_option in common.sh).
+readonly SSH_REFUSED_FLAGS="fnNtMOSsWGV"
 
 need_value() { (($# >= 2)) || die "option $1 needs a value (see --help)"; }
 
@@ -161,11 +127,7 @@ if [[ -n $local_port ]]; then
   local_port_fixed=1
 else
   local_port_fixed=0
-  local_port=$DEFAULT_LOCAL_PORT
-  while port_in_use "$local_port"; do
-    ((local_port < DEFAULT_LOCAL_PORT + PORT_TRIES)) || die "no free local port in $DEFAULT_LOCAL_PORT-$local_port"
-    local_port=$((local_port + 1))
-  done
+  local_port=$(free_port "$DEFAULT_LOCAL_PORT")
 fi
 if [[ -n $remote_port ]]; then
   remote_port=$((10#$remote_port))
@@ -185,6 +147,7 @@ doctor_src=""
 remote_program() {
   printf 'remote_dir=%q\nlogdir=%q\nenv_cmd=%q\nbase_port=%q\nport_fixed=%q\nport_tries=%q\ndoctor_src=%q\n' \
     "$remote_dir" "$logdir" "$env_cmd" "$remote_port" "$remote_port_fixed" "$PORT_TRIES" "$doctor_src"
+  declare -f port_in_use http_answers tensorboard_answers  # the same helpers as here (common.sh)
   cat <<'REMOTE'
 # Runs in bash on the server. Protocol on stdout: lines "@@serve_tb ready PORT PID LOGDIR",
 # "@@serve_tb error MESSAGE", "@@serve_tb stopped"; any other line is for the user.
@@ -216,15 +179,6 @@ trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() { (exec 9<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-tensorboard_answers() {
-  (
-    exec 9<>"/dev/tcp/127.0.0.1/$1" || exit 1
-    printf 'GET /data/environment HTTP/1.0\r\nHost: localhost\r\n\r\n' >&9
-    IFS= read -r -t 5 status <&9 || exit 1
-    [[ $status == "HTTP/1."?" 200"* ]]
-  ) 2>/dev/null
-}
 # stdin is the ssh session; the client never writes to it, so "readable" means closed.
 client_gone() { read -r -t 0 <&0; }
 list_dir() { ls -lA -- "$1" 2>&1 | head -n 40 | sed 's/^/    /'; }

@@ -8,6 +8,8 @@ PROG=${0##*/}
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 PROJECT_DIR=${SCRIPT_DIR%/*}
 readonly PROG SCRIPT_DIR PROJECT_DIR DEFAULT_PORT=6006 PORT_TRIES=50
+# shellcheck source=scripts/common.sh
+source "$SCRIPT_DIR/common.sh"
 
 usage() {
   cat <<EOF
@@ -26,13 +28,6 @@ For a TensorBoard on a remote server, see scripts/serve_tb.sh.
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 1
-}
-
-is_port() { [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
-port_in_use() { (exec 9<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 port=${TB_PORT:-}
 all=0
@@ -94,11 +89,7 @@ if [[ -n $port ]]; then
   is_port "$port" || die "--port must be a port number (1-65535), got '$port'"
   ! port_in_use "$port" || die "port $port is already in use on 127.0.0.1 (choose another --port, or leave it out)"
 else
-  port=$DEFAULT_PORT
-  while port_in_use "$port"; do
-    ((port < DEFAULT_PORT + PORT_TRIES)) || die "no free port in $DEFAULT_PORT-$port"
-    port=$((port + 1))
-  done
+  port=$(free_port "$DEFAULT_PORT")
 fi
 
 # The log doctor's summary (runs, tags, last write) and any problem it sees; it never stops the start.

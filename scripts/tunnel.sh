@@ -4,7 +4,10 @@
 set -euo pipefail
 
 PROG=${0##*/}
-readonly PROG DEFAULT_REMOTE_PORT=6008 DEFAULT_LOCAL_PORT=16008 PORT_TRIES=50
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+readonly PROG SCRIPT_DIR DEFAULT_REMOTE_PORT=6008 DEFAULT_LOCAL_PORT=16008 PORT_TRIES=50
+# shellcheck source=scripts/common.sh
+source "$SCRIPT_DIR/common.sh"
 
 usage() {
   cat <<EOF
@@ -20,45 +23,13 @@ Options starting with '-' go to ssh (-p 2222, -i key, -J jump, -o Option=value);
 EOF
 }
 
-die() {
-  printf '%s: error: %s\n' "$PROG" "$*" >&2
-  exit 1
-}
-
-is_port() { [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
-port_in_use() { (exec 9<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # Does anything answer HTTP at 127.0.0.1:PORT? (through the tunnel: on the server)
-answers_http() {
-  (
-    exec 9<>"/dev/tcp/127.0.0.1/$1" || exit 1
-    printf 'GET / HTTP/1.0\r\nHost: localhost\r\n\r\n' >&9
-    IFS= read -r -t 5 status <&9 || exit 1
-    [[ $status == HTTP/* ]]
-  ) 2>/dev/null
-}
+answers_http() { http_answers "$1" / 'HTTP/*'; }
 
-readonly SSH_ARG_FLAGS="bcDEeFIiJLlmOoPpQRSWw" SSH_REFUSED_FLAGS="fnNMOSsWGV"
+readonly SSH_REFUSED_FLAGS="fnNMOSsWGV"  # would break the forward (take_ssh_option, common.sh)
 ssh_opts=()
 positional=()
 
-# Copies one ssh option cluster (-v, -p 22, -p22, -vJ jump) into ssh_opts; sets `used`.
-take_ssh_option() {
-  local cluster=$1 i c
-  used=1
-  for ((i = 1; i < ${#cluster}; i++)); do
-    c=${cluster:i:1}
-    [[ $SSH_REFUSED_FLAGS != *"$c"* ]] || die "ssh option -$c cannot be used with $PROG (see --help)"
-    if [[ $SSH_ARG_FLAGS == *"$c"* ]]; then
-      if ((i + 1 == ${#cluster})); then
-        (($# >= 2)) || die "ssh option -$c needs a value"
-        used=2
-      fi
-      break
-    fi
-  done
-  ssh_opts+=("${@:1:used}")
-}
 
 while (($#)); do
   case $1 in
@@ -80,11 +51,7 @@ if [[ -n $local_port ]]; then
   is_port "$local_port" || die "LOCAL_PORT must be a port number (1-65535), got '$local_port'"
   ! port_in_use "$local_port" || die "local port $local_port is already in use on 127.0.0.1"
 else
-  local_port=$DEFAULT_LOCAL_PORT
-  while port_in_use "$local_port"; do
-    ((local_port < DEFAULT_LOCAL_PORT + PORT_TRIES)) || die "no free local port in $DEFAULT_LOCAL_PORT-$local_port"
-    local_port=$((local_port + 1))
-  done
+  local_port=$(free_port "$DEFAULT_LOCAL_PORT")
 fi
 
 err=$(mktemp "${TMPDIR:-/tmp}/tunnel.XXXXXX")
