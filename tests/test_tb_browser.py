@@ -92,6 +92,15 @@ def test_graphs_tab_draws_the_model_through_the_tunnel(sshd, training_run, tmp_p
                 label = page.locator("text.nodelabel", has_text=re.compile(rf"^{re.escape(node)}"))
                 expect(label.first).to_be_visible(timeout=90_000)
                 expect(page.locator("text.nodelabel", has_text="input").first).to_be_visible()
+                # The graph zooms to fit in an animation (labels start ~10 px tall, end ~19 px); wait until
+                # the model's node is drawn at a readable size, so the screenshot shows what a person sees.
+                for _ in range(60):
+                    box = label.first.bounding_box()
+                    if box and box["height"] >= 15:
+                        break
+                    page.wait_for_timeout(250)
+                else:
+                    pytest.fail(f"the {node} node never reached a readable size: {box}")
                 page.screenshot(path=str(artifacts / "tensorboard_graphs.png"))
             finally:
                 browser.close()
