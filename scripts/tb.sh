@@ -44,6 +44,8 @@ while (($#)); do
   esac
 done
 [[ -z $logdir || $all == 0 ]] || die "give either LOGDIR or --all, not both"
+# Bad arguments first, whatever the directory holds.
+[[ -z $port ]] || is_port "$port" || die "--port must be a port number (1-65535), got '$port'"
 
 if [[ -x $PROJECT_DIR/.venv/bin/tensorboard ]]; then
   tensorboard=$PROJECT_DIR/.venv/bin/tensorboard
@@ -86,7 +88,6 @@ if [[ -z $(find "$logdir" -type f -name 'events.out.tfevents.*' -print -quit 2>/
 fi
 
 if [[ -n $port ]]; then
-  is_port "$port" || die "--port must be a port number (1-65535), got '$port'"
   ! port_in_use "$port" || die "port $port is already in use on 127.0.0.1 (choose another --port, or leave it out)"
 else
   port=$(free_port "$DEFAULT_PORT")
