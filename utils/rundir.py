@@ -154,17 +154,16 @@ def unless_resuming(resume, value):
 
 
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("run_dir"):
-        # use_cache: the answer travels with the config, so that a submitit job, which unpickles the sweep
-        # config in a new process, finds the sweep directory instead of making one of its own.
-        OmegaConf.register_new_resolver("run_dir", unique_run_dir, use_cache=True)
-    if not OmegaConf.has_resolver("on_main"):
-        OmegaConf.register_new_resolver("on_main", on_main)
-    if not OmegaConf.has_resolver("rank_log"):
-        OmegaConf.register_new_resolver("rank_log", rank_log)
-    if not OmegaConf.has_resolver("resumable_run_dir"):
-        OmegaConf.register_new_resolver("resumable_run_dir", resumable_run_dir, use_cache=True)
-    if not OmegaConf.has_resolver("unless_resuming"):
-        OmegaConf.register_new_resolver("unless_resuming", unless_resuming)
-    if not OmegaConf.has_resolver("safe"):
-        OmegaConf.register_new_resolver("safe", safe_name)
+    # use_cache on the run-dir resolvers: the answer travels with the config, so that a submitit job, which
+    # unpickles the sweep config in a new process, finds the sweep directory instead of making its own.
+    resolvers = {
+        "run_dir": (unique_run_dir, True),
+        "resumable_run_dir": (resumable_run_dir, True),
+        "on_main": (on_main, False),
+        "rank_log": (rank_log, False),
+        "unless_resuming": (unless_resuming, False),
+        "safe": (safe_name, False),
+    }
+    for name, (function, cached) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=cached)
