@@ -316,6 +316,20 @@ def tensorboard_env_command() -> str:
     return f"export PATH={shlex.quote(str(bindir))}:$PATH"
 
 
+def serve_args(server, project, *extra) -> list[str]:
+    """serve_tb.sh's arguments against the test sshd, serving `project` with this venv's TensorBoard."""
+    return [
+        *server.ssh_args,
+        "--no-browser",
+        "--remote-dir",
+        str(project),
+        "--env",
+        tensorboard_env_command(),
+        *extra,
+        HOST,
+    ]
+
+
 # ---- a running serve_tb.sh -----------------------------------------------------------------------
 
 

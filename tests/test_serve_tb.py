@@ -31,6 +31,7 @@ from tests.remote_fixtures import (
     port_listening,
     ports_of,
     processes_mentioning,
+    serve_args,
     sshd,  # noqa: F401 (a fixture)
     tensorboard_env_command,
     training_run,  # noqa: F401 (a fixture)
@@ -42,19 +43,6 @@ pytestmark = pytest.mark.slow
 # Every character that a remote shell would interpret: spaces, both quotes, $, ;, backticks, and
 # commands that would leave a trace if anything ran them.
 HOSTILE = 'it\'s a "run" $HOME; touch PWNED `touch PWNED2` $(touch PWNED3)'
-
-
-def serve_args(server, project, *extra) -> list[str]:
-    return [
-        *server.ssh_args,
-        "--no-browser",
-        "--remote-dir",
-        str(project),
-        "--env",
-        tensorboard_env_command(),
-        *extra,
-        HOST,
-    ]
 
 
 def run_serve(args, **kwargs) -> subprocess.CompletedProcess:

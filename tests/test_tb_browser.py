@@ -20,13 +20,12 @@ import pytest
 
 from tests.remote_fixtures import (
     CHROMIUM,
-    HOST,
     ROOT,
     Served,
     processes_mentioning,
     require,
+    serve_args,
     sshd,  # noqa: F401 (a fixture)
-    tensorboard_env_command,
     training_run,  # noqa: F401 (a fixture)
 )
 
@@ -65,18 +64,7 @@ def test_graphs_tab_draws_the_model_through_the_tunnel(sshd, training_run, tmp_p
 
     project = tmp_path / "project"
     shutil.copytree(training_run, project / "outputs" / "run1")
-    served = Served(
-        [
-            *sshd.ssh_args,
-            "--no-browser",
-            "--remote-dir",
-            str(project),
-            "--env",
-            tensorboard_env_command(),
-            HOST,
-        ],
-        tmp_path,
-    )
+    served = Served(serve_args(sshd, project), tmp_path)
     try:
         url = served.wait_for_url()
         node = model_node(url, "run1/tb")
