@@ -46,9 +46,14 @@ def main(cfg: DictConfig) -> float:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("%s", one_line(err))
-        sys.exit(2)
+        exit_code = 2
+    except SystemExit as stop:  # Ctrl-C or SIGTERM: train() saved last.pt and chose 130 or 143
+        exit_code = stop.code
     finally:
-        cleanup_distributed()  # under torchrun: leave the process group, so the next multirun job can join
+        # Under torchrun: leave the process group, so the next multirun job can join. It runs after the
+        # except clauses have dropped the exception, whose traceback would keep train()'s DDP model alive.
+        cleanup_distributed()
+    sys.exit(exit_code)
 
 
 def one_line(err: Exception) -> str:
