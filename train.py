@@ -290,6 +290,7 @@ def train(cfg: DictConfig) -> float:
 
         epoch_end = time.perf_counter()  # validation and checkpoints are kept out of samples_per_s
         last_epoch = epoch + 1 == max_epochs or step >= total_steps
+        improved = False
         if (epoch + 1) % tcfg.val_every_n_epochs == 0 or last_epoch:
             val = evaluate(eval_model, loaders.val, device, tcfg.precision, tcfg.channels_last)
             if writer:
@@ -298,11 +299,13 @@ def train(cfg: DictConfig) -> float:
             if lcfg.confusion_matrix:
                 log_per_class(writer, val["confusion"], step)  # confusion matrix, per-class accuracy
             log.info("epoch %d step %d: val loss %.4f, val acc %.4f", epoch, step, val["loss"], val["acc"])
-            if val["acc"] > best_acc:  # val is summed over ranks: all ranks agree
-                best_acc = val["acc"]
-                if ddp.is_main:
-                    save("best.pt", *resume_at)
-        if ddp.is_main:
+            improved = val["acc"] > best_acc  # val is summed over ranks: all ranks agree
+            best_acc = max(best_acc, val["acc"])
+        if ddp.is_main and improved:
+            # best.pt first: a kill before last.pt follows only repeats this epoch. Then last.pt, the same
+            # state, as a second name of that file: one write per epoch, not two.
+            link_checkpoint(save("best.pt", *resume_at), ckpt_dir / "last.pt")
+        elif ddp.is_main:
             save("last.pt", *resume_at)
         window_start += time.perf_counter() - epoch_end
         if step >= total_steps:

@@ -40,6 +40,12 @@ def test_checkpoints_hold_every_state_as_plain_containers(tmp_path):
     best_step = max(val_acc, key=lambda s: (val_acc[s], -s))  # the first step with the top accuracy
     assert best["step"] == best_step
     assert best["best_val_acc"] == pytest.approx(val_acc[best_step], rel=1e-6)  # events hold float32
+    # Made under the process's umask, as any new file would be (mkstemp alone would make it 0600).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (ckpts / "last.pt").stat().st_mode & 0o777 == 0o666 & ~mask
+    # An epoch that improves writes best.pt once and gives last.pt its name too: one write, not two.
+    assert (ckpts / "best.pt").samefile(ckpts / "last.pt") == (best_step == last["step"])
 
 
 SAVER = textwrap.dedent(

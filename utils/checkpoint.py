@@ -15,6 +15,18 @@ import numpy as np
 import torch
 
 
+def _file_mode() -> int:
+    """The mode open() gives a new file under this process's umask (os.umask can only be read by setting)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# mkstemp makes its file 0600; a checkpoint gets the mode any other new file would, so that a shared
+# project directory stays readable to the group, as torch.save's own files would be.
+FILE_MODE = _file_mode()
+
+
 class CheckpointError(Exception):
     """A checkpoint that is missing, truncated, foreign or unsafe; the message names the file."""
 
@@ -28,6 +40,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
