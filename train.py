@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> float:
     import torch.nn.functional as F
     from hydra.core.hydra_config import HydraConfig
 
-    from utils.checkpoint import link_checkpoint, rng_state, save_checkpoint
+    from utils.checkpoint import link_checkpoint, prune_step_checkpoints, rng_state, save_checkpoint
     from utils.dashboards import (
         histograms_due,
         log_histograms,
@@ -278,6 +278,7 @@ def train(cfg: DictConfig) -> float:
             if tcfg.checkpoint_every_n_steps and step % tcfg.checkpoint_every_n_steps == 0 and ddp.is_main:
                 # last.pt first, then step_<N>.pt as a second name of it: once that exists, last.pt is as new.
                 link_checkpoint(save("last.pt", epoch, i + 1), ckpt_dir / f"step_{step:08d}.pt")
+                prune_step_checkpoints(ckpt_dir, tcfg.keep_step_checkpoints)
             if stop.agreed(synced, device):
                 stopped_at = (epoch, i + 1)
                 break

@@ -48,6 +48,23 @@ def test_checkpoints_hold_every_state_as_plain_containers(tmp_path):
     assert (ckpts / "best.pt").samefile(ckpts / "last.pt") == (best_step == last["step"])
 
 
+def test_keep_step_checkpoints_deletes_the_oldest_as_new_ones_land(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step_notes.pt").write_text("a user's file, not a step checkpoint")
+    overrides = ["trainer.checkpoint_every_n_steps=2", "trainer.keep_step_checkpoints=2", *FAST[2:]]
+    train_in_process(["trainer.max_epochs=2", "trainer.limit_batches=5", *overrides], run)
+    ckpts = run / "checkpoints"
+    # Steps 2, 4, 6, 8 and 10 were saved; the newest two are left, and the user's file is untouched.
+    assert sorted(p.name for p in ckpts.glob("step_*.pt")) == [
+        "step_00000008.pt",
+        "step_00000010.pt",
+        "step_notes.pt",
+    ]
+    assert load_checkpoint(ckpts / "step_00000010.pt")["step"] == 10
+    assert (ckpts / "last.pt").is_file() and (ckpts / "best.pt").is_file()
+
+
 SAVER = textwrap.dedent(
     """
     import sys, torch

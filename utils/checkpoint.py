@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -69,6 +70,21 @@ def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             os.fsync(f.fileno())
     os.replace(tmp, dst)
     _fsync_dir(dst.parent)
+
+
+STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
+
+
+def prune_step_checkpoints(ckpt_dir: str | os.PathLike, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` step_<N>.pt files (by N) in `ckpt_dir`; None keeps them all.
+    Returns what was deleted. last.pt and best.pt have other names, so they are never touched."""
+    if keep is None:
+        return []
+    found = [(int(m[1]), p) for p in Path(ckpt_dir).iterdir() if (m := STEP_CHECKPOINT.fullmatch(p.name))]
+    old = [p for _, p in sorted(found)[:-keep]]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
 
 
 def _fsync_dir(path: Path) -> None:

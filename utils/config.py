@@ -35,6 +35,7 @@ class TrainerSchema:
     channels_last: bool
     cudnn_benchmark: bool
     checkpoint_every_n_steps: Optional[int]
+    keep_step_checkpoints: Optional[int]
     skip_nonfinite: bool
 
 
@@ -64,6 +65,7 @@ POSITIVE = (
     "trainer.accumulate_grad_batches",
     "trainer.val_every_n_epochs",
     "trainer.checkpoint_every_n_steps",
+    "trainer.keep_step_checkpoints",
     "data.batch_size",
     "logging.every_n_steps",
 )

@@ -25,6 +25,7 @@ RESUME_OVERRIDES = (
     "trainer.max_epochs",
     "trainer.max_steps",
     "trainer.checkpoint_every_n_steps",
+    "trainer.keep_step_checkpoints",
     "trainer.device",
     "logging.progress_bar",
 )
