@@ -87,6 +87,17 @@ def test_confusion_matrix_image_colours_each_cell_by_its_row_share():
     assert confusion_matrix_image(torch.eye(1000, dtype=torch.long)).shape == (3, 1000, 1000)
 
 
+def test_add_png_stores_the_image_pixel_for_pixel(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    image = confusion_matrix_image(torch.tensor([[5, 1, 0], [2, 7, 1], [0, 0, 9]]))
+    with SummaryWriter(tmp_path / "tb") as writer:
+        dashboards.add_png(writer, "val/confusion_matrix", image, 3)
+    (event,) = event_accumulator(tmp_path).Images("val/confusion_matrix")
+    assert (event.step, event.height, event.width) == (3, image.shape[1], image.shape[2])
+    assert np.array_equal(decode(event), image.permute(1, 2, 0).numpy())
+
+
 def test_per_class_accuracy_marks_absent_classes_and_draws_bars_to_scale():
     cm = torch.tensor([[3, 1, 0], [0, 0, 0], [2, 0, 2]])
     accuracy = per_class_accuracy(cm)

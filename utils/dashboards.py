@@ -7,6 +7,7 @@ calls them without guards. Images are built with torch alone (no matplotlib): [3
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -177,14 +178,31 @@ def per_class_accuracy_image(accuracy: torch.Tensor, width: int = 320) -> torch.
     return image
 
 
+def add_png(writer, tag: str, image: torch.Tensor, step: int) -> None:
+    """writer.add_image for a finished uint8 [3, H, W] image, encoded straight to PNG. add_image first
+    converts to float and back and resizes to the same size (LANCZOS): 7 ms for the 10-class confusion
+    matrix at every validation, where this takes 3 ms. Written like the HPARAMS summaries, through
+    writer.file_writer."""
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    channels, height, width = image.shape
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG")
+    png = Summary.Image(
+        height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue()
+    )
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=png)]), step)
+
+
 def log_per_class(writer, confusion: torch.Tensor, step: int, prefix: str = "val") -> None:
     """IMAGES tab: the confusion matrix and a per-class accuracy bar chart. SCALARS tab: one accuracy curve
     per class under `<prefix>_class_acc/`, named by zero-padded index so that they sort in class order."""
     if writer is None:
         return
     accuracy = per_class_accuracy(confusion)
-    writer.add_image(f"{prefix}/confusion_matrix", confusion_matrix_image(confusion), step)
-    writer.add_image(f"{prefix}/per_class_accuracy", per_class_accuracy_image(accuracy), step)
+    add_png(writer, f"{prefix}/confusion_matrix", confusion_matrix_image(confusion), step)
+    add_png(writer, f"{prefix}/per_class_accuracy", per_class_accuracy_image(accuracy), step)
     width = len(str(len(accuracy) - 1))
     for k, acc in enumerate(accuracy.tolist()):
         if not math.isnan(acc):
