@@ -12,7 +12,17 @@ from tests.helpers import PYTHON, REPO
 def test_bench_quick_prints_ratios_and_writes_the_table(tmp_path):
     out = tmp_path / "benchmarks.md"
     proc = subprocess.run(
-        [PYTHON, "scripts/bench.py", "--quick", "--warmup-trials", "0", "--output", str(out)],
+        [
+            PYTHON,
+            "scripts/bench.py",
+            "--quick",
+            "--processes",
+            "2",
+            "--warmup-trials",
+            "0",
+            "--output",
+            str(out),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -25,9 +35,12 @@ def test_bench_quick_prints_ratios_and_writes_the_table(tmp_path):
 
     doc = out.read_text()
     assert "<!-- bench:cpu -->" in doc and "<!-- /bench:cpu -->" in doc
-    # One row per case, with the same ratio as printed, and the startup and graph lines.
+    # One row per case, with the same ratio as printed (the median of its two processes' ratios, which
+    # the row lists), and the startup and graph lines.
     for name, ratio in ratios:
-        assert re.search(rf"^\| {re.escape(name)} \|.*\*\*{ratio}\*\*", doc, re.M), doc
+        row = re.search(rf"^\| {re.escape(name)} \|.*\*\*{ratio}\*\* \| (\d\.\d+) (\d\.\d+) \|", doc, re.M)
+        assert row, doc
+        assert float(ratio) == pytest.approx((float(row[1]) + float(row[2])) / 2, abs=1e-3)
     assert "`python train.py --help` (imports torch: no)" in doc
     assert "tab completion" in doc and "(imports torch: no)" in doc
     assert "Graph logging" in doc
