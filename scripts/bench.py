@@ -417,8 +417,9 @@ def merge_processes(runs: list[dict]) -> dict:
     """One case's rows from several fresh processes, as one: medians, the largest weight difference, and
     every process's ratio, since the spread between processes is the noise to read the ratio against."""
     row = dict(runs[0])
-    for key in ("template", "raw", "step_ms", "wait_ms", "ratio"):
-        row[key] = statistics.median(r[key] for r in runs)
+    for key in ("template", "raw", "step_ms", "wait_ms", "ratio", "loader_wait_ms", "loader_step_ms"):
+        if row.get(key) is not None:
+            row[key] = statistics.median(r[key] for r in runs)
     row["trials"] = sum(r["trials"] for r in runs)
     row["weight_diff"] = max(r["weight_diff"] for r in runs)
     row["ratios"] = [r["ratio"] for r in runs]
@@ -430,14 +431,10 @@ def bench_in_processes(name: str, args: argparse.Namespace, workdir: Path) -> di
     runs = []
     for p in range(args.processes):
         out = workdir / f"{name}-{p}.json"
-        cmd = [PYTHON, __file__, "--device", args.device, "--cases", name, "--processes", "1"]
-        cmd += ["--warmup-trials", str(args.warmup_trials), "--no-startup", "--no-graph"]
-        cmd += ["--output", str(workdir / f"{name}-{p}.md"), "--json", str(out)]
-        cmd += [
-            *(["--quick"] if args.quick else []),
-            *(["--trials", str(args.trials)] if args.trials else []),
-        ]
-        cmd += [*(["--extra", *args.extra] if args.extra else [])]
+        cmd = [PYTHON, __file__, "--device", args.device, "--cases", name, "--processes", "1", "--no-startup"]
+        cmd += ["--no-graph", "--warmup-trials", str(args.warmup_trials), "--json", str(out)]
+        cmd += ["--output", str(workdir / f"{name}-{p}.md"), *(["--quick"] if args.quick else [])]
+        cmd += [*(["--trials", str(args.trials)] if args.trials else []), "--extra", *args.extra]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         rows = json.loads(out.read_text())["rows"] if out.exists() else []
         if proc.returncode != 0 or not rows:
