@@ -1,0 +1,28 @@
+"""scikit-learn's bundled diabetes table (442 patients, 10 features, one real target), held in memory as
+tensors: the offline regression dataset."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import TensorDataset
+
+from data.splits import Splits, split_indices
+
+
+def diabetes(
+    val_fraction: float, test_fraction: float, split_seed: int, target_mean: float, target_std: float
+) -> Splits:
+    """Features standardized with the train split's statistics alone; the target (disease progression a
+    year on, 25..346) mapped to (y - target_mean) / target_std with fixed constants from the config, as
+    images are with their fixed mean and std, so the regression task can report metrics in the original
+    units. Targets are [N, 1] floats, the shape of the model's [B, 1] output."""
+    from sklearn.datasets import load_diabetes  # ships with scikit-learn: no download
+
+    bunch = load_diabetes(scaled=False)
+    features = torch.tensor(bunch.data, dtype=torch.float32)
+    target = (torch.tensor(bunch.target, dtype=torch.float32).unsqueeze(1) - target_mean) / target_std
+    val, test, train = split_indices(len(target), [val_fraction, test_fraction], split_seed)
+    mean, std = features[train].mean(dim=0), features[train].std(dim=0).clamp(min=1e-8)
+    features = (features - mean) / std
+    # TensorDataset tells the loaders to slice whole batches by index, with no per-sample Python work.
+    return Splits(*(TensorDataset(features[i], target[i]) for i in (train, val, test)))
