@@ -1,5 +1,6 @@
 # common.sh: helpers that serve_tb.sh, tunnel.sh and tb.sh share. Sourced, never run. The caller sets PROG;
 # take_ssh_option also reads SSH_REFUSED_FLAGS and appends to the caller's ssh_opts array.
+# Laptop side: bash 3.2 and BSD tools too (macOS); scripts/check_portability.py guards it.
 # shellcheck shell=bash
 
 die() {
@@ -7,7 +8,23 @@ die() {
   exit 1
 }
 
-is_port() { [[ $1 =~ ^[0-9]+$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)); }
+# Native Windows shells (Git Bash, MSYS2, Cygwin) lack what the scripts rely on (fifos, ssh's
+# ControlMaster, process groups); WSL is a Linux and works.
+refuse_native_windows() {
+  case $(uname -s 2>/dev/null) in
+    MINGW* | MSYS* | CYGWIN* | Windows*)
+      die "native Windows shells (Git Bash, MSYS2, Cygwin) are not supported: run it inside WSL (see docs/remote_tensorboard.md)" ;;
+  esac
+}
+
+# is_port TEXT: true when TEXT is a decimal port number 1-65535. Checked as a string first (digits only,
+# at most 5 significant), so that no arithmetic ever sees a number that would overflow.
+is_port() {
+  local digits=$1
+  case $digits in '' | *[!0-9]*) return 1 ;; esac
+  while [[ $digits == 0?* ]]; do digits=${digits#0}; done
+  ((${#digits} <= 5)) && ((10#$digits >= 1 && 10#$digits <= 65535))
+}
 
 # True when something accepts connections on 127.0.0.1:PORT (bash's /dev/tcp, no extra tools).
 port_in_use() { (exec 9<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -23,7 +40,7 @@ free_port() {
 }
 
 # http_answers PORT PATH STATUS_GLOB: true when an HTTP server on 127.0.0.1:PORT answers GET PATH with a
-# status line that matches STATUS_GLOB. serve_tb.sh also sends this function to the server.
+# status line that matches STATUS_GLOB.
 http_answers() {
   (
     exec 9<>"/dev/tcp/127.0.0.1/$1" || exit 1
@@ -54,4 +71,34 @@ take_ssh_option() {
     fi
   done
   ssh_opts+=("${@:1:used}")
+}
+
+# explain_ssh_error HOST ERRFILE: sets ssh_error (one line for the user) and ssh_error_fatal (1 when
+# retrying cannot help: authentication, host keys) from what ssh wrote to ERRFILE. For a changed host
+# key, ssh_error_details holds ssh's fingerprint lines.
+# shellcheck disable=SC2034 # the results are for the caller
+explain_ssh_error() {
+  local host=$1 file=$2 last
+  ssh_error_fatal=1
+  ssh_error_details=""
+  last=$(grep -v '^Warning: Permanently added' "$file" 2>/dev/null | grep -v '^ *$' | tail -n 1 || true)
+  if grep -q 'IDENTIFICATION HAS CHANGED' "$file" 2>/dev/null; then
+    ssh_error="the host key of $host has CHANGED (possible man-in-the-middle): ssh refused to connect; if the server was reinstalled, check the new fingerprint with its admin, then remove the old key with: ssh-keygen -R HOSTNAME"
+    ssh_error_details=$(grep -i -e 'fingerprint' -e '^SHA256:' -e '^MD5:' -e 'Offending' "$file" | sed 's/^/    /')
+  elif grep -q -e 'host key is known' -e 'No .* host key is known' -e 'authenticity of host' "$file" 2>/dev/null; then
+    ssh_error="unknown host key for $host: ssh has never seen this server; check its fingerprint and connect once with plain ssh, or pass --accept-new to trust it on first use"
+  else
+    case $last in
+      *"Permission denied"*)
+        ssh_error="authentication to $host failed: $last (keys only, no password prompt: load your key with ssh-add or set IdentityFile)" ;;
+      *"Host key verification failed"*)
+        ssh_error="the host key of $host could not be verified: $last" ;;
+      *"Could not resolve"* | *"Connection refused"* | *"timed out"* | *"No route to host"* | *"unreachable"* | *"Connection closed"* | *"Connection reset"* | *"Broken pipe"*)
+        ssh_error_fatal=0
+        ssh_error="cannot reach $host: $last" ;;
+      *)
+        ssh_error_fatal=0
+        ssh_error="ssh to $host failed: ${last:-ssh printed nothing}" ;;
+    esac
+  fi
 }

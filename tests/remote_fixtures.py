@@ -4,6 +4,8 @@
   or fail instead when REQUIRE_E2E=1 (CI installs them all, so a skip there would hide a broken setup).
 - `sshd`: a throwaway OpenSSH server on 127.0.0.1 (Debian's /usr/sbin/sshd, keys from ssh-keygen, host
   key pinned in a known_hosts file), with an ssh client config whose aliases the scripts use as HOST.
+  Its sessions get HOME=<its directory>/home (sshd's SetEnv), so that `~` on "the server" is a temporary
+  directory; a second host key (`other_host_key`) stands for a server whose key changed.
 - `training_run`: one short real training run per session, made by train.py.
 - `/proc` scans: which processes mention a path, which ports listen and on which address.
 """
@@ -123,6 +125,22 @@ def processes_mentioning(text: str) -> dict[int, str]:
     return found
 
 
+def processes_in(directory: str) -> dict[int, str]:
+    """pid -> command line, for every process whose working directory is `directory` or below it."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cwd == directory or cwd.startswith(directory.rstrip("/") + "/"):
+            found[int(entry.name)] = cmdline
+    return found
+
+
 def ports_of(pids) -> set[int]:
     """The TCP ports on which the given processes listen."""
     sockets = listening_sockets()
@@ -183,6 +201,11 @@ class SSHServer:
     directory: Path
 
     @property
+    def home(self) -> Path:
+        """$HOME in the server's sessions."""
+        return self.directory / "home"
+
+    @property
     def ssh_args(self) -> list[str]:
         """What the scripts get before HOST: the client config that defines the aliases."""
         return ["-F", str(self.client_config)]
@@ -200,6 +223,8 @@ def start_sshd(directory: Path) -> tuple[subprocess.Popen, SSHServer]:
     _keygen(directory / "host_key")
     _keygen(directory / "client_key")
     _keygen(directory / "other_key")
+    _keygen(directory / "other_host_key")  # what known_hosts holds for a server whose key "changed"
+    (directory / "home").mkdir()
     shutil.copy(directory / "client_key.pub", directory / "authorized_keys")
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
@@ -222,6 +247,7 @@ AllowTcpForwarding local
 X11Forwarding no
 PrintMotd no
 LogLevel VERBOSE
+SetEnv HOME={directory}/home
 """
         )
         log = (directory / "sshd.log").open("w")

@@ -65,7 +65,9 @@ def test_scripts_are_strict_bash(script):
     assert "set -euo pipefail" in text
     assert os.access(script, os.X_OK)
     assert "--bind_all" not in text
-    assert "StrictHostKeyChecking" not in text, "the scripts must not touch host-key checking"
+    # Host keys stay checked: the only setting is accept-new (trust on first use, a changed key refused),
+    # and only when the user asks for it with --accept-new.
+    assert set(re.findall(r"StrictHostKeyChecking=?[\w-]*", text)) <= {"StrictHostKeyChecking=accept-new"}
     if shutil.which("shellcheck"):
         # -x follows `source scripts/common.sh`, which the directive names relative to the checkout.
         result = subprocess.run(
@@ -79,14 +81,26 @@ def test_serve_tb_help_is_true_to_the_code():
     assert result.returncode == 0
     text = SERVE_TB.read_text()
     options = set(re.findall(r"^  (--[a-z-]+)", result.stdout, re.MULTILINE))
-    assert options == {"--logdir", "--remote-dir", "--env", "--local-port", "--remote-port", "--no-browser"}
+    assert options == {
+        "--logdir",
+        "--remote-dir",
+        "--env",
+        "--run",
+        "--list",
+        "--local-port",
+        "--remote-port",
+        "--heartbeat",
+        "--no-reconnect",
+        "--accept-new",
+        "--no-browser",
+    }
     for option in options:
         assert f"    {option})" in text, f"--help documents {option}, the parser does not take it"
     variables = set(re.findall(r"\[(SERVE_TB_[A-Z_]+)", result.stdout))
     assert variables == set(re.findall(r"\$\{(SERVE_TB_[A-Z_]+):-", text)), (
         "--help and the code name other variables"
     )
-    assert len(variables) == len(options)
+    assert len(variables) == 8
     assert "http://localhost:PORT" in result.stdout
 
 
@@ -106,6 +120,13 @@ def test_environment_variables_mean_the_same_as_the_options(tmp_path):
         (["a", "b"], "only one HOST"),
         (["--local-port", "0", "h"], "--local-port must be a port number"),
         (["--remote-port", "70000", "h"], "--remote-port must be a port number"),
+        # Bash arithmetic would wrap this to 8080: it is checked as a decimal string first.
+        (["--local-port", "18446744073709559696", "h"], "--local-port must be a port number"),
+        (["--remote-port", "00000000000000000000065536", "h"], "--remote-port must be a port number"),
+        (["--local-port", "+80", "h"], "--local-port must be a port number"),
+        (["--heartbeat", "0", "h"], "--heartbeat must be a whole number"),
+        (["--heartbeat", "1.5", "h"], "--heartbeat must be a whole number"),
+        (["--list", "--run", "latest", "h"], "either --list or --run"),
         (["--frobnicate", "h"], "unknown option --frobnicate"),
         (["--logdir"], "option --logdir needs a value"),
         (["-N", "h"], "ssh option -N cannot be used"),

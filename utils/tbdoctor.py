@@ -1,12 +1,16 @@
 """Log doctor for TensorBoard: what a log directory holds, and why a dashboard would be empty.
 
     python -m utils.tbdoctor [DIR] [--port N] [--brief]
+    python -m utils.tbdoctor --list-runs [DIR]      # the runs: name, date, size, event files
+    python -m utils.tbdoctor --pick latest|GLOB DIR  # run paths, NUL-separated (for serve_tb.sh)
 
 For each run under DIR (a directory that holds event files, as TensorBoard counts runs) it lists the
 event files, the tags (scalars, graph, images, other plugins), the last step and the last write time,
 read with TensorBoard's own record reader. It then explains the causes of an empty dashboard that it
 can see: no event files, a relative path resolved against another working directory, zero-byte or
-unflushed files, a run that holds only a graph, another TensorBoard already on the port.
+unflushed files, a file still being written (an incomplete last record) or a corrupt one (a bad header
+or a failed CRC: a writer only appends whole records, so no writer leaves those), a run that holds only
+a graph, another TensorBoard already on the port.
 
 Exit status: 0 when DIR holds data TensorBoard can show, 1 when it holds event files but no data yet,
 2 when DIR is missing or holds no event files.
@@ -18,9 +22,12 @@ server with `python -c` before it starts TensorBoard there.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fnmatch
 import json
 import os
 import socket
+import struct
 import sys
 import time
 import urllib.request
@@ -30,6 +37,7 @@ from pathlib import Path
 EVENT_FILE_MARK = "events.out.tfevents."
 TENSORBOARD_DEFAULT_PORT = 6006
 RECORD_OVERHEAD = 16  # a TFRecord is: 8-byte length, 4-byte CRC, payload, 4-byte CRC
+RECENT_WRITE_SECONDS = 120  # an incomplete last record this fresh is taken for a writer at work
 
 # Run as a file (python utils/tbdoctor.py), Python puts utils/ first on sys.path, and there
 # utils/tensorboard.py would shadow the tensorboard package.
@@ -45,10 +53,11 @@ class EventFile:
     mtime: float
     records: int = 0
     bytes_read: int = 0
+    corrupt: str = ""  # why the file cannot be a writer's work: a bad header or a failed CRC
 
     @property
     def truncated(self) -> bool:
-        return 0 < self.bytes_read < self.size or (self.size > 0 and self.records == 0)
+        return not self.corrupt and (0 < self.bytes_read < self.size or (self.size > 0 and self.records == 0))
 
 
 @dataclass
@@ -86,20 +95,57 @@ def find_runs(logdir: Path) -> list[Run]:
     return runs
 
 
+def read_records(event_file: EventFile):
+    """The complete, CRC-checked records of an event file, in order. Stops at an incomplete last record
+    (a writer at work, or one that died mid-write), and at a corrupt one, which it notes in
+    `event_file.corrupt`: a length or payload whose CRC fails, or a first record that is not the
+    "brain.Event:" header every writer starts with."""
+    # TensorBoard's own CRC-32C (pure Python; the same check its reader makes).
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    with open(event_file.path, "rb") as stream:
+        while True:
+            offset = stream.tell()
+            header = stream.read(12)
+            if len(header) < 12:
+                return
+            (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
+            if masked_crc32c(header[:8]) != length_crc:
+                what = "not an event file: bad header" if offset == 0 else "corrupt record length"
+                event_file.corrupt = f"{what} (CRC check failed at byte {offset})"
+                return
+            payload = stream.read(length)
+            footer = stream.read(4)
+            if len(payload) < length or len(footer) < 4:
+                return
+            if masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
+                event_file.corrupt = f"corrupt record (payload CRC check failed at byte {offset})"
+                return
+            if offset == 0 and b"brain.Event:" not in payload:
+                event_file.corrupt = (
+                    "not an event file: bad header (the first record is not the file version)"
+                )
+                return
+            event_file.records += 1
+            event_file.bytes_read += length + RECORD_OVERHEAD
+            yield payload
+
+
 def read_run(run: Run) -> None:
-    """Fills in the tags, steps and times of a run with TensorBoard's own reader."""
+    """Fills in the tags, steps and times of a run, parsed with TensorBoard's own event protos."""
     # Imported here so that `--help` and the path checks work without tensorboard installed.
     from tensorboard import data_compat
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
 
     for event_file in run.files:
         if event_file.size == 0:
             continue
-        for record in RawEventFileLoader(str(event_file.path)).Load():
-            event_file.records += 1
-            event_file.bytes_read += len(record) + RECORD_OVERHEAD
-            event = data_compat.migrate_event(event_pb2.Event.FromString(record))
+        for record in read_records(event_file):
+            try:
+                event = data_compat.migrate_event(event_pb2.Event.FromString(record))
+            except Exception as error:  # a record whose CRC holds but whose bytes are no Event
+                event_file.corrupt = f"corrupt record {event_file.records} ({type(error).__name__})"
+                break
             kind = event.WhichOneof("what")
             if kind == "file_version":
                 continue
@@ -286,11 +332,25 @@ def examine(given: str, port: int | None, brief: bool) -> tuple[int, list[str]]:
                     f"problem: run {name}: {event_file.path.name} holds only the file header: nothing was "
                     "logged to it, or it was not flushed yet"
                 )
-            elif event_file.truncated:
+            elif event_file.corrupt:
                 problems.append(
-                    f"note: run {name}: {event_file.path.name} ends in an incomplete record: it is being "
-                    "written now, or its writer died before flushing (the complete records are shown)"
+                    f"problem: run {name}: {event_file.path.name} is corrupt: {event_file.corrupt}; a writer "
+                    f"only appends whole records, so this is damage, not a write in progress (TensorBoard reads "
+                    f"the {event_file.records} good record(s) before it and nothing after)"
                 )
+            elif event_file.truncated:
+                age = time.time() - event_file.mtime
+                if age < RECENT_WRITE_SECONDS:
+                    problems.append(
+                        f"note: run {name}: {event_file.path.name} ends in an incomplete record and was written "
+                        f"{age:.0f} s ago: it is being written now (the complete records are shown)"
+                    )
+                else:
+                    problems.append(
+                        f"note: run {name}: {event_file.path.name} ends in an incomplete record and has not "
+                        f"changed for {time_text(event_file.mtime)}: its writer died before flushing "
+                        "(the complete records are shown)"
+                    )
         if run.graph and not (run.scalars or run.images or run.other):
             problems.append(
                 f"problem: run {name} holds only a graph: SCALARS and IMAGES stay empty for it; open the GRAPHS tab"
@@ -314,6 +374,74 @@ def examine(given: str, port: int | None, brief: bool) -> tuple[int, list[str]]:
     return status, lines + problems
 
 
+@dataclass
+class RunDir:
+    """A run as people name it: the directory above tb/ (or the one that holds the event files), or a
+    directory with a Hydra .hydra/ record but no event files yet."""
+
+    name: str
+    path: Path
+    mtime: float
+    size: int
+    event_files: int
+
+
+def run_directories(logdir: Path) -> list[RunDir]:
+    """Every run under logdir, newest first (by its newest event file, else its own mtime)."""
+    found: dict[Path, list[float]] = {}
+    for dirpath, dirnames, filenames in os.walk(logdir):
+        dirnames.sort()
+        directory = Path(dirpath)
+        events = [directory / name for name in filenames if is_event_file(name)]
+        if events:
+            run = directory.parent if directory.name == "tb" and directory != logdir else directory
+            found.setdefault(run, []).extend(path.stat().st_mtime for path in events)
+        if ".hydra" in dirnames:
+            found.setdefault(directory, [])
+    runs = []
+    for path, stamps in found.items():
+        size = 0
+        for dirpath, _, filenames in os.walk(path):
+            for name in filenames:
+                with contextlib.suppress(OSError):  # a file removed while we walk
+                    size += (Path(dirpath) / name).lstat().st_size
+        name = path.relative_to(logdir).as_posix()
+        runs.append(RunDir(name, path, max(stamps) if stamps else path.stat().st_mtime, size, len(stamps)))
+    return sorted(runs, key=lambda run: run.mtime, reverse=True)
+
+
+def shown(text: str) -> str:
+    """A name on one line: control characters (a newline in a directory name) as escapes."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def list_runs(logdir: Path) -> list[str]:
+    runs = run_directories(logdir)
+    if not runs:
+        return [f"(no runs under {shown(str(logdir))}: no event files, no .hydra/ directories)"]
+    width = max(len(shown(run.name)) for run in runs)
+    lines = [f"{'run':<{width}}  {'last write':<16}  {'size':>8}  event files"]
+    for run in runs:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.mtime))
+        events = f"yes ({run.event_files})" if run.event_files else "no"
+        lines.append(f"{shown(run.name):<{width}}  {stamp:<16}  {size_text(run.size):>8}  {events}")
+    return lines
+
+
+def pick_runs(logdir: Path, selection: str) -> list[Path]:
+    """The runs with event files that `selection` names: 'latest' (the newest one), or a glob matched
+    against run names and their last part (a text without *?[ matches as a substring)."""
+    runs = [run for run in run_directories(logdir) if run.event_files]
+    if selection == "latest":
+        return [runs[0].path] if runs else []
+    pattern = selection if any(c in selection for c in "*?[") else f"*{selection}*"
+    return [
+        run.path
+        for run in sorted(runs, key=lambda run: run.name)
+        if fnmatch.fnmatchcase(run.name, pattern) or fnmatch.fnmatchcase(run.path.name, pattern)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m utils.tbdoctor",
@@ -330,7 +458,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--brief", action="store_true", help="only the summary and the problems, not every run"
     )
+    parser.add_argument(
+        "--list-runs", action="store_true", help="list the runs (name, last write, size, event files)"
+    )
+    parser.add_argument(
+        "--pick", metavar="latest|GLOB", help="print the paths of the runs it names, NUL-separated"
+    )
     args = parser.parse_args(argv)
+    if args.list_runs or args.pick:
+        logdir = Path(args.dir).expanduser().absolute()
+        if not logdir.is_dir():
+            print(f"{logdir} does not exist", file=sys.stderr)
+            return 2
+        if args.list_runs:
+            print("\n".join(list_runs(logdir)), flush=True)
+            return 0
+        picked = pick_runs(logdir, args.pick)
+        sys.stdout.write("".join(f"{path}\0" for path in picked))
+        return 0 if picked else 2
     status, lines = examine(args.dir, args.port, args.brief)
     print("\n".join(lines), flush=True)
     return status
