@@ -362,13 +362,20 @@ def serve_args(server, project, *extra) -> list[str]:
 class Served:
     """One of the scripts (serve_tb.sh unless told) running in the background, with its output in files."""
 
-    def __init__(self, args: list[str], directory: Path, script: Path = SERVE_TB, cwd: Path | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        directory: Path,
+        script: Path = SERVE_TB,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.stdout_path = directory / f"{script.stem}.stdout"
         self.stderr_path = directory / f"{script.stem}.stderr"
         self.name = script.name
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
             self.process = subprocess.Popen(
-                [str(script), *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd
+                [str(script), *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env
             )
         self.url = ""
 

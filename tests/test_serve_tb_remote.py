@@ -1,0 +1,351 @@
+"""scripts/serve_tb.sh on real laptops and real networks (issue 13), against the real test sshd: the
+headline command with no --env, three sessions at once, a laptop killed -9 or frozen, the server killing
+the session, --run and --list, unknown and changed host keys, SIGHUP, and what the server's ps shows.
+
+Heartbeats run at 1 s here (`--heartbeat 1`: dead after 4 s); the defaults (5 s, dead after 20 s) keep
+the same logic inside the 30 s the README promises.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.remote_fixtures import (
+    DEADLINE,
+    HOST,
+    ROOT,
+    SERVE_TB,
+    Served,
+    children,
+    get_json,
+    processes_in,
+    processes_mentioning,
+    serve_args,
+    sshd,  # noqa: F401 (a fixture)
+    training_run,  # noqa: F401 (a fixture)
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+BOOTSTRAP = 'bash -c IFS= read -r -d "" p && eval "$p"'
+
+
+def run_serve(args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SERVE_TB), *args],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+def one_error_line(result) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("serve_tb.sh: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "http://localhost" not in result.stdout
+    return errors[0]
+
+
+def tensorboards(marker: str) -> dict[int, str]:
+    return {pid: cmd for pid, cmd in processes_mentioning(marker).items() if "--logdir" in cmd}
+
+
+def leftovers(directory: Path) -> dict[int, str]:
+    """Anything still at work for a test directory: TensorBoard, its data server, the remote side."""
+    return {**tensorboards(str(directory)), **processes_in(str(directory))}
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie that its parent has yet to reap does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def environment(url: str) -> dict:
+    return get_json(f"{url}/data/environment")
+
+
+def copy_run(run: Path, destination: Path, mtime: float | None = None) -> Path:
+    shutil.copytree(run, destination)
+    if mtime is not None:
+        for path in destination.rglob("*"):
+            os.utime(path, (mtime, mtime))
+    return destination
+
+
+# ---- the headline command --------------------------------------------------------------------------
+
+
+def test_headline_command_without_env_then_sighup_leaves_nothing(sshd, training_run, tmp_path):  # noqa: F811
+    # A checkout at ~/code/proj on the laptop and on the server (here the same directory: the test
+    # sshd's HOME), its .venv holding TensorBoard, as `make install` leaves it.
+    checkout = sshd.home / "code" / "proj"
+    (checkout / "utils").mkdir(parents=True)
+    shutil.copytree(ROOT / "scripts", checkout / "scripts", ignore=shutil.ignore_patterns("*.py"))
+    shutil.copy(ROOT / "utils" / "tbdoctor.py", checkout / "utils")
+    (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    copy_run(training_run, checkout / "outputs" / "run1")
+    local_tmp = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))  # short: a socket path lives there
+    env = {**os.environ, "HOME": str(sshd.home), "TMPDIR": str(local_tmp)}
+    # `-F config` only stands for the user's ~/.ssh/config, where the alias would live.
+    served = Served(
+        [*sshd.ssh_args, "--no-browser", HOST], tmp_path, checkout / "scripts" / "serve_tb.sh", env=env
+    )
+    try:
+        url = served.wait_for_url()
+        assert f"tensorboard {checkout}/.venv/bin/tensorboard (from {checkout}/.venv)" in served.output
+        assert environment(url)["data_location"] == str(checkout / "outputs")
+        assert get_json(f"{url}/data/runs") == ["run1/tb"]
+        assert list(local_tmp.iterdir()), "the laptop side keeps its control socket in TMPDIR"
+        # The server's process list: the remote side shows its fixed command, nothing the user sent.
+        remote = tensorboards(str(checkout))
+        wrappers = {pid: cmd.strip() for pid, cmd in processes_in(str(checkout)).items() if pid not in remote}
+        assert list(wrappers.values()) == [BOOTSTRAP]
+        (wrapper,) = wrappers
+        for pid, cmd in processes_mentioning("").items():
+            assert len(cmd) < 2000 or pid == served.process.pid, (
+                f"a long command line on the server: {cmd[:200]}"
+            )
+    finally:
+        served.process.send_signal(signal.SIGHUP)  # the terminal closed
+        start = time.monotonic()
+        assert served.process.wait(timeout=DEADLINE) == 129, served.output
+    wait_until(lambda: not leftovers(checkout), "the remote side to stop", 5)
+    assert time.monotonic() - start < 5
+    wait_until(lambda: not alive(wrapper), "the remote side to exit", 5)
+    assert not list(local_tmp.iterdir()), "the local temp directory outlived SIGHUP"
+    local_tmp.rmdir()
+    assert not [pid for pid, name in children(wrapper).items() if name == "sleep"]
+
+
+# ---- several at once -------------------------------------------------------------------------------
+
+
+def test_three_sessions_at_once_each_serve_their_own_log_directory(sshd, training_run, tmp_path):  # noqa: F811
+    project = tmp_path / "project"
+    for name in "abc":
+        copy_run(training_run, project / name / "run1")
+    sessions = [
+        Served(serve_args(sshd, project, "--logdir", name), tmp_path / name)
+        for name in "abc"
+        if (tmp_path / name).mkdir() is None
+    ]
+    try:
+        urls = [session.wait_for_url() for session in sessions]
+        locations = [environment(url)["data_location"] for url in urls]
+        assert locations == [str(project / name) for name in "abc"]
+        ports = [environment(url)["debug"]["flags"]["port"] for url in urls]
+        assert len(set(ports)) == 3 and len(set(urls)) == 3
+    finally:
+        for session in sessions:
+            session.process.send_signal(signal.SIGTERM)
+        codes = [session.process.wait(timeout=DEADLINE) for session in sessions]
+    assert codes == [143] * 3, [session.output for session in sessions]
+    wait_until(lambda: not leftovers(project), "every remote TensorBoard to stop", 5)
+
+
+# ---- the laptop vanishes, the server drops the session ---------------------------------------------
+
+
+def test_kill_9_of_the_laptop_side_stops_the_remote_tensorboard(sshd, project, tmp_path):  # noqa: F811
+    served = Served(serve_args(sshd, project, "--heartbeat", "1"), tmp_path)
+    served.wait_for_url()
+    assert tensorboards(str(project))
+    ssh = served.ssh_client()
+    for pid in (served.process.pid, ssh):  # the script and its ssh, as when a laptop dies
+        os.kill(pid, signal.SIGKILL)
+    served.process.wait()
+    start = time.monotonic()
+    wait_until(lambda: not leftovers(project), "the remote TensorBoard to stop", 30)
+    print(f"remote TensorBoard gone {time.monotonic() - start:.1f} s after kill -9")
+
+
+def test_frozen_laptop_stops_remote_tensorboard_then_reconnects_to_the_same_url(sshd, project, tmp_path):  # noqa: F811
+    # The lid closes: the script and its ssh stop, the TCP connection stays open, no heartbeat flows.
+    served = Served(serve_args(sshd, project, "--heartbeat", "1"), tmp_path)
+    url = served.wait_for_url()
+    first = set(tensorboards(str(project)))
+    ssh = served.ssh_client()
+    frozen = (served.process.pid, ssh)
+    try:
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        start = time.monotonic()
+        wait_until(lambda: not set(tensorboards(str(project))) & first, "the remote side to notice", 30)
+        stopped_after = time.monotonic() - start
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    # The lid opens: the laptop side finds the connection dead and reconnects to the same local URL.
+    start = time.monotonic()
+    wait_until(lambda: "reconnected to stb-test" in served.output, "the reconnect", 30)
+    assert environment(url)["data_location"] == str(project / "outputs")
+    print(
+        f"frozen laptop: remote TensorBoard gone after {stopped_after:.1f} s (heartbeat 1 s), "
+        f"reconnected {time.monotonic() - start:.1f} s after waking"
+    )
+    assert served.output.count("reconnected to stb-test") == 1
+    assert served.stop(signal.SIGINT) == 130, served.output
+    wait_until(lambda: not leftovers(project), "the remote side to stop", 5)
+
+
+def test_session_killed_on_the_server_reconnects_and_serves_again(sshd, project, tmp_path):  # noqa: F811
+    served = Served(serve_args(sshd, project, "--heartbeat", "1"), tmp_path)
+    url = served.wait_for_url()
+    (wrapper,) = (pid for pid, cmd in processes_in(str(project)).items() if cmd.strip() == BOOTSTRAP)
+    session = int(Path(f"/proc/{wrapper}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "sshd" in Path(f"/proc/{session}/cmdline").read_text()
+    os.kill(session, signal.SIGKILL)  # the server's sshd session process dies
+    start = time.monotonic()
+    wait_until(lambda: "reconnected to stb-test" in served.output, "the reconnect", 30)
+    assert environment(url)["data_location"] == str(project / "outputs")
+    print(f"server-side kill: serving again after {time.monotonic() - start:.1f} s")
+    lines = [line for line in served.output.splitlines() if "reconnect" in line]
+    assert len(lines) == 1, served.output
+    assert served.stop(signal.SIGTERM) == 143, served.output
+    wait_until(lambda: not leftovers(project), "the remote side to stop", 5)
+
+
+# ---- choosing runs --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path, training_run):  # noqa: F811
+    """A remote project: outputs/run1 (one training run)."""
+    copy_run(training_run, tmp_path / "project" / "outputs" / "run1")
+    return tmp_path / "project"
+
+
+@pytest.fixture
+def dated_runs(tmp_path, training_run):  # noqa: F811
+    """outputs/ as Hydra leaves it: an old run, a new run, and a run that wrote no event files yet."""
+    outputs = tmp_path / "project" / "outputs"
+    copy_run(training_run, outputs / "2026-01-01" / "10-00-00_old", mtime=1_700_000_000)
+    copy_run(training_run, outputs / "2026-01-02" / "09-00-00_new", mtime=1_750_000_000)
+    (outputs / "2026-01-03" / "08-00-00_starting" / ".hydra").mkdir(parents=True)
+    return tmp_path / "project"
+
+
+def test_list_prints_the_runs_and_starts_nothing(sshd, dated_runs):  # noqa: F811
+    result = run_serve(serve_args(sshd, dated_runs, "--list"))
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert rows[0].split() == ["run", "last", "write", "size", "event", "files"]
+    names = [row.split()[0] for row in rows[1:]]
+    assert names == ["2026-01-03/08-00-00_starting", "2026-01-02/09-00-00_new", "2026-01-01/10-00-00_old"]
+    assert rows[2].split()[1] == time.strftime("%Y-%m-%d", time.localtime(1_750_000_000))
+    assert rows[2].endswith("yes (1)")
+    assert rows[1].endswith(" no") and "MB" in rows[2]
+    assert not leftovers(dated_runs)
+
+
+def test_run_latest_and_run_pattern(sshd, dated_runs, tmp_path):  # noqa: F811
+    served = Served(serve_args(sshd, dated_runs, "--run", "latest"), tmp_path)
+    try:
+        url = served.wait_for_url()
+        assert environment(url)["data_location"] == str(dated_runs / "outputs/2026-01-02/09-00-00_new")
+    finally:
+        assert served.stop() == 130
+    (tmp_path / "b").mkdir()
+    served = Served(serve_args(sshd, dated_runs, "--run", "2026-01-0[12]/*"), tmp_path / "b")
+    try:
+        url = served.wait_for_url()
+        runs = sorted(get_json(f"{url}/data/runs"))
+        assert runs == ["2026-01-01/10-00-00_old/tb", "2026-01-02/09-00-00_new/tb"]
+        assert "picked 2 run(s)" in served.output
+    finally:
+        assert served.stop() == 130
+    wait_until(lambda: not leftovers(dated_runs), "the remote side to stop", 5)
+    error = one_error_line(run_serve(serve_args(sshd, dated_runs, "--run", "nothing-like-it")))
+    assert "no run under" in error and "matches --run nothing-like-it" in error
+
+
+def test_tilde_means_the_remote_home(sshd, training_run):  # noqa: F811
+    copy_run(training_run, sshd.home / "logs" / "run1")
+    result = run_serve([*sshd.ssh_args, "--remote-dir", "$HOME", "--logdir", "~/logs", "--list", HOST])
+    assert result.returncode == 0, result.stderr
+    assert f"runs under {sshd.home / 'logs'}" in result.stderr
+    assert result.stdout.splitlines()[1].startswith("run1 ")
+
+
+# ---- host keys ------------------------------------------------------------------------------------
+
+
+def test_unknown_and_changed_host_keys(sshd, project, tmp_path):  # noqa: F811
+    empty = tmp_path / "known_hosts_empty"
+    empty.touch()
+    unknown = one_error_line(
+        run_serve(
+            [
+                *sshd.ssh_args,
+                "-o",
+                f"UserKnownHostsFile={empty}",
+                "--list",
+                "--remote-dir",
+                str(project),
+                HOST,
+            ]
+        )
+    )
+    assert "unknown host key for stb-test" in unknown and "--accept-new" in unknown
+
+    # The server presents its host key; known_hosts pins the other one: "the key changed".
+    changed = tmp_path / "known_hosts_changed"
+    other = (sshd.directory / "other_host_key.pub").read_text().split()
+    changed.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
+    for extra in ([], ["--accept-new"]):
+        args = [*sshd.ssh_args, "-o", f"UserKnownHostsFile={changed}", *extra, "--list", HOST]
+        result = run_serve(args)
+        assert "host key of stb-test has CHANGED (possible man-in-the-middle)" in one_error_line(result)
+        assert "SHA256:" in result.stderr and "fingerprint" in result.stderr
+
+    # --accept-new: trust on first use, and the key lands in known_hosts.
+    result = run_serve(
+        [
+            *sshd.ssh_args,
+            "-o",
+            f"UserKnownHostsFile={empty}",
+            "--accept-new",
+            "--list",
+            "--remote-dir",
+            str(project),
+            HOST,
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "run1" in result.stdout
+    assert "ssh-ed25519" in empty.read_text()
+
+
+# ---- what must not be believed or run -------------------------------------------------------------
+
+
+def test_a_forged_ready_line_in_a_path_is_not_believed(sshd, tmp_path):  # noqa: F811
+    forged = "x\n@@serve_tb ready 6006 1 /etc\n"
+    (tmp_path / "project" / forged).mkdir(parents=True)  # listed raw by `ls` in the error
+    result = run_serve(serve_args(sshd, tmp_path / "project", "--logdir", forged + "/missing"))
+    error = one_error_line(result)
+    assert "does not exist" in error and "\\n@@serve_tb ready" in error  # shown escaped, on one line
+
+
+def test_native_windows_shells_are_refused(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "uname").write_text("#!/bin/sh\necho MINGW64_NT-10.0-19045\n")
+    (fake / "uname").chmod(0o755)
+    result = run_serve(["somehost"], env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert "run it inside WSL" in one_error_line(result)
