@@ -3,10 +3,13 @@ and against a real TensorBoard holding the port."""
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -22,7 +25,7 @@ from tests.remote_fixtures import (
     training_run,  # noqa: F401 (a fixture)
     wait_until,
 )
-from utils.tbdoctor import examine, main
+from utils.tbdoctor import examine, list_runs, main, pick_runs
 
 
 def report(directory, port=None, brief=False) -> tuple[int, str]:
@@ -91,11 +94,38 @@ def test_a_truncated_last_record_is_reported_and_the_rest_still_read(tmp_path, t
     shutil.copytree(training_run / "tb", tmp_path / "run")
     (event_file,) = (tmp_path / "run").iterdir()
     data = event_file.read_bytes()
-    event_file.write_bytes(data[:-5])  # as if the writer died in the middle of its last record
+    event_file.write_bytes(data[:-5])  # as if the writer were in the middle of its last record
     status, text = report(tmp_path)
     assert status == 0
-    assert "ends in an incomplete record" in text
+    assert "ends in an incomplete record and was written" in text and "being written now" in text
+    assert "corrupt" not in text
     assert "train/loss" in text
+    # The same file, untouched for an hour: its writer died before it finished the record.
+    os.utime(event_file, (time.time() - 3600, time.time() - 3600))
+    _, text = report(tmp_path)
+    assert "has not changed for" in text and "writer died" in text
+
+
+def test_random_bytes_are_corrupt_not_being_written(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "events.out.tfevents.1.host.1.0").write_bytes(random.Random(0).randbytes(4096))
+    status, text = report(tmp_path)
+    assert status == 1
+    assert "is corrupt: not an event file: bad header (CRC check failed at byte 0)" in text
+    assert "not a write in progress" in text
+    assert "incomplete record" not in text
+
+
+def test_a_flipped_byte_fails_the_crc(tmp_path, training_run):  # noqa: F811
+    shutil.copytree(training_run / "tb", tmp_path / "run")
+    (event_file,) = (tmp_path / "run").iterdir()
+    data = bytearray(event_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one bit rot in the middle of the file
+    event_file.write_bytes(bytes(data))
+    status, text = report(tmp_path)
+    assert "is corrupt:" in text and "CRC check failed" in text
+    assert "incomplete record" not in text
+    assert status == 0, text  # the records before the damage still hold data
 
 
 def test_no_event_files_says_so_and_lists_what_is_there(tmp_path):
@@ -202,3 +232,18 @@ def test_main_defaults_to_outputs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--port", str(free_port())]) == 2
     assert f"TensorBoard log doctor: {tmp_path / 'outputs'}" in capsys.readouterr().out
+
+
+def test_list_runs_and_pick(tmp_path, training_run):  # noqa: F811
+    outputs = tmp_path / "outputs"
+    shutil.copytree(training_run, outputs / "day1" / "old")
+    shutil.copytree(training_run, outputs / "day2" / "new")
+    (outputs / "day3" / "fresh" / ".hydra").mkdir(parents=True)
+    for path in (outputs / "day1" / "old").rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    lines = list_runs(outputs)
+    assert [line.split()[0] for line in lines[1:]] == ["day3/fresh", "day2/new", "day1/old"]
+    assert pick_runs(outputs, "latest") == [outputs / "day2" / "new"]
+    assert pick_runs(outputs, "day*") == [outputs / "day1" / "old", outputs / "day2" / "new"]
+    assert pick_runs(outputs, "old") == [outputs / "day1" / "old"]  # no glob: a substring
+    assert pick_runs(outputs, "fresh") == []  # no event files: nothing to serve
