@@ -19,6 +19,7 @@ train: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/check_portability.py
 
 format: install
 	$(VENV)/bin/ruff check --fix .

@@ -76,6 +76,37 @@ def test_scripts_are_strict_bash(script):
         assert result.returncode == 0, result.stdout
 
 
+def test_remote_side_passes_shellcheck():
+    require(shutil.which("shellcheck") is not None, "shellcheck")
+    remote = SERVE_TB.parent / "serve_tb_remote.sh"
+    result = subprocess.run(["shellcheck", str(remote)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_laptop_side_is_portable_to_bash_32_and_bsd(tmp_path):
+    check = [sys.executable, str(SERVE_TB.parent / "check_portability.py")]
+    result = subprocess.run(check, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    assert "5 file(s)" in result.stdout
+    # The check itself finds what macOS lacks.
+    sample = tmp_path / "sample.sh"
+    sample.write_text(
+        "declare -A seen\n"
+        'echo "${name,,}"\n'
+        "read -r -t 0.5 line\n"
+        "sed -i 's/a/b/' file\n"
+        "exec {fd}>log\n"
+        "cat <<EOF\n"
+        "mapfile in a usage text is fine\n"
+        "EOF\n"
+        "# readarray in a comment is fine\n"
+    )
+    result = subprocess.run([*check, str(sample)], capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[1] for line in lines] == ["1", "2", "3", "4", "5"], result.stdout
+
+
 def test_serve_tb_help_is_true_to_the_code():
     result = run_script(SERVE_TB, "--help")
     assert result.returncode == 0
