@@ -1,0 +1,130 @@
+"""Language modeling: next-token cross-entropy on [B, T, V] logits, bits per character, and a text sample
+from a fixed prompt at each validation. Batches are `(tokens,)` of [B, T + 1]: the model reads the first
+T tokens, and each position predicts the token after it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tasks.base import Task, TaskError, output_tensor
+
+
+class LanguageModeling(Task):
+    metrics = ("loss", "bpc")
+    unit = "tokens"
+
+    def __init__(
+        self,
+        vocab_size: int,
+        monitor: str = "bpc",
+        mode: str = "min",
+        prompt: str = "def ",
+        sample_tokens: int = 200,
+        temperature: float = 0.8,
+        sample_seed: int = 0,
+    ) -> None:
+        """Tokens are bytes (vocab_size 256) or characters: bpc = loss / ln 2 is then bits per byte or per
+        character. The sample continues `prompt` (UTF-8 bytes as token ids) by `sample_tokens`, drawn at
+        `temperature` (0: greedy) from a generator of its own seeded with `sample_seed`, so each validation
+        shows the same draw and the training random state is untouched."""
+        super().__init__(monitor, mode)
+        if vocab_size < 2:
+            raise TaskError(
+                f"language modeling needs a vocabulary of at least 2 tokens, got vocab_size={vocab_size}"
+            )
+        self.vocab_size, self.prompt, self.sample_tokens = vocab_size, prompt, sample_tokens
+        self.temperature, self.sample_seed = temperature, sample_seed
+
+    # --- the batch: (tokens,) of [B, T + 1] ---------------------------------------------------------------
+    def inputs(self, batch):
+        return batch[0][:, :-1]
+
+    def targets(self, batch):
+        return batch[0][:, 1:]
+
+    def count(self, batch):
+        tokens = batch[0]
+        return int(tokens.shape[0] * (tokens.shape[1] - 1))
+
+    def images(self, batch):
+        return None
+
+    # --- training and evaluation --------------------------------------------------------------------------
+    def loss(self, output, batch):
+        # [B * T, V] against [B * T]: one row of logits a token, never a V x V matrix.
+        return F.cross_entropy(output.flatten(0, 1), self.targets(batch).flatten())
+
+    def init_sums(self, device):
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        return {
+            "loss": torch.zeros((), device=device, dtype=dtype),
+            "tokens": torch.zeros((), device=device, dtype=torch.long),
+        }
+
+    def update(self, sums, output, batch):
+        y = self.targets(batch)
+        sums["loss"] += F.cross_entropy(output.flatten(0, 1).float(), y.flatten(), reduction="sum")
+        sums["tokens"] += y.numel()
+
+    def compute(self, sums):
+        loss = sums["loss"].item() / max(int(sums["tokens"]), 1)
+        return {"loss": loss, "bpc": loss / math.log(2)}
+
+    def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
+        # TEXT: the model's continuation of the fixed prompt, as a code block.
+        context = self.inputs(batch).shape[1]
+        text = self.sample(model, context, batch[0].device)
+        writer.add_text(f"{prefix}/sample", "```\n" + text + "\n```", step)
+
+    def sample(self, model, context: int, device: torch.device) -> str:
+        """The prompt and its continuation, decoded as UTF-8 (bad bytes replaced). Call under no_grad."""
+        tokens = torch.tensor([list(self.prompt.encode())], dtype=torch.long, device=device)
+        generator = torch.Generator().manual_seed(self.sample_seed)  # on the CPU: draws are on the host
+        for _ in range(self.sample_tokens):
+            logits = output_tensor(model(tokens[:, -context:]))[0, -1].float().cpu()
+            if self.temperature > 0:
+                probs = torch.softmax(logits / self.temperature, dim=-1)
+                next_token = torch.multinomial(probs, 1, generator=generator)
+            else:
+                next_token = logits.argmax().view(1)
+            tokens = torch.cat([tokens, next_token.view(1, 1).to(device)], dim=1)
+        ids = tokens[0].tolist()
+        return bytes(t for t in ids if t < 256).decode("utf-8", errors="replace")
+
+    # --- before training ----------------------------------------------------------------------------------
+    def check(self, output, batch):
+        tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if (
+            not isinstance(tokens, torch.Tensor)
+            or tokens.is_floating_point()
+            or tokens.dim() != 2
+            or tokens.shape[1] < 2
+        ):
+            raise TaskError(
+                "language modeling needs batches (tokens,) of integer ids shaped [batch, block_size + 1], got "
+                f"{_describe(tokens)}"
+            )
+        b, t = tokens.shape[0], tokens.shape[1] - 1
+        if list(output.shape) != [b, t, self.vocab_size]:
+            raise TaskError(
+                f"language modeling needs model outputs of shape [batch, tokens, vocab_size={self.vocab_size}] "
+                f"= {[b, t, self.vocab_size]} for tokens {list(tokens.shape)}, got {list(output.shape)}"
+            )
+
+    def check_targets(self, targets):
+        if targets.is_floating_point():
+            raise TaskError(f"language modeling needs integer token ids, got {_describe(targets)}")
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= self.vocab_size:
+            raise TaskError(
+                f"token ids run from {low} to {high}, outside 0..{self.vocab_size - 1} (vocab_size={self.vocab_size})"
+            )
+
+
+def _describe(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"
