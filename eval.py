@@ -5,7 +5,7 @@
 
 The model, its data and the rest come from the config saved in the checkpoint, so that no one has to
 repeat the training command; only `data=` and `device=` may change. The result goes to metrics.json next to
-the checkpoint and, as eval/<data>/acc and eval/<data>/loss at the checkpoint's step, to the run's
+the checkpoint and, as eval/<data>/<metric> (the task's metrics) at the checkpoint's step, to the run's
 TensorBoard. The checkpoint is read with torch.load(weights_only=True): a file carrying pickled code is
 refused, unread.
 """
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from utils.config import ConfigError, check_config
 from utils.rundir import register_resolvers
@@ -33,11 +33,12 @@ def main(cfg: DictConfig) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from data.splits import DatasetError
+    from tasks.base import TaskError
     from utils.checkpoint import CheckpointError
 
     try:
         evaluate_checkpoint(cfg)
-    except (ConfigError, DatasetError, CheckpointError, OmegaConfBaseException) as err:
+    except (ConfigError, DatasetError, TaskError, CheckpointError, OmegaConfBaseException) as err:
         # One line, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback.
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -49,18 +50,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # torch is imported here, not at the top, so `eval.py --help` stays instant.
     from hydra.core.hydra_config import HydraConfig
 
-    from train import build
-    from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from train import build, check_fit
+    from utils.checkpoint import load_checkpoint, load_model_state
     from utils.evaluation import evaluate
     from utils.loaders import build_dataloaders
     from utils.runtime import pick_device
     from utils.tensorboard import open_writer
+    from utils.trust import stored_config
 
     path = Path(str(cfg.ckpt))
     state = load_checkpoint(path)
-    if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"checkpoint {path} holds no config: eval.py cannot tell which model it is")
-    run_cfg = OmegaConf.create(state["config"])
+    # Data, never code: allowed _target_s only, nothing resolved (utils/trust.py).
+    run_cfg = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
     data_name = HydraConfig.get().runtime.choices.get("data")
     if cfg.get("data") is not None:
         check_same_shape(run_cfg.data, cfg.data, data_name)
@@ -70,8 +71,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     check_config(run_cfg)
 
     device = pick_device(cfg.device)
+    task = build("task", run_cfg.task)
     model = build("model", run_cfg.model).to(device)
-    load_model_state(model, state, path)
     splits = build("data", run_cfg.data.dataset)
     loaders = build_dataloaders(
         splits,
@@ -81,37 +82,35 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         pin_memory=device.type == "cuda",
         device=device,
     )
+    check_fit(run_cfg, task, model, splits, loaders.test, device)  # lazy modules take their shapes first
+    load_model_state(model, state, path)
     t = run_cfg.trainer
-    try:
-        test = evaluate(model, loaders.test, device, t.precision, t.channels_last)
-    except RuntimeError as err:  # shapes that the config check could not foresee
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"data={data_name} does not fit the checkpoint's model: {first}") from None
+    test, sums, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last)
 
     step = int(state.get("step", 0))
+    count = int(sums["count"]) if "count" in sums else len(splits.test)
     metrics = {
         "checkpoint": path.name,
         "data": data_name,
         "step": step,
         "epoch": int(state.get("epoch", 0)),
-        "test/acc": test["acc"],
-        "test/loss": test["loss"],
-        "test/count": test["count"],
+        **{f"test/{k}": v for k, v in test.items()},
+        "test/count": count,
     }
     (path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # The run's TensorBoard: <run>/tb for <run>/checkpoints/x.pt; tb/ beside a checkpoint kept elsewhere.
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     writer = open_writer(run_dir / "tb")
-    writer.add_scalar(f"eval/{data_name}/acc", test["acc"], step)
-    writer.add_scalar(f"eval/{data_name}/loss", test["loss"], step)
+    for key, value in test.items():
+        writer.add_scalar(f"eval/{data_name}/{key}", value, step)
     writer.close()
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items())
     log.info(
-        "%s on %s test (%d samples): acc %.4f, loss %.4f. Metrics: %s",
+        "%s on %s test (%d samples): %s. Metrics: %s",
         path,
         data_name,
-        test["count"],
-        test["acc"],
-        test["loss"],
+        count,
+        shown,
         path.parent / "metrics.json",
     )
     return metrics
@@ -119,7 +118,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
 def check_same_shape(trained: DictConfig, chosen: DictConfig, name: str | None) -> None:
     """The model was built for the trained data's channels, size and classes; another dataset must match."""
-    for key in ("in_channels", "image_size", "num_classes"):
+    for key in ("input", "target", "input_shape", "num_outputs", "in_channels", "image_size", "num_classes"):
         if key in trained and key in chosen and trained[key] != chosen[key]:
             raise ConfigError(
                 f"data={name} has {key}={chosen[key]}, but the checkpoint's model was trained with "

@@ -1,14 +1,21 @@
-"""Train a model chosen by Hydra config, with a plain PyTorch loop.
+"""Train a model on a task, both chosen by Hydra config, with a plain PyTorch loop.
 
-    python train.py                                     # mlp on scikit-learn's digits, offline
+    python train.py                                     # classification: mlp on scikit-learn's digits
     python train.py model=resnet18 logging.graph=true   # the graph shows in TensorBoard's GRAPHS tab
+    python train.py experiment=<name>                   # a saved experiment (conf/experiment/)
 
-The story: check the config, build data and model, train (validating every few epochs and keeping the
-best weights), test the best weights, write metrics.json. Everything lands in the run directory that Hydra
-made for this run. Helpers live in utils/, one concern per module.
+The story: check the config, build the task, data and model, train (validating every few epochs and
+keeping the weights that score best on the task's monitored metric), test those weights, write
+metrics.json. The task (tasks/) owns the loss, the metrics and the pictures; this file knows none of them.
+Everything lands in the run directory that Hydra made for this run; helpers live in utils/.
 """
 
 from __future__ import annotations
+
+# First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
+from utils.signals import Interrupted, raise_on_signals  # isort: skip
+
+raise_on_signals()
 
 import json
 import logging
@@ -17,43 +24,64 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from utils.config import ConfigError, check_config, plain
-from utils.rundir import register_resolvers
+from utils.rundir import discard_run_dir, register_resolvers
 
 log = logging.getLogger("train")
 register_resolvers()
 
+# How far the run got: what a failure or a signal has to report, and whether the run dir holds anything.
+_phase = {"name": "start", "run_dir": None, "fresh": True}
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Hydra's entry point; returns the best validation accuracy, the metric that sweepers optimize."""
+    """Hydra's entry point; returns the best value of the task's monitored metric (what sweeps optimize)."""
     from omegaconf.errors import OmegaConfBaseException
 
     from data.splits import DatasetError
+    from tasks.base import TaskError
     from utils.checkpoint import CheckpointError
-    from utils.distributed import cleanup_distributed
     from utils.nonfinite import NonFiniteLossError
 
+    user_errors = (
+        ConfigError,
+        DatasetError,
+        TaskError,
+        CheckpointError,
+        NonFiniteLossError,
+        OmegaConfBaseException,
+    )
+    _phase.update(name="start", run_dir=None, fresh=not cfg.get("resume"))
     try:
         return train(cfg)
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, OmegaConfBaseException) as err:
+    except user_errors as err:
         # A problem the user can fix: one line, not a traceback. HYDRA_FULL_ERROR=1 shows the traceback.
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("%s", one_line(err))
         exit_code = 2
-    except SystemExit as stop:  # Ctrl-C or SIGTERM: train() saved last.pt and chose 130 or 143
+    except Interrupted as signal:
+        log.warning("Stopped by %s %s", signal.name, _what_was_kept())
+        exit_code = signal.exit_code
+    except SystemExit as stop:  # a stop inside the loop: train() saved last.pt and chose 130 or 143
         exit_code = stop.code
-    finally:
-        # Under torchrun: leave the process group, so the next multirun job can join. It runs after the
-        # except clauses have dropped the exception, whose traceback would keep train()'s DDP model alive.
-        cleanup_distributed()
+    if _phase["name"] == "start" and _phase["fresh"]:
+        discard_run_dir(_phase["run_dir"])  # a rejected run leaves no directory behind
     sys.exit(exit_code)
+
+
+def _what_was_kept() -> str:
+    if _phase["name"] == "test":
+        return "during the final test: the test was skipped; checkpoints/ holds best.pt and last.pt."
+    return "before training started: nothing to save."
 
 
 def one_line(err: Exception) -> str:
@@ -65,49 +93,50 @@ def one_line(err: Exception) -> str:
 
 def train(cfg: DictConfig) -> float:
     # torch is imported here, not at the top, so `train.py --help` and tab completion stay instant.
-    import torch
-    import torch.nn.functional as F
     from hydra.core.hydra_config import HydraConfig
 
-    from utils.checkpoint import link_checkpoint, prune_step_checkpoints, rng_state, save_checkpoint
-    from utils.dashboards import (
-        histograms_due,
-        log_histograms,
-        log_input_images,
-        log_lr_per_group,
-        log_per_class,
-        log_run_end,
-        log_run_start,
-    )
-    from utils.distributed import (
-        barrier,
-        check_weights_in_sync,
-        init_distributed,
-        sync_gradients,
-        wrap_ddp,
-    )
-    from utils.evaluation import evaluate, logits_of
-    from utils.loaders import build_dataloaders
-    from utils.nonfinite import LossWindow, drop_nonfinite
-    from utils.progress import Progress
-    from utils.resume import Position, check_can_resume, data_order_state, load_resume, resume_command
-    from utils.runtime import autocast, fused_on_cuda, grad_scaler, seed_everything
-    from utils.signals import StopSignals
-    from utils.tensorboard import log_graph_once, open_writer, unwrap
+    from utils.resume import load_resume
+    from utils.runlock import RunLock
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    _phase["run_dir"] = run_dir
     # `resume=RUN_DIR`: continue that run from its last checkpoint, with the config it was started with.
     resumed = load_resume(cfg, HydraConfig.get()) if cfg.get("resume") else None
     if resumed:
         cfg = resumed.cfg
         log.info("Resuming from %s (step %d)", resumed.path, resumed.state["step"])
     check_config(cfg)
-    # Plain attributes: the loop reads these every step, and an OmegaConf lookup costs microseconds each.
+    from utils.rundir import process_rank
+
+    # One process trains in a run directory at a time (a second resume of it is refused).
+    with RunLock(run_dir) if process_rank() == 0 else _no_lock():
+        run = set_up(cfg, run_dir, resumed)
+        best = fit(run)
+        return test_and_report(run, best)
+
+
+class _no_lock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
+    """Seed, device, task, data, model, optimizer, schedule, checks on one real batch, TensorBoard."""
+    import torch
+
+    from utils.dashboards import log_run_start, metric_tags
+    from utils.distributed import init_distributed, wrap_ddp
+    from utils.loaders import build_dataloaders
+    from utils.resume import Position, check_can_resume
+    from utils.runtime import fused_on_cuda, grad_scaler, seed_everything
+    from utils.tensorboard import open_writer, unwrap
+
     tcfg, lcfg = plain(cfg.trainer), plain(cfg.logging)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info("Run directory: %s", run_dir)
     log.info("TensorBoard:   tensorboard --logdir %s", shlex.quote(str(run_dir / "tb")))
-
-    # --- Set-up: seed, device, data, model, optimizer, schedule -----------------------------------------
     # Under torchrun (or several SLURM tasks) join the process group; run plainly, world_size is 1.
     ddp = init_distributed(tcfg.device)
     device = ddp.device
@@ -115,6 +144,8 @@ def train(cfg: DictConfig) -> float:
     seed_everything(tcfg.seed + ddp.rank, tcfg.deterministic)
     torch.backends.cudnn.benchmark = tcfg.cudnn_benchmark and not tcfg.deterministic
 
+    check_declared(cfg)
+    task = build("task", cfg.task)
     splits = build("data", cfg.data.dataset)
     loaders = build_dataloaders(
         splits,
@@ -127,229 +158,436 @@ def train(cfg: DictConfig) -> float:
         world_size=ddp.world_size,
         device=device,  # in-memory data is gathered on the GPU, when there is one
     )
-    batches_per_epoch = min(len(loaders.train), tcfg.limit_batches or math.inf)
-    steps_per_epoch = math.ceil(batches_per_epoch / tcfg.accumulate_grad_batches)
-    total_steps = tcfg.max_steps or tcfg.max_epochs * steps_per_epoch
-    max_epochs = math.ceil(total_steps / steps_per_epoch)
+    plan = Plan.of(len(loaders.train), tcfg)
     log.info(
         "Data: %d train / %d val / %d test samples; %d optimizer steps over %d epochs",
-        len(splits.train),
-        len(splits.val),
-        len(splits.test),
-        total_steps,
-        max_epochs,
+        *(len(s) for s in (splits.train, splits.val, splits.test)),
+        plan.total_steps,
+        plan.max_epochs,
     )
-
     model = build("model", cfg.model).to(device)
+    # One real batch through model and task: lazy modules take their shapes, and a task that does not fit
+    # the data or the model stops here in one line, before any optimizer, DDP or graph sees the model.
+    check_fit(cfg, task, model, splits, loaders.val, device)
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     log.info(
         "Model: %s, %.2fM parameters", type(model).__name__, sum(p.numel() for p in model.parameters()) / 1e6
     )
     optimizer = build("optimizer", fused_on_cuda(cfg.optimizer, device), model.parameters())
-    scheduler = build("scheduler", cfg.scheduler, optimizer, total_steps=total_steps)
+    scheduler = build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
     scaler = grad_scaler(device, tcfg.precision)
     # Compile after the graph source is kept: log_graph_once traces the original module, not the compiled one.
-    train_model = torch.compile(model) if tcfg.compile else model
+    eval_model = torch.compile(model) if tcfg.compile else model
     # Evaluation runs outside DDP (each rank on its shard, metrics summed): a DDP forward syncs buffers.
-    eval_model = train_model
-    # DDP wraps the compiled model; its backward averages gradients over ranks. Alone: the model itself.
-    train_model = wrap_ddp(train_model, ddp)
+    train_model = wrap_ddp(eval_model, ddp)
     # A resumed run takes back every state it saved (weights, optimizer, schedule, scaler, RNG streams) and
     # the position it reached; a new one starts at zero.
     start = Position()
     if resumed:
-        check_can_resume(resumed, loaders.train, total_steps, run_dir)
+        check_can_resume(resumed, loaders.train, plan.total_steps, run_dir)
         start = resumed.restore(unwrap(model), optimizer, scheduler, scaler)
-
+        check_schedule_length(scheduler, plan.total_steps)
+    reference = task.reference(splits)
     # Rank 0 alone writes TensorBoard, checkpoints and metrics.json; elsewhere the writer is None.
     # Resumed: hide the events that the interrupted run wrote after its checkpoint, so no step shows twice.
     writer = open_writer(run_dir / "tb", enabled=ddp.is_main, purge_step=start.step + 1 if resumed else None)
-    # TEXT tab: the resolved config and the environment (also env.json); HPARAMS tab: this run's
-    # hyperparameters, written now so that a run killed midway still shows in the table.
+    tags, final_tags = metric_tags(task)
     if not resumed:  # the interrupted run wrote these already, and env.json describes where it started
-        log_run_start(writer, cfg, run_dir, device)
-    ckpt_dir = run_dir / "checkpoints"
-    progress = Progress(lcfg.progress_bar, total_steps)
+        log_run_start(writer, cfg, run_dir, device, tags)
+        for name, value in reference.items():
+            if writer:
+                writer.add_scalar(f"reference/{name}", value, 0)
+    return SimpleNamespace(
+        cfg=cfg, tcfg=tcfg, lcfg=lcfg, run_dir=run_dir, ckpt_dir=run_dir / "checkpoints", ddp=ddp,
+        device=device, task=task, loaders=loaders, plan=plan, model=model, eval_model=eval_model,
+        train_model=train_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, start=start,
+        reference=reference, writer=writer, final_tags=final_tags, last_good=None,
+    )  # fmt: skip
 
-    def checkpoint(epoch: int, batch: int) -> dict:
-        """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
-        return {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "batch_in_epoch": batch,  # batches of `epoch` already trained on
-            "step": step,
-            "best_val_acc": best_acc,
-            "val_last": {"loss": val["loss"], "acc": val["acc"]} if val else None,
-            "rng": rng_state(),
-            "data_order": data_order_state(loaders.train, epoch, batch),
-            "window": losses.state(),  # the losses that the next log line averages
-            "nonfinite_skipped": skipped,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
 
-    last_good = None  # the newest checkpoint, which the error for a non-finite loss names
+@dataclass
+class Plan:
+    """How long the run is: batches per epoch, optimizer steps per epoch and in all, epochs."""
 
-    def save(name: str, epoch: int, batch: int = 0) -> Path:
-        """Every checkpoint goes through here: never one of weights that a non-finite loss has spoiled, and
-        TensorBoard flushed first, so that a resumed run finds every event up to this step on disk."""
-        nonlocal last_good
-        losses.check(last_good, writer)
-        writer.flush()
-        save_checkpoint(checkpoint(epoch, batch), ckpt_dir / name)
-        last_good = ckpt_dir / name
-        return last_good
+    batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    max_epochs: int
 
-    # --- The loop -----------------------------------------------------------------------------------------
-    step, best_acc, val = start.step, start.best_val_acc, start.val
-    accum = tcfg.accumulate_grad_batches
+    @classmethod
+    def of(cls, num_batches: int, tcfg) -> Plan:
+        batches = min(num_batches, tcfg.limit_batches or math.inf)
+        steps_per_epoch = math.ceil(batches / tcfg.accumulate_grad_batches)
+        total = tcfg.max_steps or tcfg.max_epochs * steps_per_epoch
+        return cls(batches, steps_per_epoch, total, math.ceil(total / steps_per_epoch))
+
+
+def check_declared(cfg: DictConfig) -> None:
+    """What the task, data and model configs declare they take and give must pair up (where they declare
+    it: a forker's config may leave it out, and the check on a real batch below still runs)."""
+    task, data, model = cfg.task, cfg.data, cfg.model
+    names = f"task={_choice('task', cfg)} data={_choice('data', cfg)} model={_choice('model', cfg)}"
+    if "target" in task and task.target != data.target:
+        raise ConfigError(
+            f"{names}: the task reads {task.target} targets, the data has {data.target} targets"
+        )
+    if "input" in model and data.input not in model.input:
+        raise ConfigError(
+            f"{names}: the model takes {'/'.join(model.input)} input, the data gives {data.input}"
+        )
+    if "output" in model and "output" in task and model.output != task.output:
+        raise ConfigError(
+            f"{names}: the task needs {task.output} outputs, the model gives {model.output} outputs"
+        )
+
+
+def check_fit(cfg, task, model, splits, loader, device) -> None:
+    """The task against one real batch and the model's output on it; the in-memory targets as a whole."""
+    import torch
+
+    from tasks.base import TaskError
+    from utils.runtime import slice_batch, to_device
+
+    names = f"task={_choice('task', cfg)} data={_choice('data', cfg)} model={_choice('model', cfg)}"
+    try:
+        tensors = getattr(splits.train, "tensors", None)
+        if tensors is not None and len(tensors) > 1:
+            task.check_targets(tensors[-1])
+        batch = to_device(slice_batch(next(iter(loader)), 2), device)
+        flags = [(m, m.training) for m in model.modules()]
+        model.eval()  # no BatchNorm statistics change, no dropout drawn from the training stream
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                output = task.forward(model, batch)
+        finally:
+            for module, training in flags:
+                module.training = training
+        task.check(output, batch)
+    except TaskError as err:
+        raise ConfigError(f"{names}: {err}") from None
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:  # the model itself cannot take the batch
+        raise ConfigError(
+            f"{names}: the model fails on a batch of the data: {type(err).__name__}: {one_line(err)}"
+        ) from None
+
+
+def check_schedule_length(scheduler, total_steps: int) -> None:
+    """A schedule that stores its own length (OneCycleLR) cannot be stretched by a resume with more steps."""
+    stored = getattr(scheduler, "total_steps", None)
+    if stored is not None and stored != total_steps:
+        raise ConfigError(
+            f"the schedule {type(scheduler).__name__} was built for {stored} steps and cannot be resumed for "
+            f"{total_steps}; resume with the run's own length"
+        )
+
+
+def fit(run) -> float | None:
+    """The loop: train, validate at epoch ends, keep best.pt and last.pt. Returns the best monitored value."""
+    from utils.nonfinite import LossWindow
+    from utils.progress import Progress
+    from utils.signals import StopSignals
+
+    t, lc, start, plan = run.tcfg, run.lcfg, run.start, run.plan
+    run.step, run.best, run.val, run.skipped = start.step, start.best, start.val, start.nonfinite_skipped
     # Losses stay on the device; they are read (the loop's one sync) only every logging.every_n_steps.
-    losses = LossWindow(lcfg.every_n_steps * accum, device, state=start.window)
-    skipped = start.nonfinite_skipped  # batches dropped for a non-finite loss (trainer.skip_nonfinite)
-    seen, window_start = 0, time.perf_counter()
+    run.losses = LossWindow(lc.every_n_steps * t.accumulate_grad_batches, run.device, state=start.window)
+    meter = Throughput(run.task.unit)
+    progress = Progress(lc.progress_bar, plan.total_steps)
     stop = StopSignals()  # Ctrl-C, SIGTERM: finish the step, save last.pt, exit 130 / 143
-    stopped_at, epoch = None, start.epoch - 1
-    # (samples, seconds) of each logging window, for the throughput in metrics.json.
-    windows: list[tuple[int, float]] = []
-    train_model.train()
-    for epoch in range(start.epoch, max_epochs):
+    _phase["name"] = "train"
+    run.train_model.train()
+    epoch = start.epoch - 1
+    for epoch in range(start.epoch, plan.max_epochs):
         first = start.batch if epoch == start.epoch else 0  # a resumed run goes on mid-epoch
-        loaders.train.set_epoch(epoch, first)
+        run.loaders.train.set_epoch(epoch, first)
         resume_at = (epoch + 1, 0)  # where last.pt says to go on: the next epoch, unless we stop mid-epoch
-        for i, (x, y) in enumerate(loaders.train, start=first):
-            if i >= batches_per_epoch:
+        for i, batch in enumerate(run.loaders.train, start=first):
+            if i >= plan.batches_per_epoch:
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if tcfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if step == 0 and i == 0 and lcfg.graph:
-                log_graph_once(writer, model, x[:2])
-            if step == 0 and i == 0 and lcfg.images:
-                log_input_images(writer, x, cfg.data, step)
-
-            update = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
-            # DDP averages gradients over ranks in backward; not on batches that only accumulate them.
-            with sync_gradients(train_model, update):
-                with autocast(device, tcfg.precision):
-                    loss = F.cross_entropy(logits_of(train_model(x)), y)
-                if tcfg.skip_nonfinite and drop_nonfinite(loss):
-                    # Drop this batch, with the batches it was accumulating with.
-                    skipped += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                scaler.scale(loss / accum if accum > 1 else loss).backward()
-            losses.add(loss, step + 1)
-            seen += y.shape[0] * ddp.world_size  # over all ranks: each runs batches of the same size
-
-            if not update:
-                continue  # accumulate gradients: no optimizer step on this batch
-            if tcfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if histograms_due(lcfg.histograms_every_n_epochs, step + 1, steps_per_epoch):
-                log_histograms(writer, model, step + 1)  # before zero_grad: the gradients are still there
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
+            updated = train_batch(run, batch, i, meter)
+            if not updated:
+                continue
             progress.advance()
-
-            synced = step % lcfg.every_n_steps == 0 or step == total_steps
+            synced = run.step % lc.every_n_steps == 0 or run.step == plan.total_steps
             if synced:
-                # The one sync point of the loop: reading the losses makes the device catch up. Under DDP
-                # they are averaged over ranks, and a non-finite one stops every rank alike.
-                values = {"loss": losses.read(last_good, writer), "lr": scheduler.get_last_lr()[0]}
-                elapsed = time.perf_counter() - window_start
-                windows.append((seen, elapsed))
-                values["samples_per_s"] = seen / elapsed
-                if writer:
-                    for key, value in values.items():
-                        writer.add_scalar(f"train/{key}", value, step)
-                if lcfg.lr_per_group:
-                    log_lr_per_group(writer, optimizer, step)
-                progress.report(step, epoch, values)
-                losses.reset()
-                seen, window_start = 0, time.perf_counter()
-
-            if tcfg.checkpoint_every_n_steps and step % tcfg.checkpoint_every_n_steps == 0 and ddp.is_main:
-                # last.pt first, then step_<N>.pt as a second name of it: once that exists, last.pt is as new.
-                link_checkpoint(save("last.pt", epoch, i + 1), ckpt_dir / f"step_{step:08d}.pt")
-                prune_step_checkpoints(ckpt_dir, tcfg.keep_step_checkpoints)
-            if stop.agreed(synced, device):
-                stopped_at = (epoch, i + 1)
+                report(run, meter, progress, epoch)
+            if t.checkpoint_every_n_steps and run.step % t.checkpoint_every_n_steps == 0:
+                save_step_checkpoint(run, epoch, i + 1)
+            if stop.agreed(synced, run.device):
+                resume_at = (epoch, i + 1)
                 break
-            if step >= total_steps:
-                if i + 1 < batches_per_epoch:
+            if run.step >= plan.total_steps:
+                if i + 1 < plan.batches_per_epoch:
                     resume_at = (epoch, i + 1)  # a longer resumed run goes on with this epoch's next batch
                 break
-        if stopped_at:
-            break
-
-        epoch_end = time.perf_counter()  # validation and checkpoints are kept out of samples_per_s
-        last_epoch = epoch + 1 == max_epochs or step >= total_steps
-        improved = False
-        if (epoch + 1) % tcfg.val_every_n_epochs == 0 or last_epoch:
-            val = evaluate(eval_model, loaders.val, device, tcfg.precision, tcfg.channels_last)
-            if writer:
-                writer.add_scalar("val/loss", val["loss"], step)
-                writer.add_scalar("val/acc", val["acc"], step)
-            if lcfg.confusion_matrix:
-                log_per_class(writer, val["confusion"], step)  # confusion matrix, per-class accuracy
-            log.info("epoch %d step %d: val loss %.4f, val acc %.4f", epoch, step, val["loss"], val["acc"])
-            improved = val["acc"] > best_acc  # val is summed over ranks: all ranks agree
-            best_acc = max(best_acc, val["acc"])
-        if ddp.is_main and improved:
-            # best.pt first: a kill before last.pt follows only repeats this epoch. Then last.pt, the same
-            # state, as a second name of that file: one write per epoch, not two.
-            link_checkpoint(save("best.pt", *resume_at), ckpt_dir / "last.pt")
-        elif ddp.is_main:
-            save("last.pt", *resume_at)
-        window_start += time.perf_counter() - epoch_end
-        if step >= total_steps:
+        if stop.requested and resume_at[0] == epoch:
+            break  # stopped mid-epoch: no validation, last.pt is saved below
+        with meter.paused():  # validation and checkpoints are kept out of the throughput
+            end_epoch(run, epoch, resume_at)
+        if run.step >= plan.total_steps or stop.requested:
             break
     progress.close()
-    if stopped_at:
+    run.epoch, run.throughput = epoch, meter.summary()
+    if stop.requested:
         # Ctrl-C or SIGTERM: the step in flight is done; keep it, close TensorBoard, say how to go on.
-        if ddp.is_main:
-            save("last.pt", *stopped_at)
-            writer.close()
-        log.warning("Stopped by %s at step %d. Resume with: %s", stop.name, step, resume_command(run_dir))
+        from utils.resume import resume_command
+
+        if run.ddp.is_main:
+            save(run, "last.pt", *resume_at)
+            run.writer.close()
+        log.warning(
+            "Stopped by %s at step %d. Resume with: %s", stop.name, run.step, resume_command(run.run_dir)
+        )
         sys.exit(stop.exit_code)
     stop.restore()
-    check_weights_in_sync(model, ddp)  # under DDP: every rank logs a digest of its weights; they must agree
+    return run.best
 
-    # --- Test the best weights, and report -----------------------------------------------------------------
-    from utils.checkpoint import load_checkpoint
 
-    barrier()  # rank 0 has written best.pt; now the other ranks may read it
-    unwrap(model).load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
-    test = evaluate(model, loaders.test, device, tcfg.precision, tcfg.channels_last)
-    metrics = {
-        "test/acc": test["acc"],
-        "test/loss": test["loss"],
-        "val/acc_best": best_acc,
-        "val/acc_last": val["acc"],
-        "epochs": epoch + 1,
-        "steps": step,
-        "nonfinite_batches_skipped": skipped,
+def train_batch(run, batch, i: int, meter) -> bool:
+    """Forward, backward and, on the last micro-batch of an accumulation, the optimizer step.
+    Returns whether an optimizer step was taken."""
+    import torch
+
+    from utils.dashboards import log_input_images
+    from utils.distributed import sync_gradients
+    from utils.nonfinite import drop_nonfinite
+    from utils.runtime import autocast, to_device
+    from utils.tensorboard import log_graph_once
+
+    t, task = run.tcfg, run.task
+    batch = to_device(batch, run.device, t.channels_last)
+    if run.step == 0 and i == 0 and run.writer:
+        if run.lcfg.graph:
+            log_graph_once(run.writer, run.model, task.example_input(batch))
+        if run.lcfg.images and (images := task.images(batch)) is not None:
+            log_input_images(run.writer, images, run.cfg.data, run.step)
+    accum = t.accumulate_grad_batches
+    update = (i + 1) % accum == 0 or i + 1 == run.plan.batches_per_epoch
+    # DDP averages gradients over ranks in backward; not on batches that only accumulate them.
+    with sync_gradients(run.train_model, update):
+        with autocast(run.device, t.precision):
+            loss = task.loss(task.forward(run.train_model, batch), batch)
+        if t.skip_nonfinite and drop_nonfinite(loss):
+            # Drop this batch, with the batches it was accumulating with.
+            run.skipped += 1
+            run.optimizer.zero_grad(set_to_none=True)
+            return False
+        run.scaler.scale(loss / accum if accum > 1 else loss).backward()
+    run.losses.add(loss, run.step + 1)
+    meter.count(task.count(batch) * run.ddp.world_size)  # over all ranks: each runs batches of one size
+    if not update:
+        return False  # accumulate gradients: no optimizer step on this batch
+    if t.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    if run.lcfg.histograms_every_n_epochs:  # histograms read the gradients before zero_grad
+        from utils.dashboards import histograms_due, log_histograms
+
+        if histograms_due(run.lcfg.histograms_every_n_epochs, run.step + 1, run.plan.steps_per_epoch):
+            log_histograms(run.writer, run.model, run.step + 1)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.step += 1
+    return True
+
+
+class Throughput:
+    """Samples (or tokens) per second over each logging window, validation and checkpoints left out."""
+
+    def __init__(self, unit: str) -> None:
+        self.key = f"{unit}_per_s"
+        self.seen, self.start = 0, time.perf_counter()
+        self.windows: list[tuple[int, float]] = []
+
+    def count(self, n: int) -> None:
+        self.seen += n
+
+    def close_window(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        self.windows.append((self.seen, elapsed))
+        rate = self.seen / max(elapsed, 1e-9)
+        self.seen, self.start = 0, time.perf_counter()
+        return rate
+
+    def paused(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def pause():
+            began = time.perf_counter()
+            yield
+            self.start += time.perf_counter() - began
+
+        return pause()
+
+    def summary(self) -> dict:
+        """Every window but the first, which holds the one-off costs (allocator warm-up, cudnn autotuning,
+        torch.compile, starting workers); `make bench` reads it."""
+        steady = self.windows[1:] or self.windows
+        return {
+            "train_seconds": sum(s for _, s in self.windows),
+            self.key: sum(n for n, _ in steady) / max(sum(s for _, s in steady), 1e-9),
+        }
+
+
+def report(run, meter, progress, epoch: int) -> None:
+    """The loop's one sync point: reading the losses makes the device catch up. Under DDP they are averaged
+    over ranks, and a non-finite one stops every rank alike."""
+    from utils.dashboards import log_lr_per_group
+
+    values = {"loss": run.losses.read(run.last_good, run.writer), "lr": run.scheduler.get_last_lr()[0]}
+    values[meter.key] = meter.close_window()
+    if run.writer:
+        for key, value in values.items():
+            run.writer.add_scalar(f"train/{key}", value, run.step)
+    if run.lcfg.lr_per_group:
+        log_lr_per_group(run.writer, run.optimizer, run.step)
+    progress.report(run.step, epoch, values)
+    run.losses.reset()
+
+
+def end_epoch(run, epoch: int, resume_at: tuple[int, int]) -> None:
+    """Validate when due, keep best.pt when the monitored metric improved, and last.pt always."""
+    from utils.checkpoint import link_checkpoint
+
+    last_epoch = epoch + 1 == run.plan.max_epochs or run.step >= run.plan.total_steps
+    improved = False
+    if (epoch + 1) % run.tcfg.val_every_n_epochs == 0 or last_epoch:
+        run.val = validate(run, run.step)
+        log.info(
+            "epoch %d step %d: %s", epoch, run.step, " ".join(f"val {k} {v:.4f}" for k, v in run.val.items())
+        )
+        value = run.val[run.task.monitor]
+        improved = run.task.better(value, run.best)  # val is summed over ranks: all ranks agree
+        run.best = value if improved else run.best
+    if not run.ddp.is_main:
+        return
+    if improved:
+        # best.pt first: a kill before last.pt follows only repeats this epoch. Then last.pt, the same
+        # state, as a second name of that file: one write per epoch, not two.
+        link_checkpoint(save(run, "best.pt", *resume_at), run.ckpt_dir / "last.pt")
+    else:
+        save(run, "last.pt", *resume_at)
+
+
+def validate(run, step: int, split: str = "val") -> dict:
+    """The task's metrics on a split, to TensorBoard as <split>/<metric>, with the task's own pictures."""
+    import torch
+
+    loader = getattr(run.loaders, split)
+    metrics, sums, first = evaluate_split(run, loader)
+    if run.writer:
+        for key, value in metrics.items():
+            run.writer.add_scalar(f"{split}/{key}", value, step)
+        if split == "val" and first is not None:
+            was_training = run.model.training
+            run.model.eval()
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                run.task.log_pictures(run.writer, sums, run.model, first, step, split)
+            run.model.train(was_training)
+    return metrics
+
+
+def evaluate_split(run, loader):
+    from utils.evaluation import evaluate
+
+    t = run.tcfg
+    return evaluate(run.eval_model, loader, run.task, run.device, t.precision, t.channels_last)
+
+
+def checkpoint_state(run, epoch: int, batch: int) -> dict:
+    """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
+    from utils.checkpoint import rng_state
+    from utils.resume import data_order_state
+    from utils.tensorboard import unwrap
+
+    return {
+        "model": unwrap(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": epoch,
+        "batch_in_epoch": batch,  # batches of `epoch` already trained on
+        "step": run.step,
+        "monitor": run.task.monitor,
+        "mode": run.task.mode,
+        "best": run.best,
+        "val_last": run.val,
+        "rng": rng_state(),
+        "data_order": data_order_state(run.loaders.train, epoch, batch),
+        "window": run.losses.state(),  # the losses that the next log line averages
+        "nonfinite_skipped": run.skipped,
+        "config": OmegaConf.to_container(run.cfg, resolve=True),
     }
-    # Training throughput over every logging window but the first, which holds the one-off costs
-    # (allocator warm-up, cudnn autotuning, torch.compile, starting workers); `make bench` reads it.
-    steady = windows[1:] or windows
-    metrics["train_seconds"] = sum(seconds for _, seconds in windows)
-    metrics["samples_per_s"] = sum(n for n, _ in steady) / max(sum(seconds for _, seconds in steady), 1e-9)
-    log_run_end(writer, metrics, step)  # test/acc, test/loss, val/acc_best; the HPARAMS session ends
-    if ddp.is_main:
-        writer.close()
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def save(run, name: str, epoch: int, batch: int = 0) -> Path:
+    """Every checkpoint goes through here: never one of weights that a non-finite loss has spoiled, and
+    TensorBoard flushed first, so that a resumed run finds every event up to this step on disk."""
+    from utils.checkpoint import save_checkpoint
+
+    run.losses.check(run.last_good, run.writer)
+    run.writer.flush()
+    save_checkpoint(checkpoint_state(run, epoch, batch), run.ckpt_dir / name)
+    run.last_good = run.ckpt_dir / name
+    return run.last_good
+
+
+def save_step_checkpoint(run, epoch: int, batch: int) -> None:
+    """last.pt, then step_<N>.pt as a second name of it: once that exists, last.pt is as new."""
+    from utils.checkpoint import link_checkpoint, prune_step_checkpoints
+
+    if run.ddp.is_main:
+        link_checkpoint(save(run, "last.pt", epoch, batch), run.ckpt_dir / f"step_{run.step:08d}.pt")
+        prune_step_checkpoints(run.ckpt_dir, run.tcfg.keep_step_checkpoints)
+
+
+def test_and_report(run, best: float | None) -> float | None:
+    """Test the best weights; write metrics.json and the HPARAMS row's final values."""
+    from utils.checkpoint import load_checkpoint
+    from utils.dashboards import log_run_end
+    from utils.distributed import barrier, check_weights_in_sync
+    from utils.tensorboard import unwrap
+
+    check_weights_in_sync(run.model, run.ddp)  # under DDP: every rank logs a digest of its weights
+    _phase["name"] = "test"
+    barrier()  # rank 0 has written best.pt; now the other ranks may read it
+    best_path = run.ckpt_dir / "best.pt"
+    if best_path.exists():
+        unwrap(run.model).load_state_dict(load_checkpoint(best_path, map_location=run.device)["model"])
+    test = validate(run, run.step, "test")
+    task = run.task
+    metrics = {
+        "monitor": f"val/{task.monitor}",
+        "mode": task.mode,
+        **{f"test/{k}": v for k, v in test.items()},
+        f"val/{task.monitor}_best": best,
+        **{f"val/{k}_last": v for k, v in (run.val or {}).items()},
+        **{f"reference/{k}": v for k, v in run.reference.items()},
+        "epochs": run.epoch + 1,
+        "steps": run.step,
+        "nonfinite_batches_skipped": run.skipped,
+        **run.throughput,
+    }
+    log_run_end(run.writer, metrics, run.step, run.final_tags)  # the HPARAMS session ends
+    if run.ddp.is_main:
+        run.writer.close()
+        (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(test.items(), key=lambda kv: kv[0] != task.monitor))
+    best_text = "none" if best is None else f"{best:.4f}"
     log.info(
-        "Test accuracy %.4f (best val %.4f). Metrics: %s", test["acc"], best_acc, run_dir / "metrics.json"
+        "Test: %s (best val %s %s). Metrics: %s", shown, task.monitor, best_text, run.run_dir / "metrics.json"
     )
-    return best_acc
+    _phase["name"] = "done"
+    return best
+
+
+# Keys of a group's config that say what it takes and gives (the tests pair task, data and model by
+# them); they are not parameters of what the group builds.
+DECLARATIONS = {"model": ("input", "output"), "task": ("target", "output")}
 
 
 def build(group: str, node: DictConfig, *args, **kwargs):
@@ -359,15 +597,23 @@ def build(group: str, node: DictConfig, *args, **kwargs):
     from hydra.utils import instantiate
 
     from data.splits import DatasetError
+    from tasks.base import TaskError
 
+    if group in DECLARATIONS:
+        kept = {
+            k: v
+            for k, v in OmegaConf.to_container(node, resolve=True).items()
+            if k not in DECLARATIONS[group]
+        }
+        node = OmegaConf.create(kept)
     try:
         obj = instantiate(node)
         return obj(*args, **kwargs) if args or kwargs else obj
-    except DatasetError:
+    except (DatasetError, TaskError):
         raise
     except (InstantiationException, TypeError, ValueError) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        if isinstance(cause, DatasetError):
+        if isinstance(cause, (DatasetError, TaskError)):
             raise cause from None
         target = node.get("_target_", "?")
         raise ConfigError(
@@ -375,5 +621,18 @@ def build(group: str, node: DictConfig, *args, **kwargs):
         ) from None
 
 
+def _choice(group: str, cfg) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return str(choices.get(group) or OmegaConf.select(cfg, f"{group}._target_", default="?"))
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Interrupted as signal:  # during Hydra's own start-up, before main() runs
+        print(
+            f"train.py: stopped by {signal.name} before training started: nothing to save.", file=sys.stderr
+        )
+        sys.exit(signal.exit_code)

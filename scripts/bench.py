@@ -165,6 +165,7 @@ def run_raw(overrides: list[str], run_dir: Path) -> dict:
     import torch.nn.functional as F
     from hydra.utils import instantiate
 
+    from train import build
     from utils.config import check_config
     from utils.loaders import build_dataloaders
     from utils.runtime import fused_on_cuda, pick_device, seed_everything
@@ -188,7 +189,7 @@ def run_raw(overrides: list[str], run_dir: Path) -> dict:
         device=device,
     )
     total = t.max_steps or t.max_epochs * len(loaders.train)
-    model = instantiate(cfg.model).to(device)
+    model = build("model", cfg.model).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = instantiate(fused_on_cuda(cfg.optimizer, device))(model.parameters())
@@ -379,9 +380,9 @@ def bench_graph(model_name: str, reps: int, workdir: Path) -> dict:
     from utils.tensorboard import log_graph_once, open_writer
 
     cfg = compose([f"model={model_name}", "data=fake"], workdir / "graph")
-    from hydra.utils import instantiate
+    from train import build
 
-    model = instantiate(cfg.model)
+    model = build("model", cfg.model)
     example = torch.randn(2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
     times = []
     for i in range(reps):

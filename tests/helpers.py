@@ -43,8 +43,17 @@ def train_in_process(overrides: list[str], run_dir: Path) -> float:
     import train
 
     cfg = compose_config(overrides, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(cfg, run_dir)
     return train.train(cfg)
+
+
+def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
+    """.hydra/config.yaml, as `python train.py` has Hydra write it (unresolved): resume checks against it."""
+    from omegaconf import OmegaConf
+
+    if not (run_dir / ".hydra" / "config.yaml").exists():
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 
 
 def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
@@ -88,3 +97,41 @@ def require_extra(module: str, extra: str) -> None:
     if os.environ.get("REQUIRE_E2E") == "1":
         pytest.fail(f"{module} is missing, and REQUIRE_E2E=1 requires it (pip install -e '.[{extra}]')")
     pytest.skip(f"{module} is missing: pip install -e '.[{extra}]'")
+
+
+# --- The shipped configs, read from disk: a fork that adds or deletes one needs no edit here ---------------
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def declared(group: str, name: str) -> dict:
+    """A config file as written (interpolations unresolved): what it declares it takes and gives."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"), resolve=False)
+
+
+def compatible(task: str, data: str, model: str) -> bool:
+    """Whether the configs' declarations pair up: the data's input is one the model takes, the model's
+    output is the shape the task reads, and the data's target is the task's."""
+    t, d, m = declared("task", task), declared("data", data), declared("model", model)
+    inputs = m.get("input") or []
+    return (
+        d.get("input") in inputs and m.get("output") == t.get("output") and d.get("target") == t.get("target")
+    )
+
+
+def offline(data: str) -> bool:
+    """Data that needs no download and no files of the user's (no `dataset.root` to point somewhere)."""
+    return declared("data", data).get("dataset", {}).get("root") is None
+
+
+COMBOS = [
+    (t, d, m)
+    for t in options("task")
+    for d in options("data")
+    for m in options("model")
+    if compatible(t, d, m)
+]

@@ -39,7 +39,7 @@ def test_checkpoints_hold_every_state_as_plain_containers(tmp_path):
     val_acc = {e.step: e.value for e in event_accumulator(run).Scalars("val/acc")}
     best_step = max(val_acc, key=lambda s: (val_acc[s], -s))  # the first step with the top accuracy
     assert best["step"] == best_step
-    assert best["best_val_acc"] == pytest.approx(val_acc[best_step], rel=1e-6)  # events hold float32
+    assert best["best"] == pytest.approx(val_acc[best_step], rel=1e-6)  # events hold float32
     # Made under the process's umask, as any new file would be (mkstemp alone would make it 0600).
     mask = os.umask(0o022)
     os.umask(mask)
@@ -128,13 +128,22 @@ def test_corrupt_missing_and_mismatched_checkpoints_fail_in_one_line(tmp_path):
     last = run / "checkpoints" / "last.pt"
     good = last.read_bytes()
 
-    # A different model config than the weights were trained with.
+    # Weights of another architecture than the config builds.
     state = load_checkpoint(last)
-    state["config"]["model"]["hidden_dims"] = [32]
+    state["model"] = {k: v[..., :3] for k, v in state["model"].items()}
     torch.save(state, last)
     proc = run_cli([f"resume={run}", "trainer.max_epochs=2"])
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert len(error_lines(proc)) == 1 and "does not fit this MLP" in error_lines(proc)[0]
+
+    # A config that is not the run's own: the checkpoint came from elsewhere.
+    state = load_checkpoint(run / "checkpoints" / "best.pt")
+    state["config"]["model"]["hidden_dims"] = [32]
+    torch.save(state, last)
+    proc = run_cli([f"resume={run}", "trainer.max_epochs=2"])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(error_lines(proc)) == 1 and "belongs to another run" in error_lines(proc)[0]
+    assert "model.hidden_dims" in error_lines(proc)[0]
 
     last.write_bytes(good[: len(good) // 2])  # truncated
     proc = run_cli([f"resume={run}", "trainer.max_epochs=2"])

@@ -21,11 +21,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
+from tasks.classification import Classification
 from tests.helpers import FAST, REPO, compose_config, event_accumulator, read_metrics, train_in_process
 from utils import dashboards
 from utils.config import ConfigError, check_config
 from utils.dashboards import (
-    METRIC_TAGS,
     colormap,
     confusion_matrix_image,
     input_image_grid,
@@ -33,6 +33,9 @@ from utils.dashboards import (
     per_class_accuracy_image,
 )
 from utils.evaluation import evaluate
+
+# The HPARAMS metric columns of a classification run, in the order the task gives them.
+METRIC_TAGS = ["val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"]
 
 # Everything on, and one config value set on the command line, as a sweep would.
 ALL_ON = [
@@ -123,12 +126,12 @@ def test_evaluate_counts_true_against_predicted_classes():
     true = torch.tensor([0, 1, 2, 1, 1, 2, 2])
     x = torch.nn.functional.one_hot(pred, 3).float()
     batches = [(x[:4], true[:4]), (x[4:], true[4:])]
-    result = evaluate(torch.nn.Identity(), batches, torch.device("cpu"), "32")
+    metrics, sums, _ = evaluate(torch.nn.Identity(), batches, Classification(3), torch.device("cpu"), "32")
     expected = torch.zeros(3, 3, dtype=torch.long)
     for t, p in zip(true.tolist(), pred.tolist(), strict=True):
         expected[t, p] += 1
-    assert torch.equal(result["confusion"], expected)
-    assert result["acc"] == pytest.approx(expected.trace().item() / 7)
+    assert torch.equal(sums["confusion"].view(3, 3), expected)
+    assert metrics["acc"] == pytest.approx(expected.trace().item() / 7)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -150,10 +153,10 @@ def test_evaluate_does_not_sync_per_batch_on_cuda():
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                result = evaluate(model, batches, torch.device("cuda"), "32")
+                _, sums, _ = evaluate(model, batches, Classification(10), torch.device("cuda"), "32")
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        assert result["confusion"].sum() == 64 * n_batches
+        assert sums["confusion"].sum() == 64 * n_batches
         return sum("synchroniz" in str(w.message) for w in caught)
 
     syncs(2)  # warm-up: CUDA's and cuBLAS's one-off initialization may sync once
@@ -240,6 +243,7 @@ def test_hparams_and_final_metrics_are_in_the_runs_own_event_file(run):
     end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"])
     hparams = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.session_start_info.hparams.items()}
     assert hparams == {
+        "task": "classification",
         "model": "mlp",
         "data": "digits",
         "optimizer": "adamw",
@@ -268,10 +272,7 @@ def test_histograms_of_weights_and_gradients_and_lr_per_group(run):
     from models.mlp import MLP
 
     names = [
-        n
-        for n, _ in MLP(
-            in_channels=1, image_size=8, num_classes=10, hidden_dims=[256, 128]
-        ).named_parameters()
+        n for n, _ in MLP(input_shape=[1, 8, 8], num_outputs=10, hidden_dims=[256, 128]).named_parameters()
     ]
     histograms = acc.Tags()["histograms"]
     assert sorted(histograms) == sorted([f"weights/{n}" for n in names] + [f"grads/{n}" for n in names])
@@ -287,7 +288,7 @@ def test_histograms_of_weights_and_gradients_and_lr_per_group(run):
 
 
 def test_switched_off_dashboards_write_nothing(tmp_path):
-    train_in_process([*FAST, "logging.images=false", "logging.confusion_matrix=false"], tmp_path / "run")
+    train_in_process([*FAST, "logging.images=false", "task.confusion_matrix=false"], tmp_path / "run")
     tags = event_accumulator(tmp_path / "run").Tags()
     assert tags["images"] == [] and tags["histograms"] == []  # histograms are off by default
     assert not [t for t in tags["scalars"] if "class_acc" in t or "lr_group" in t]

@@ -47,11 +47,31 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)) and _out_of_space(err):
+            import shutil
+
+            free = shutil.disk_usage(path.parent).free
+            kept = "the previous one is intact" if path.exists() else "there was none before"
+            raise CheckpointError(
+                f"no space left to write {path.name} in {path.parent} ({free / 2**20:.1f} MiB free); {kept}"
+            ) from None
         raise
     # Make the rename itself durable.
     _fsync_dir(path.parent)
+
+
+def _out_of_space(err: BaseException) -> bool:
+    """ENOSPC, a quota, a file-size limit; torch's zip writer reports them as RuntimeError ("enforce fail",
+    "failed writing file"), with the OSError, when there is one, as its cause."""
+    import errno
+
+    for e in (err, err.__cause__, err.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("failed writing" in text or "enforce fail" in text)
 
 
 def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -1,15 +1,22 @@
-"""Config checks that YAML cannot express: types and allowed values of the trainer, data and logging keys.
+"""The one schema every run's config passes before anything is built: types, ranges, unknown keys and
+cross-checks, each failure one line naming the key.
 
-Hydra already rejects unknown groups, unknown options and typo'd keys before the run starts. Types are
-checked here, at the start of the run, so `python train.py trainer.max_epochs=ten` fails in one line
-instead of deep inside the loop. Keys a forker adds to these groups are allowed; they are just not checked.
+Hydra already rejects unknown groups, unknown options and typo'd keys of existing groups. This adds what
+YAML cannot say: `trainer.max_epochs=ten` (a type), `trainer.grad_clip=-1` (a range),
+`+trainer.val_check_interval=0.5` (a key that nothing reads, which Hydra's `+` lets through), and
+`trainer.limit_batches` with `trainer.max_steps` that disagree. Where a forker adds keys of their own:
+model, data (`data.dataset` and beside it), optimizer, scheduler and task parameters are free; the
+trainer, logging, paths and top-level keys are the template's and are all checked.
+
+No torch here: this module is imported before Hydra parses the command line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import difflib
+from dataclasses import MISSING, dataclass, fields
 from types import SimpleNamespace
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -41,11 +48,16 @@ class TrainerSchema:
 
 @dataclass
 class DataSchema:
-    in_channels: int
-    num_classes: int
-    image_size: int
     batch_size: int
     num_workers: int
+    input: str
+    target: str
+    input_shape: list[int]
+    num_outputs: int
+    # Image data only; others declare input_shape alone.
+    in_channels: Optional[int] = None
+    num_classes: Optional[int] = None
+    image_size: Optional[int] = None
 
 
 @dataclass
@@ -54,27 +66,52 @@ class LoggingSchema:
     every_n_steps: int
     progress_bar: bool
     images: bool
-    confusion_matrix: bool
     histograms_every_n_epochs: int
     lr_per_group: bool
 
 
+SCHEMAS = {"trainer": TrainerSchema, "data": DataSchema, "logging": LoggingSchema}
+# Groups whose every key the template reads: anything else there is a typo or a key that does nothing.
+CLOSED = {
+    "trainer": TrainerSchema,
+    "logging": LoggingSchema,
+    "paths": ("output_root", "multirun_root", "data_dir"),
+}
+TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
+             "allowed_targets")  # fmt: skip
+
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
-POSITIVE = (
-    "trainer.max_epochs",
-    "trainer.accumulate_grad_batches",
-    "trainer.val_every_n_epochs",
-    "trainer.checkpoint_every_n_steps",
-    "trainer.keep_step_checkpoints",
-    "data.batch_size",
-    "logging.every_n_steps",
+# (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
+RANGES = (
+    ("trainer.max_epochs", 1, None),
+    ("trainer.max_steps", 1, None),
+    ("trainer.limit_batches", 1, None),
+    ("trainer.accumulate_grad_batches", 1, None),
+    ("trainer.val_every_n_epochs", 1, None),
+    ("trainer.checkpoint_every_n_steps", 1, None),
+    ("trainer.keep_step_checkpoints", 1, None),
+    ("trainer.seed", 0, None),
+    ("data.batch_size", 1, None),
+    ("data.num_workers", 0, None),
+    ("data.num_outputs", 1, None),
+    ("data.in_channels", 1, None),
+    ("data.num_classes", 1, None),
+    ("data.image_size", 1, None),
+    ("logging.every_n_steps", 1, None),
+    ("logging.histograms_every_n_epochs", 0, "0 switches it off"),
+    ("scheduler.warmup_steps", 0, None),
+    ("scheduler.step_size", 1, None),
+    ("optimizer.weight_decay", 0, None),
 )
-NON_NEGATIVE = ("logging.histograms_every_n_epochs",)  # 0 switches the feature off
+# Strictly positive floats.
+POSITIVE = ("trainer.grad_clip", "optimizer.lr")
+SEED_LIMIT = 2**32 - 1  # numpy's seed range
 
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first bad key; convert values in place (e.g. precision 16 -> "16")."""
-    for group, schema in (("trainer", TrainerSchema), ("data", DataSchema), ("logging", LoggingSchema)):
+    _check_unknown_keys(cfg)
+    for group, schema in SCHEMAS.items():
         node = cfg[group]
         names = [f.name for f in fields(schema) if f.name in node]
         try:
@@ -83,20 +120,60 @@ def check_config(cfg: DictConfig) -> None:
             key = getattr(err, "full_key", None) or getattr(err, "key", "?")
             first = str(err).splitlines()[0]
             raise ConfigError(f"{group}.{key}: {first}") from None
-        for k in names:
-            node[k] = typed[k]
+        for f in fields(schema):
+            if f.name in node:
+                node[f.name] = typed[f.name]
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{group}.{f.name} is missing: the {group} config must declare it")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if str(value) not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    for key, lowest, meaning in RANGES:
+        value = _number(cfg, key)
+        if value is not None and value < lowest:
+            more = f" ({meaning})" if meaning else ""
+            raise ConfigError(f"{key}={value} must be at least {lowest}{more}")
     for key in POSITIVE:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}={value} must be at least 1")
-    for key in NON_NEGATIVE:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 0:
-            raise ConfigError(f"{key}={value} must be 0 (off) or more")
+        value = _number(cfg, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}={value} must be greater than 0")
+    if cfg.trainer.seed > SEED_LIMIT:
+        raise ConfigError(f"trainer.seed={cfg.trainer.seed} must be at most {SEED_LIMIT}")
+    shape = cfg.data.input_shape
+    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")
+
+
+def _number(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None or isinstance(value, bool):
+        return None
+    if not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is not a number") from None
+    return value
+
+
+def _check_unknown_keys(cfg: DictConfig) -> None:
+    for key in cfg:
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{key} is not a config key this template reads{_nearest(key, TOP_LEVEL)}")
+    for group, known in CLOSED.items():
+        names = [f.name for f in fields(known)] if isinstance(known, type) else list(known)
+        for key in cfg.get(group) or {}:
+            if key not in names:
+                full = [f"{group}.{n}" for n in names]
+                raise ConfigError(
+                    f"{group}.{key} is not a config key this template reads{_nearest(f'{group}.{key}', full)}"
+                )
+
+
+def _nearest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def plain(node: DictConfig) -> SimpleNamespace:

@@ -23,10 +23,16 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "tensorboard", "hydra-core", "omegaconf", "numpy")
-# The metrics the HPARAMS tab shows for each run. val/* are written at every validation, so a run that was
-# killed still shows its last values; FINAL_TAGS are written once, by log_run_end.
-METRIC_TAGS = ("val/acc", "val/loss", "val/acc_best", "test/acc", "test/loss")
-FINAL_TAGS = ("val/acc_best", "test/acc", "test/loss")
+
+
+def metric_tags(task) -> tuple[list[str], list[str]]:
+    """The metric columns of the HPARAMS tab for this task: val/<metric> (written at every validation, so a
+    killed run still shows its last values), and the final ones that log_run_end writes once:
+    val/<monitor>_best and test/<metric>."""
+    final = [f"val/{task.monitor}_best", *(f"test/{m}" for m in task.metrics)]
+    return [*(f"val/{m}" for m in task.metrics), *final], final
+
+
 # Command-line overrides of these keys are not extra hparams: they are logging, paths or already main ones.
 _NOT_HPARAMS = ("logging.", "hydra.", "paths.", "name")
 _MAIN_KEYS = ("optimizer.lr", "data.batch_size", "trainer.precision", "trainer.seed")
@@ -332,6 +338,7 @@ def run_hparams(cfg: DictConfig) -> dict:
         return str(choices.get(group) or target.rsplit(".", 1)[-1])
 
     hparams = {
+        "task": choice("task"),
         "model": choice("model"),
         "data": choice("data"),
         "optimizer": choice("optimizer"),
@@ -357,7 +364,9 @@ def run_hparams(cfg: DictConfig) -> dict:
     return {k: v for k, v in ((k, _hparam_value(v)) for k, v in hparams.items()) if v is not None}
 
 
-def log_run_start(writer, cfg: DictConfig, run_dir: Path, device: torch.device | None = None) -> dict:
+def log_run_start(
+    writer, cfg: DictConfig, run_dir: Path, device: torch.device | None, tags: list[str]
+) -> dict:
     """TEXT tab: the resolved config and the environment (also written to run_dir/env.json). HPARAMS tab:
     this run's hyperparameters and metric names, in the run's own event file (not a subfolder), written
     now so that a run killed midway still shows in the table. Returns the hparams."""
@@ -373,21 +382,21 @@ def log_run_start(writer, cfg: DictConfig, run_dir: Path, device: torch.device |
     writer.add_text("run/environment", environment_markdown(env), 0)
 
     hparams = run_hparams(cfg)
-    experiment, session_start, _ = hparams_summaries(hparams, dict.fromkeys(METRIC_TAGS, 0.0))
+    experiment, session_start, _ = hparams_summaries(hparams, dict.fromkeys(tags, 0.0))
     writer.file_writer.add_summary(experiment, 0)
     writer.file_writer.add_summary(session_start, 0)
     writer.flush()  # visible at once, while training goes on
     return hparams
 
 
-def log_run_end(writer, metrics: dict, step: int) -> None:
+def log_run_end(writer, metrics: dict, step: int, final_tags: list[str]) -> None:
     """The final metrics as scalars (the HPARAMS table reads each metric's last value), then the session
     end, which marks the run as finished in the HPARAMS tab."""
     if writer is None:
         return
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-    for tag in FINAL_TAGS:
+    for tag in final_tags:
         if tag in metrics:
             writer.add_scalar(tag, metrics[tag], step)
     *_, session_end = hparams_summaries({}, {})

@@ -9,6 +9,7 @@ drives one device, `cuda:<LOCAL_RANK>`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import hashlib
@@ -78,8 +79,15 @@ def init_distributed(device_name: str) -> Distributed:
         return Distributed(0, 0, 1, device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        # One GPU per rank. `%`: a launcher that already narrowed CUDA_VISIBLE_DEVICES leaves one visible.
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    if is_distributed():
+        # A later job of a multirun in the same workers: keep the group. Destroying and re-creating it in
+        # the same processes hangs gloo's rendezvous or fails its full-mesh connect.
+        return Distributed(rank, local_rank, world_size, device)
+    # Left once, as the process exits (not after each job).
+    atexit.register(cleanup_distributed)
+    if device.type == "cuda":
+        # One GPU per rank. `%`: a launcher that already narrowed CUDA_VISIBLE_DEVICES leaves one visible.
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
     else:
@@ -163,7 +171,7 @@ def barrier() -> None:
 
 
 def cleanup_distributed() -> None:
-    """Leave the process group (Hydra multiruns start the next job in the same process)."""
+    """Leave the process group, once, at exit: the jobs of a multirun share it."""
     if is_distributed():
         # DDP's reducer keeps the process group alive, and the DDP module sits in reference cycles (its
         # hooks), so only the collector frees it. Left to interpreter shutdown, gloo's teardown aborts the

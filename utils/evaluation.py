@@ -1,56 +1,31 @@
-"""Loss and accuracy over a whole split, accumulated on the device and synced once at the end."""
+"""A whole split through the model: the task's metric sums, kept on the device, summed over DDP ranks once."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from utils.distributed import all_reduce_sum
-from utils.runtime import autocast
-
-
-def logits_of(output) -> torch.Tensor:
-    """Models return logits, or a dict / object with a `logits` entry (as Hugging Face models do)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return output["logits"]
-    return output.logits
+from utils.runtime import autocast, to_device
 
 
 @torch.no_grad()
-def evaluate(model, loader, device: torch.device, precision: str, channels_last: bool = False) -> dict:
+def evaluate(model, loader, task, device, precision: str, channels_last: bool = False, limit=None):
+    """Returns (metrics, sums, first batch on the device): the task's numbers for the split, the summed
+    tensors they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
-    # [true class, predicted class] counts, flattened; they stay on the device until the end.
-    confusion, c = torch.zeros(0, device=device, dtype=torch.long), 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    sums = task.init_sums(device)
+    first = None
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        batch = to_device(batch, device, channels_last)
+        first = batch if first is None else first
         with autocast(device, precision):
-            logits = logits_of(model(x))
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        pred = logits.argmax(dim=1)
-        correct += (pred == y).sum()
-        count += y.shape[0]
-        if not c:
-            c = logits.shape[1]
-            confusion = torch.zeros(c * c, device=device, dtype=torch.long)
-        # scatter_add_, not bincount: bincount reads the max index back to the host, a sync per batch.
-        confusion.scatter_add_(0, y * c + pred, torch.ones_like(y))
+            output = task.forward(model, batch)
+        task.update(sums, output, batch)
     model.train(was_training)
     # Under DDP each rank saw its own shard of the split: sum over ranks (a no-op in a single process).
-    loss_sum, correct, count_t, confusion = all_reduce_sum(
-        loss_sum, correct, torch.tensor(count, device=device), confusion
-    )
-    count = max(int(count_t), 1)
-    return {
-        "loss": loss_sum.item() / count,
-        "acc": correct.item() / count,
-        "count": count,
-        "confusion": confusion.view(c, c).cpu(),  # [C, C] long; rows: true classes, columns: predictions
-    }
+    keys = sorted(sums)
+    sums = dict(zip(keys, all_reduce_sum(*(sums[k] for k in keys)), strict=True))
+    return task.compute(sums), sums, first

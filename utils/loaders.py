@@ -5,8 +5,10 @@ reproduced, resumed mid-epoch (`start_batch`) and sharded across DDP ranks."""
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
@@ -96,7 +98,37 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         order = epoch_order(self.n, self.seed, self.epoch, self.shuffle, self.rank, self.world_size, self.pad)
-        return iter(order[self.start_batch * self.batch_size :].tolist())
+        # (epoch, index) keys: SeededSamples draws each sample's augmentation from them (see there).
+        return ((self.epoch, i) for i in order[self.start_batch * self.batch_size :].tolist())
+
+
+class SeededSamples(Dataset):
+    """Each sample's random augmentation drawn from its own stream, seeded by (seed, epoch, index).
+
+    Otherwise a worker's random state depends on everything it did before (persistent workers keep it
+    across epochs) and on which worker got the sample, so a run resumed mid-epoch would crop and flip
+    differently from the uninterrupted one. This way a sample looks the same whatever the number of
+    workers, and the training process's own random streams (dropout) are never drawn from."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        sample_seed = (self.seed * 1_000_003 + epoch) * 1_000_033 + index
+        with torch.random.fork_rng(devices=[]):
+            py_state, np_state = random.getstate(), np.random.get_state()
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            np.random.seed(sample_seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
 
 
 class SampledLoader:
@@ -117,8 +149,11 @@ class SampledLoader:
     ) -> None:
         self.sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size, pad)
         self.batch_size, self.drop_last = batch_size, drop_last
+        # The loader's own generator: a new DataLoader iterator draws its workers' base seed from it, not
+        # from the global stream, which a resumed run would otherwise have drawn from once more.
         self.loader = DataLoader(
-            dataset,
+            SeededSamples(dataset, seed),
+            generator=torch.Generator().manual_seed(seed),
             batch_size=batch_size,
             sampler=self.sampler,
             drop_last=drop_last,

@@ -9,6 +9,7 @@ resumed run a different one. Hydra puts the resumed run into RUN_DIR itself (con
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state,
 from utils.config import ConfigError
 from utils.loaders import epoch_order
 from utils.rundir import is_run_dir
+from utils.trust import stored_config
 
 RESUME_OVERRIDES = (
     "trainer.max_epochs",
@@ -39,7 +41,7 @@ class Position:
     epoch: int = 0
     batch: int = 0
     step: int = 0
-    best_val_acc: float = -1.0
+    best: float | None = None  # the best value of the task's monitored metric so far
     val: dict | None = None
     nonfinite_skipped: int = 0
     window: dict | None = None  # the losses of the interrupted logging window (LossWindow.state())
@@ -66,7 +68,7 @@ class Resume:
                 epoch=int(s["epoch"]),
                 batch=int(s.get("batch_in_epoch", 0)),
                 step=int(s["step"]),
-                best_val_acc=float(s["best_val_acc"]),
+                best=None if s["best"] is None else float(s["best"]),
                 val=s.get("val_last"),
                 nonfinite_skipped=int(s.get("nonfinite_skipped", 0)),
                 window=s.get("window"),
@@ -102,9 +104,9 @@ def load_resume(cfg: DictConfig, hydra_cfg) -> Resume:
             f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
         )
     state = load_checkpoint(path)
-    if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"checkpoint {path} holds no config to resume with")
-    saved = OmegaConf.create(state["config"])
+    # Data, never code: allowed _target_s only, nothing resolved (utils/trust.py).
+    saved = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
+    check_own_run(saved, run_dir, path)
     for key in RESUME_OVERRIDES:
         if key in given:
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
@@ -116,6 +118,75 @@ def load_resume(cfg: DictConfig, hydra_cfg) -> Resume:
     saved.resume = str(run_dir)
     OmegaConf.set_struct(saved, True)
     return Resume(run_dir=run_dir, path=path, state=state, cfg=saved)
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def _plain_resolved(tree, root=None, depth: int = 0):
+    """Resolve the node references (`${data.num_classes}`) of a config read from YAML, with no resolver
+    called: a `${name:...}` resolver call raises ConfigError. Enough for a run's own .hydra/config.yaml."""
+    root = tree if root is None else root
+    if depth > 20:
+        raise ConfigError("interpolation loop")
+    if isinstance(tree, dict):
+        return {k: _plain_resolved(v, root, depth) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_plain_resolved(v, root, depth) for v in tree]
+    if not isinstance(tree, str) or "${" not in tree:
+        return tree
+
+    def lookup(key: str):
+        node = root
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"${{{key}}} names no key")
+            node = node[part]
+        return _plain_resolved(node, root, depth + 1)
+
+    whole = _REFERENCE.fullmatch(tree)
+    if whole:
+        return lookup(whole[1])
+    text = _REFERENCE.sub(lambda m: str(lookup(m[1])), tree)
+    if "${" in text:
+        raise ConfigError(f"{tree!r} calls a resolver")
+    return text
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            key = f"{path}.{k}" if path else str(k)
+            out += _differences(a.get(k, "<absent>"), b.get(k, "<absent>"), key)
+        return out
+    return (
+        [] if a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b) else [path]
+    )
+
+
+def check_own_run(saved: DictConfig, run_dir: Path, path: Path) -> None:
+    """Refuse a checkpoint that another run wrote (copied in, or a run directory assembled by hand): its
+    config must be the run's own .hydra/config.yaml, but for the keys that a resume may change."""
+    import yaml
+
+    own_file = run_dir / ".hydra" / "config.yaml"
+    try:
+        own = _plain_resolved(yaml.safe_load(own_file.read_text()))
+    except (OSError, yaml.YAMLError, ConfigError) as err:
+        raise CheckpointError(f"{own_file} cannot be read as this run's config ({one_line(err)})") from None
+    theirs = OmegaConf.to_container(saved, resolve=True)
+    ignored = ("resume", *RESUME_OVERRIDES)
+    diff = [k for k in _differences(own, theirs) if not any(k == i or k.startswith(i + ".") for i in ignored)]
+    if diff:
+        shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+        raise CheckpointError(
+            f"checkpoint {path} belongs to another run: its config differs from {own_file} in {shown}"
+        )
+
+
+def one_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def check_can_resume(resume: Resume, loader, total_steps: int, run_dir: Path) -> None:

@@ -12,6 +12,7 @@ reserves the name in a marker file, `<root>/.runs/<launch id>_<name>`, and the o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -31,6 +32,21 @@ def safe_name(text: str) -> str:
     anything else becomes '_'. Dots and '_' are trimmed from both ends: never '..' nor a hidden file.
     """
     return _UNSAFE.sub("_", str(text)).strip("._") or "run"
+
+
+# A file name may have 255 bytes; the time stamp, a `-N` suffix and the marker prefix need the rest.
+MAX_NAME = 120
+
+
+def short_name(name: str, limit: int = MAX_NAME) -> str:
+    """`name` itself when it fits; else its start and a hash of the whole, so two long names that share
+    their start still get two directories."""
+    if len(name) <= limit:
+        return name
+    import hashlib
+
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return f"{name[: limit - 11].rstrip('._-')}-{digest}"
 
 
 def process_rank() -> int:
@@ -80,7 +96,7 @@ def unique_run_dir(root: str, *parts: object) -> str:
     share it. Hydra later calls makedirs(exist_ok=True) on it, which is then a no-op. The ranks of one
     launch (see launch_id) share the directory that the first of them made.
     """
-    name = "_".join(safe_name(p) for p in parts if p not in (None, ""))
+    name = short_name("_".join(safe_name(p) for p in parts if p not in (None, "")))
     key = (str(root), name)
     if key not in _reserved:
         shared = launch_id()
@@ -153,6 +169,37 @@ def unless_resuming(resume, value):
     return None if is_run_dir(resume) else value
 
 
+# What Hydra writes into a new run directory before train.py runs; nothing else is ever deleted.
+_HYDRA_MADE = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log", ".lock")
+
+
+def discard_run_dir(path) -> None:
+    """Remove a new run directory that a rejected config left with only Hydra's files in it (and its day
+    directory, if that is now empty). Anything else in it (a user's file, a checkpoint) keeps it whole."""
+    if not path or not os.path.isdir(path) or process_rank() != 0:
+        return
+    known = {os.path.normpath(os.path.join(str(path), f)) for f in _HYDRA_MADE}
+    found = []
+    for top, _dirs, files in os.walk(str(path)):
+        found += [os.path.normpath(os.path.join(top, f)) for f in files]
+    if any(f not in known for f in found):
+        return
+    for f in found:
+        os.unlink(f)
+    for sub in (".hydra", ""):
+        try:
+            os.rmdir(os.path.join(str(path), sub))
+        except OSError:
+            return
+    with contextlib.suppress(OSError):  # the day directory, when empty
+        os.rmdir(os.path.dirname(os.path.normpath(str(path))))
+
+
+def sweep_direction(mode: str) -> str:
+    """An Optuna sweep's direction from the task's mode: `${sweep_direction:${task.mode}}`."""
+    return {"min": "minimize", "max": "maximize"}[str(mode)]
+
+
 def register_resolvers() -> None:
     # use_cache on the run-dir resolvers: the answer travels with the config, so that a submitit job, which
     # unpickles the sweep config in a new process, finds the sweep directory instead of making its own.
@@ -163,6 +210,7 @@ def register_resolvers() -> None:
         "rank_log": (rank_log, False),
         "unless_resuming": (unless_resuming, False),
         "safe": (safe_name, False),
+        "sweep_direction": (sweep_direction, False),
     }
     for name, (function, cached) in resolvers.items():
         if not OmegaConf.has_resolver(name):

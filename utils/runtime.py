@@ -56,3 +56,29 @@ def fused_on_cuda(node, device: torch.device):
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling guards fp16 gradients from underflow; bf16 has fp32's range and needs none."""
     return torch.amp.GradScaler(device.type, enabled=str(precision) == "16")
+
+
+def to_device(batch, device: torch.device, channels_last: bool = False):
+    """A batch of any structure (tensor, tuple, list, dict) with its tensors on `device`, copied without
+    blocking the host; 4-D float tensors (images) in channels_last layout when asked."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def slice_batch(batch, n: int):
+    """The first n samples of a batch of any structure."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:n]
+    if isinstance(batch, dict):
+        return {k: slice_batch(v, n) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(slice_batch(v, n) for v in batch)
+    return batch

@@ -1,6 +1,12 @@
-"""Graceful stops. SIGINT (Ctrl-C) or SIGTERM (preemption, `kill`, SLURM's time limit) asks the loop to stop
-after the optimizer step in flight, so that train.py can save last.pt, close TensorBoard and print the
-resume command; it then exits 130 (SIGINT) or 143 (SIGTERM). A second signal exits at once, saving nothing.
+"""Ctrl-C (SIGINT) and SIGTERM at every moment of a run, each ending in one line and exit 130 / 143.
+
+Outside the training loop (start-up, the final test) a signal raises `Interrupted` at once: train.py
+catches it, says what was kept ("nothing to save" before training; "test skipped, last.pt kept" during the
+test) and exits. Inside the loop `StopSignals` takes over: the loop finishes the optimizer step in flight,
+saves last.pt, closes TensorBoard, prints the resume command and exits. A second signal there exits at
+once, saving nothing.
+
+No torch at import: train.py installs the first handlers before it imports anything heavy.
 """
 
 from __future__ import annotations
@@ -10,24 +16,50 @@ import os
 import signal
 import threading
 
-from utils.distributed import any_rank, is_distributed
-
 log = logging.getLogger("train")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class Interrupted(BaseException):
+    """A stop signal outside the loop. BaseException, like KeyboardInterrupt: no `except Exception` in
+    Hydra or a library swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def raise_on_signals() -> None:
+    """From now on SIGINT and SIGTERM raise Interrupted (main thread only; elsewhere Python refuses)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _raise)
+
+
 class StopSignals:
-    """Installs the handlers on creation (main thread only: elsewhere Python refuses, and the signals stay
-    with whoever owns them); `restore()` puts the previous handlers back."""
+    """Inside the loop: a signal sets a flag, which the loop reads after each optimizer step. Installs the
+    handlers on creation; `restore()` goes back to raising Interrupted."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._pid = os.getpid()
-        self._previous: dict[int, object] = {}
-        if threading.current_thread() is threading.main_thread():
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
             for signum in STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                signal.signal(signum, self._handle)
 
     @property
     def requested(self) -> bool:
@@ -37,6 +69,8 @@ class StopSignals:
         """Whether to leave the loop now. Alone: as soon as a signal came. Under DDP every rank must leave
         at the same step, or the others would wait forever in their next collective; so the ranks agree on
         it, only at steps where the loop syncs anyway (every logging.every_n_steps)."""
+        from utils.distributed import any_rank, is_distributed
+
         if not is_distributed():
             return self.requested
         return synced and any_rank(self.requested, device)
@@ -65,6 +99,7 @@ class StopSignals:
         os._exit(128 + signum)
 
     def restore(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
+        """Back to raising Interrupted at once (the final test is not worth waiting for)."""
+        if self._installed:
+            raise_on_signals()
+            self._installed = False

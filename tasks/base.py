@@ -1,0 +1,109 @@
+"""What a task is: everything about *what* is learned, so that train.py only knows *how* to train.
+
+A task owns the loss, the metrics, which metric decides best.pt (`monitor`, `mode`), what one batch counts
+for throughput, its own TensorBoard pictures and the graph's example input. The loop calls the methods
+below and names no loss, no accuracy and no class. A new task is one file in tasks/ and one
+conf/task/<name>.yaml whose keys are its constructor's parameters.
+
+Batches are whatever the dataset yields ((inputs, targets) tuples, dicts, a tensor of tokens), moved to
+the device as they are. Metrics are kept as per-batch *sums* in tensors on the device: `update` adds to
+them with no host sync, the loop sums them over DDP ranks once, and `compute` turns them into numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class TaskError(ValueError):
+    """The task does not fit the data or the model; the message names the shapes."""
+
+
+def output_tensor(output) -> torch.Tensor:
+    """Models return a tensor, or a dict / object with a `logits` entry (as Hugging Face models do)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return output["logits"]
+    return output.logits
+
+
+class Task:
+    # The metrics `compute` returns; `monitor` must be one of them.
+    metrics: tuple[str, ...] = ("loss",)
+    # What `count` counts, for the throughput scalar: train/samples_per_s or train/tokens_per_s.
+    unit: str = "samples"
+
+    def __init__(self, monitor: str = "loss", mode: str = "min") -> None:
+        if monitor not in self.metrics:
+            raise TaskError(
+                f"task.monitor={monitor!r} is not one of this task's metrics: {', '.join(self.metrics)}"
+            )
+        if mode not in ("min", "max"):
+            raise TaskError(f"task.mode={mode!r} must be min or max")
+        self.monitor, self.mode = monitor, mode
+
+    def better(self, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+        """Whether `value` of the monitored metric beats `best` (None: nothing yet) by more than min_delta."""
+        if best is None or best != best:  # NaN best: anything finite is better
+            return value == value
+        return value < best - min_delta if self.mode == "min" else value > best + min_delta
+
+    # --- the batch --------------------------------------------------------------------------------------
+    def inputs(self, batch):
+        """What the model is called with."""
+        return batch[0]
+
+    def targets(self, batch):
+        return batch[1]
+
+    def count(self, batch) -> int:
+        """Samples (or tokens, pixels) in this batch, read from shapes: no device sync."""
+        return int(self.targets(batch).shape[0])
+
+    def example_input(self, batch):
+        """The graph's example: the model's input for two samples."""
+        x = self.inputs(batch)
+        return x[:2]
+
+    def images(self, batch) -> torch.Tensor | None:
+        """Input images to show in TensorBoard at the first step ([N, C, H, W] float), or None."""
+        x = self.inputs(batch)
+        return x if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point() else None
+
+    # --- training ---------------------------------------------------------------------------------------
+    def forward(self, model, batch):
+        return output_tensor(model(self.inputs(batch)))
+
+    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        """The mean loss of this batch, a scalar tensor."""
+        raise NotImplementedError
+
+    # --- evaluation -------------------------------------------------------------------------------------
+    def init_sums(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """Zeroed per-split sums, on the device; every rank must make the same keys and shapes."""
+        raise NotImplementedError
+
+    def update(self, sums: dict[str, torch.Tensor], output: torch.Tensor, batch) -> None:
+        """Add this batch to `sums` in place (no .item(), no host sync)."""
+        raise NotImplementedError
+
+    def compute(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The metrics of a whole split from its (rank-summed) sums; keys are `metrics`."""
+        raise NotImplementedError
+
+    def log_pictures(self, writer, sums: dict, model, batch, step: int, prefix: str = "val") -> None:
+        """Rank 0, after each validation: this task's own TensorBoard pictures (writer is never None here).
+        `batch` is the split's first batch, on the device; `model` is in eval mode, under no_grad."""
+
+    def reference(self, splits) -> dict[str, float]:
+        """Optional reference numbers for this data, computed once at the start from the splits and logged
+        beside the run's own (metrics.json, TensorBoard `reference/<name>`), e.g. a closed-form baseline."""
+        return {}
+
+    # --- before training --------------------------------------------------------------------------------
+    def check(self, output: torch.Tensor, batch) -> None:
+        """Raise TaskError (one line, with the shapes) if this model output and batch do not fit the task."""
+
+    def check_targets(self, targets: torch.Tensor) -> None:
+        """Raise TaskError if a whole split's targets (when the data holds them in memory) cannot work."""

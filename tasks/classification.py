@@ -1,0 +1,80 @@
+"""Single-label classification: cross-entropy on [B, C] logits, accuracy, a confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tasks.base import Task, TaskError
+
+
+class Classification(Task):
+    metrics = ("loss", "acc")
+
+    def __init__(
+        self, num_classes: int, monitor: str = "acc", mode: str = "max", confusion_matrix: bool = True
+    ) -> None:
+        super().__init__(monitor, mode)
+        if num_classes < 2:
+            raise TaskError(f"classification needs at least 2 classes, got num_classes={num_classes}")
+        self.num_classes, self.confusion_matrix = num_classes, confusion_matrix
+
+    def loss(self, output, batch):
+        return F.cross_entropy(output, self.targets(batch))
+
+    def init_sums(self, device):
+        sums = {
+            "loss": torch.zeros((), device=device),
+            "correct": torch.zeros((), device=device, dtype=torch.long),
+            "count": torch.zeros((), device=device, dtype=torch.long),
+        }
+        if self.confusion_matrix:
+            sums["confusion"] = torch.zeros(self.num_classes**2, device=device, dtype=torch.long)
+        return sums
+
+    def update(self, sums, output, batch):
+        y = self.targets(batch)
+        sums["loss"] += F.cross_entropy(output.float(), y, reduction="sum")
+        pred = output.argmax(dim=1)
+        sums["correct"] += (pred == y).sum()
+        sums["count"] += y.shape[0]
+        if "confusion" in sums:
+            # scatter_add_, not bincount: bincount reads the max index back to the host, a sync per batch.
+            sums["confusion"].scatter_add_(0, y * self.num_classes + pred, torch.ones_like(y))
+
+    def compute(self, sums):
+        count = max(int(sums["count"]), 1)
+        return {"loss": sums["loss"].item() / count, "acc": sums["correct"].item() / count}
+
+    def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
+        if "confusion" in sums:
+            from utils.dashboards import log_per_class
+
+            # IMAGES: confusion matrix and per-class accuracy; SCALARS: one accuracy curve per class.
+            log_per_class(writer, sums["confusion"].view(self.num_classes, -1).cpu(), step, prefix)
+
+    def check(self, output, batch):
+        y = self.targets(batch)
+        if y.is_floating_point() or y.dim() != 1:
+            raise TaskError(
+                f"classification needs integer class labels of shape [batch], got {_describe(y)} targets"
+            )
+        if output.dim() != 2 or output.shape[1] != self.num_classes:
+            raise TaskError(
+                f"classification needs model outputs of shape [batch, num_classes={self.num_classes}], "
+                f"got {list(output.shape)}"
+            )
+
+    def check_targets(self, targets):
+        if targets.is_floating_point():
+            raise TaskError(f"classification needs integer class labels, got {_describe(targets)} targets")
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= self.num_classes:
+            raise TaskError(
+                f"labels run from {low} to {high}, outside 0..{self.num_classes - 1} "
+                f"(data.num_classes={self.num_classes})"
+            )
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"
