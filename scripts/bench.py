@@ -1,23 +1,21 @@
-"""Benchmark the template against the limit: a minimal hand-written PyTorch loop, in the same process.
+"""Benchmark the template against the limit: a minimal hand-written PyTorch loop.
 
-    make bench                                  # CPU: mlp, simple_cnn, resnet18 at 32x32, the digits run
-    python scripts/bench.py --device cuda       # on a GPU: resnet18 bf16 + channels_last, +/- compile
+    make bench                                  # CPU: every case below, then the end-to-end runs
+    python scripts/bench.py --device cuda       # on a GPU: resnet18 bf16 + channels_last, the GPT, digits
     python scripts/bench.py --quick --output /tmp/b.md   # seconds: what the smoke test runs
 
 What is measured, and how:
-- Throughput. The template side is `train.train(cfg)` itself, on a composed config, not a copy of its loop;
-  it reports samples/s in metrics.json: every logging window but the first (warm-up, autotuning, compile),
-  with validation and checkpoints kept out. The raw side is a plain loop over the same model init (same
-  seed), the same loader batches (utils.loaders over the same Splits), the same optimizer and schedule,
-  timed over the same windows, each closed by a sync. FakeData is decoded once into memory
-  (data.dataset.in_memory=true) for both sides, so that the model and the loop are timed, not decoding.
-  Template and raw runs alternate (ABBA) over several trials, so load from other processes hits both; the
-  table gives medians. Both runs end with the same weights: the table shows the largest difference.
-- Processes. On a shared 2-core VM a case's ratio moves by up to 0.08 from one process to the next, while
-  the trials inside one process agree (memory layout, thread placement). So each case runs in
-  --processes fresh processes (3 by default); the row gives the median ratio and lists every process's.
-- Data wait: the raw loop's time blocked in next(loader) per step, for the in-memory batches and for the
-  real FakeData path (DataLoader workers decoding images, persistent workers).
+- Throughput, paired (scripts/bench_paired.py). In one process, the template's own step code (train.set_up
+  once, then train.train_batch and train.report driven as train.fit drives them) and a hand-written loop
+  (nanoGPT-style for the GPT) alternate in short blocks of steps, in random order per pair, on equal model
+  copies and the same batches. Each case: the median of the per-pair ratios (raw seconds / template
+  seconds, i.e. template throughput / raw throughput), its 95% bootstrap interval, and a verdict against
+  0.98 (meets: the lower bound is >= 0.98; below: the upper bound is < 0.98; else cannot tell). Pairs are
+  added until the interval is at most +-0.02 (--target) or the case's time limit. Both sides must end with
+  identical weights (checked un-interleaved first, and again after the pairs): they did the same work.
+- End-to-end (scripts/bench_e2e.py): whole processes, `python train.py` and each task's quick run against
+  scripts/handwritten_train.py doing the same work; wall-time ratio with its interval, and where the
+  template's extra time goes.
 - Startup: `train.py --help` and Hydra's tab completion (and `-X importtime` proof that they do not
   import torch); time from launch to the end of the first step of the default run, next to the time
   `python -c "import torch, torchvision"` takes.
@@ -40,88 +38,42 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_paired import Paired, measure  # noqa: E402
 
 PYTHON = sys.executable
 
-
-@dataclass
-class Case:
-    name: str
-    overrides: list[str]
-    warmup: int = 0  # steps in the first (untimed) logging window; 0: the config's own run
-    steps: int = 0  # timed steps after it
-    fake: bool = True  # FakeData: also report the data wait of the real (decoding) loader
-    trials: int | None = None  # None: --trials
-    warmup_trials: int | None = None  # None: --warmup-trials
-    loader: bool = True  # also time the raw loop on the real (decoding) loader, for its data wait
-    notes: list[str] = field(default_factory=list)
-
-    def run_overrides(self, in_memory: bool = True) -> list[str]:
-        if not self.fake:
-            return list(self.overrides)
-        return [
-            *self.overrides,
-            "data=fake",
-            f"data.dataset.in_memory={str(in_memory).lower()}",
-            f"data.dataset.train_size={self.batch_size * (self.warmup + self.steps)}",
-            f"data.dataset.val_size={self.batch_size}",
-            f"data.dataset.test_size={self.batch_size}",
-            f"trainer.max_steps={self.warmup + self.steps}",
-            f"logging.every_n_steps={self.warmup}",
-        ]
-
-    @property
-    def batch_size(self) -> int:
-        for o in self.overrides:
-            if o.startswith("data.batch_size="):
-                return int(o.split("=", 1)[1])
-        raise ValueError(f"case {self.name} sets no data.batch_size")
+LM = ["task=language_modeling", "data=pytext", "model=gpt"]
 
 
-def fake_case(name, model, batch_size, warmup, steps, *extra, **kwargs) -> Case:
-    return Case(name, [f"model={model}", f"data.batch_size={batch_size}", *extra], warmup, steps, **kwargs)
-
-
-def cases_for(device: str, quick: bool) -> dict[str, Case]:
+def cases_for(device: str, quick: bool) -> dict[str, Paired]:
     if quick:
+        tiny_lm = [*LM, "data.block_size=32", "data.batch_size=8", "data.dataset.max_bytes=200000"]
+        tiny_lm += ["model.n_layer=1", "model.n_embd=32", "model.n_head=2"]
+        fast = {"min_pairs": 10, "max_pairs": 10, "warmup_blocks": 1}
         return {
-            "mlp": fake_case("mlp", "mlp", 32, 2, 4),
-            "digits": Case("digits (default run)", ["trainer.max_epochs=2"], fake=False),
+            "mlp": Paired("mlp", ["model=mlp"], block=4, batch=32, **fast),
+            "lm": Paired("gpt (language modeling)", tiny_lm, block=4, **fast),
         }
     if device == "cuda":
         bf16_cl = ["trainer.precision=bf16", "trainer.channels_last=true"]
         return {
-            "digits": Case("digits (default run: mlp, 15 epochs)", [], fake=False),
-            "resnet18-fp32": fake_case("resnet18 fp32", "resnet18", 128, 20, 100),
-            "resnet18-bf16-cl": fake_case("resnet18 bf16+channels_last", "resnet18", 128, 20, 100, *bf16_cl),
-            "resnet18-bf16-cl-compile": fake_case(
-                "resnet18 bf16+channels_last+compile",
-                "resnet18",
-                128,
-                20,
-                100,
-                *bf16_cl,
-                "trainer.compile=true",
-                # Each run compiles (the first window, untimed): one trial, no warm-up runs.
-                trials=1,
-                warmup_trials=0,
-                loader=False,
-            ),
+            "digits": Paired("digits (default run: mlp)", [], block=50, max_seconds=120),
+            "resnet18-bf16-cl": Paired("resnet18 bf16+channels_last", ["model=resnet18", *bf16_cl], 50, 128),
+            "lm": Paired("gpt (language modeling) bf16", [*LM, "trainer.precision=bf16"], block=50),
         }
     return {
-        "mlp": fake_case("mlp", "mlp", 128, 5, 20),
-        "simple_cnn": fake_case("simple_cnn", "simple_cnn", 128, 2, 8),
-        "resnet18": fake_case("resnet18", "resnet18", 32, 1, 4),
-        "digits": Case("digits (default run: mlp, 15 epochs)", [], fake=False),
+        "mlp": Paired("mlp", ["model=mlp"], block=40, batch=128),
+        "simple_cnn": Paired("simple_cnn", ["model=simple_cnn"], block=10, batch=128),
+        "resnet18": Paired("resnet18", ["model=resnet18"], block=10, batch=32, epoch_blocks=2),
+        "digits": Paired("digits (default run: mlp)", [], block=50),
+        "lm": Paired("gpt (language modeling)", LM, block=10),
     }
-
-
-# --- Running the template and the raw loop ---------------------------------------------------------------
 
 
 def compose(overrides: list[str], run_dir: Path):
@@ -146,165 +98,15 @@ def compose(overrides: list[str], run_dir: Path):
     return cfg
 
 
-def run_template(overrides: list[str], run_dir: Path) -> dict:
-    import torch
-
-    import train
-
-    cfg = compose(overrides, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    train.train(cfg)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
-    return {"samples_per_s": metrics["samples_per_s"], "state": state}
-
-
-def run_raw(overrides: list[str], run_dir: Path) -> dict:
-    """A minimal loop, hand-written: what the template's loop must keep up with."""
-    import torch
-    import torch.nn.functional as F
-    from hydra.utils import instantiate
-
-    from train import build
-    from utils.config import check_config
-    from utils.loaders import build_dataloaders
-    from utils.runtime import fused_on_cuda, pick_device, seed_everything
-
-    cfg = compose(overrides, run_dir)
-    check_config(cfg)
-    t = cfg.trainer
-    assert t.accumulate_grad_batches == 1 and not t.limit_batches and not t.grad_clip
-    assert str(t.precision) in ("32", "bf16"), "the raw loop has no GradScaler"
-
-    seed_everything(t.seed, t.deterministic)  # same seed, same order of draws: same init as the template
-    device = pick_device(t.device)
-    torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
-    splits = instantiate(cfg.data.dataset)
-    loaders = build_dataloaders(
-        splits,
-        cfg.data.batch_size,
-        cfg.data.num_workers,
-        t.seed,
-        pin_memory=device.type == "cuda",
-        device=device,
-    )
-    total = t.max_steps or t.max_epochs * len(loaders.train)
-    model = build("model", cfg.model).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = instantiate(fused_on_cuda(cfg.optimizer, device))(model.parameters())
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=total)
-    forward = torch.compile(model) if t.compile else model
-    amp = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if str(t.precision) == "bf16"
-        else contextlib.nullcontext()
-    )
-    every = cfg.logging.every_n_steps
-
-    windows = []  # (samples, seconds, seconds waiting for data, steps)
-    step, epoch, seen, wait, n = 0, 0, 0, 0.0, 0
-    model.train()
-    start = time.perf_counter()
-    while step < total:
-        loaders.train.set_epoch(epoch)
-        batches = iter(loaders.train)
-        while step < total:
-            before = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - before
-            if batch is None:
-                break
-            x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-            if t.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp:
-                loss = F.cross_entropy(forward(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step, seen, n = step + 1, seen + y.shape[0], n + 1
-            if step % every == 0 or step == total:
-                loss.item()  # sync, as the template does at each log
-                now = time.perf_counter()
-                windows.append((seen, now - start, wait, n))
-                seen, wait, n = 0, 0.0, 0
-                start = time.perf_counter()
-        epoch += 1
-    steady = windows[1:] or windows
-    samples, seconds, waited, steps = (sum(w[k] for w in steady) for k in range(4))
-    return {
-        "samples_per_s": samples / seconds,
-        "step_ms": 1000 * seconds / steps,
-        "wait_ms": 1000 * waited / steps,
-        "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-
-
-def max_weight_diff(a: dict, b: dict) -> float:
-    return max(
-        (float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point()), default=0.0
-    )
-
-
 def free_memory() -> None:
     import gc
 
-    import torch
-
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    with contextlib.suppress(Exception):
+        import torch
 
-
-def bench_case(case: Case, device: str, trials: int, warmup_trials: int, workdir: Path) -> dict:
-    overrides = [*case.run_overrides(), f"trainer.device={device}", "logging.progress_bar=false"]
-    overrides += ["logging.graph=false"]
-    template, raw, diffs, waits, steps_ms = [], [], [], [], []
-    for _ in range(warmup_trials if case.warmup_trials is None else case.warmup_trials):
-        # Untimed: the first runs in a process pay one-off costs (first-touch memory, kernel caches).
-        for side, fn in (("template", run_template), ("raw", run_raw)):
-            fn(overrides, workdir / f"warmup-{side}")
-            shutil.rmtree(workdir / f"warmup-{side}", ignore_errors=True)
-    for trial in range(case.trials or trials):
-        results = {}
-        # ABBA: the side that runs first alternates, so drifting load from other processes hits both.
-        for side in ("template", "raw") if trial % 2 == 0 else ("raw", "template"):
-            run_dir = workdir / re.sub(r"[^A-Za-z0-9_-]+", "_", f"{case.name}-{trial}-{side}")
-            fn = run_template if side == "template" else run_raw
-            results[side] = fn(overrides, run_dir)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            free_memory()
-        template.append(results["template"]["samples_per_s"])
-        raw.append(results["raw"]["samples_per_s"])
-        waits.append(results["raw"]["wait_ms"])
-        steps_ms.append(results["raw"]["step_ms"])
-        diffs.append(max_weight_diff(results["template"]["state"], results["raw"]["state"]))
-        print(
-            f"  {case.name} trial {trial + 1}: template {template[-1]:.1f}/s, raw {raw[-1]:.1f}/s",
-            flush=True,
-        )
-    row = {
-        "case": case.name,
-        "batch": case.batch_size if case.fake else compose(overrides, workdir / "c").data.batch_size,
-        "timed_steps": case.steps or "all but the first window",
-        "trials": len(template),
-        "template": statistics.median(template),
-        "raw": statistics.median(raw),
-        "ratio": statistics.median(template) / statistics.median(raw),
-        "step_ms": statistics.median(steps_ms),
-        "wait_ms": statistics.median(waits),
-        "weight_diff": max(diffs),
-        "loader_wait_ms": None,
-    }
-    if case.fake and case.loader:
-        # The real FakeData path: images decoded per sample by DataLoader workers (data.num_workers).
-        loader_overrides = [*case.run_overrides(in_memory=False), f"trainer.device={device}"]
-        real = run_raw(loader_overrides, workdir / "loader")
-        row["loader_wait_ms"], row["loader_step_ms"] = real["wait_ms"], real["step_ms"]
-        free_memory()
-    return row
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 # --- Startup and graph logging ---------------------------------------------------------------------------
@@ -414,56 +216,30 @@ def machine(device: str) -> str:
     return f"{name}; torch {torch.__version__}, Python {platform.python_version()}"
 
 
-def merge_processes(runs: list[dict]) -> dict:
-    """One case's rows from several fresh processes, as one: medians, the largest weight difference, and
-    every process's ratio, since the spread between processes is the noise to read the ratio against."""
-    row = dict(runs[0])
-    for key in ("template", "raw", "step_ms", "wait_ms", "ratio", "loader_wait_ms", "loader_step_ms"):
-        if row.get(key) is not None:
-            row[key] = statistics.median(r[key] for r in runs)
-    row["trials"] = sum(r["trials"] for r in runs)
-    row["weight_diff"] = max(r["weight_diff"] for r in runs)
-    row["ratios"] = [r["ratio"] for r in runs]
-    return row
-
-
-def bench_in_processes(name: str, args: argparse.Namespace, workdir: Path) -> dict:
-    """Run one case in args.processes fresh processes of this script; their rows, merged."""
-    runs = []
-    for p in range(args.processes):
-        out = workdir / f"{name}-{p}.json"
-        cmd = [PYTHON, __file__, "--device", args.device, "--cases", name, "--processes", "1", "--no-startup"]
-        cmd += ["--no-graph", "--warmup-trials", str(args.warmup_trials), "--json", str(out)]
-        cmd += ["--output", str(workdir / f"{name}-{p}.md"), *(["--quick"] if args.quick else [])]
-        cmd += [*(["--trials", str(args.trials)] if args.trials else []), "--extra", *args.extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        rows = json.loads(out.read_text())["rows"] if out.exists() else []
-        if proc.returncode != 0 or not rows:
-            raise RuntimeError(f"process {p + 1}: " + (proc.stdout + proc.stderr).strip().splitlines()[-1])
-        print(f"  process {p + 1}/{args.processes}: ratio {rows[0]['ratio']:.3f}", flush=True)
-        runs.append(rows[0])
-    return merge_processes(runs)
-
-
-def render(device: str, rows: list[dict], startup: dict | None, graph: dict | None, note: str) -> str:
+def render(device: str, rows: list[dict], e2e: list[dict] | None, startup, graph, note: str, target) -> str:
     today = datetime.date.today().isoformat()
     out = [f"### {device.upper()}: {machine(device)}", "", f"Measured {today}. {note}".strip(), ""]
-    out += [
-        "| case | batch | timed steps | trials | template samples/s | raw loop samples/s | **ratio** "
-        "| ratio, each process | raw step ms | data wait/step, in memory | data wait/step, FakeData workers "
-        "| max weight diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        loader = "n/a (in-memory dataset)"
-        if r["loader_wait_ms"] is not None:
-            loader = f"{r['loader_wait_ms']:.2f} ms (step {r['loader_step_ms']:.1f} ms)"
-        out.append(
-            f"| {r['case']} | {r['batch']} | {r['timed_steps']} | {r['trials']} | {r['template']:.1f} "
-            f"| {r['raw']:.1f} | **{r['ratio']:.3f}** | {' '.join(f'{x:.3f}' for x in r.get('ratios', [r['ratio']]))} "
-            f"| {r['step_ms']:.2f} | {r['wait_ms']:.3f} ms "
-            f"| {loader} | {r['weight_diff']:.1e} |"
-        )
+    if rows:
+        total = sum(r["seconds"] for r in rows)
+        out += [
+            f"Throughput, paired and interleaved in one process (`python scripts/bench.py --device {device}`;"
+            f" pairs added until the 95% interval is at most +-{target}; {total:.0f} s of pairs in all):",
+            "",
+            "| case | batch | block (steps) | pairs | seconds | template /s | raw loop /s | **ratio** "
+            "| 95% interval | verdict (>= 0.98) | raw step ms | max weight diff |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            out.append(
+                f"| {r['case']} | {r['batch']} | {r['block']} | {r['pairs']} | {r['seconds']:.0f} "
+                f"| {r['template']:.1f} {r['unit']} | {r['raw']:.1f} {r['unit']} | **{r['ratio']:.3f}** "
+                f"| {r['low']:.3f} - {r['high']:.3f} | {r['verdict']} | {r['raw_step_ms']:.2f} "
+                f"| {max(r['weight_diff'], r['weight_diff_after']):.1e} |"
+            )
+    if e2e:
+        from bench_e2e import render_e2e
+
+        out += ["", *render_e2e(e2e)]
     if startup:
         s = startup
         out += [
@@ -492,9 +268,9 @@ def render(device: str, rows: list[dict], startup: dict | None, graph: dict | No
 HEADER = """# Benchmarks
 
 Written by `make bench` (`scripts/bench.py`; its docstring says exactly what is measured). The ratio is the
-template's training throughput over a minimal hand-written loop's, run in the same process on the same model
-init, batches, optimizer and schedule; goal: at least 0.98. Each case runs in several fresh processes (the
-ratio moves more between processes than between trials in one); the row gives the median and lists them all.
+template's training throughput over a minimal hand-written loop's, measured in one process in interleaved
+pairs of short blocks on equal model copies and the same batches; goal: at least 0.98, judged by the 95%
+interval. The end-to-end table compares whole runs against `scripts/handwritten_train.py`.
 Each device's section is replaced when the benchmark runs on that device.
 """
 
@@ -511,17 +287,24 @@ def write_section(path: Path, device: str, text: str) -> None:
     path.write_text(doc)
 
 
+def run_case(name: str, case: Paired, args, workdir: Path) -> dict:
+    case.overrides += args.extra
+    run_dir = workdir / name
+    cfg = compose(case.all_overrides(), run_dir)
+    if args.max_seconds:
+        case.max_seconds = args.max_seconds
+    return measure(case, cfg, run_dir, args.target, log=lambda s: print(s, flush=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--quick", action="store_true", help="tiny step counts: checks that it runs")
+    parser.add_argument("--quick", action="store_true", help="tiny cases, few pairs: checks that it runs")
     parser.add_argument("--cases", help="comma-separated case names (default: all for the device)")
     parser.add_argument("--extra", nargs="*", default=[], help="Hydra overrides added to every case")
-    parser.add_argument("--trials", type=int, default=None, help="interleaved trials per case")
-    parser.add_argument(
-        "--processes", type=int, default=None, help="fresh processes per case (default: 3; 1 with --quick)"
-    )
-    parser.add_argument("--warmup-trials", type=int, default=1, help="untimed runs of both sides first")
+    parser.add_argument("--target", type=float, default=0.02, help="stop at this interval half-width")
+    parser.add_argument("--max-seconds", type=float, default=None, help="time limit of each case's pairs")
+    parser.add_argument("--e2e-reps", type=int, default=None, help="end-to-end pairs per run (0: none)")
     parser.add_argument("--startup-reps", type=int, default=None)
     parser.add_argument("--no-startup", action="store_true")
     parser.add_argument("--no-graph", action="store_true")
@@ -531,36 +314,29 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.WARNING)
-    trials = args.trials or (1 if args.quick else 3)
-    processes = args.processes = args.processes or (1 if args.quick else 3)
     all_cases = cases_for(args.device, args.quick)
     names = args.cases.split(",") if args.cases else list(all_cases)
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    load = os.getloadavg()
     try:
         rows, failed = [], []
         for name in names:
             case = all_cases[name]
-            case.overrides += args.extra
-            print(f"{case.name}: {case.trials or trials} trial(s) in {processes} process(es)", flush=True)
+            print(f"{case.name}: blocks of {case.block} steps", flush=True)
             try:
-                if processes > 1:
-                    row = bench_in_processes(name, args, workdir)
-                else:
-                    row = bench_case(case, args.device, trials, args.warmup_trials, workdir)
+                rows.append(run_case(name, case, args, workdir))
             except Exception as err:  # one broken case must not lose the others' numbers
                 if args.quick:
                     raise
                 print(f"FAILED {case.name}: {type(err).__name__}: {err}", flush=True)
                 failed.append(f"{case.name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-                free_memory()
-                continue
-            rows.append(row)
-            print(
-                f"ratio {row['case']}: {row['ratio']:.3f} "
-                f"(template {row['template']:.1f} samples/s, raw loop {row['raw']:.1f} samples/s, "
-                f"data wait {row['wait_ms']:.3f} ms/step)",
-                flush=True,
-            )
+            free_memory()
+        e2e = None
+        reps = args.e2e_reps if args.e2e_reps is not None else (1 if args.quick else 10)
+        if reps and args.device == "cpu" and not args.cases:
+            from bench_e2e import bench_e2e
+
+            e2e = bench_e2e(reps, workdir, args.quick)
         startup = None
         if not args.no_startup and args.device == "cpu":
             startup = bench_startup(args.startup_reps or (1 if args.quick else 5), workdir)
@@ -574,12 +350,17 @@ def main() -> None:
         if not args.no_graph:
             graph = bench_graph("mlp" if args.quick else "resnet18", 1 if args.quick else 3, workdir)
             print(f"graph: {graph['model']} {graph['first']:.2f} s first, {graph['warm']:.2f} s warm")
-        text = render(args.device, rows, startup, graph, args.note)
+        end_load = os.getloadavg()
+        note = args.note or (
+            f"Load average (1 min) {load[0]:.1f} at the start, {end_load[0]:.1f} at the end, "
+            f"on {os.cpu_count()} cores."
+        )
+        text = render(args.device, rows, e2e, startup, graph, note, args.target)
         if failed:
             text += "\nFailed: " + "; ".join(failed) + "\n"
         write_section(args.output, args.device, text)
         if args.json:
-            args.json.write_text(json.dumps({"rows": rows, "startup": startup, "graph": graph}, indent=2))
+            args.json.write_text(json.dumps({"rows": rows, "e2e": e2e, "startup": startup, "graph": graph}))
         print(text)
         print(f"Wrote {args.output}")
     finally:

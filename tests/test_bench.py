@@ -9,43 +9,51 @@ from tests.helpers import PYTHON, REPO
 
 
 @pytest.mark.slow
-def test_bench_quick_prints_ratios_and_writes_the_table(tmp_path):
+def test_bench_quick_prints_paired_ratios_and_writes_the_table(tmp_path):
     out = tmp_path / "benchmarks.md"
     proc = subprocess.run(
-        [
-            PYTHON,
-            "scripts/bench.py",
-            "--quick",
-            "--processes",
-            "2",
-            "--warmup-trials",
-            "0",
-            "--output",
-            str(out),
-        ],
+        [PYTHON, "scripts/bench.py", "--quick", "--output", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ratios = re.findall(r"^ratio (.+): (\d+\.\d+) \(template", proc.stdout, re.M)
-    assert [name for name, _ in ratios] == ["mlp", "digits (default run)"]
-    assert all(float(r) > 0 for _, r in ratios)
+    ratios = re.findall(
+        r"^ratio (.+): (\d+\.\d+) \[(\d+\.\d+), (\d+\.\d+)\] (meets|below|cannot tell) ", proc.stdout, re.M
+    )
+    assert [r[0] for r in ratios] == ["mlp", "gpt (language modeling)"], proc.stdout
+    for name, ratio, low, high, _ in ratios:
+        assert 0 < float(low) <= float(ratio) <= float(high), (name, ratio, low, high)
 
     doc = out.read_text()
     assert "<!-- bench:cpu -->" in doc and "<!-- /bench:cpu -->" in doc
-    # One row per case, with the same ratio as printed (the median of its two processes' ratios, which
-    # the row lists), and the startup and graph lines.
-    for name, ratio in ratios:
-        row = re.search(rf"^\| {re.escape(name)} \|.*\*\*{ratio}\*\* \| (\d\.\d+) (\d\.\d+) \|", doc, re.M)
+    # One row per case with the printed ratio and interval, in samples/s or (the GPT) tokens/s.
+    for name, ratio, low, high, verdict in ratios:
+        row = re.search(
+            rf"^\| {re.escape(name)} \|.*\*\*{ratio}\*\* \| {low} - {high} \| {verdict} \|", doc, re.M
+        )
         assert row, doc
-        assert float(ratio) == pytest.approx((float(row[1]) + float(row[2])) / 2, abs=1e-3)
+    assert re.search(r"^\| gpt \(language modeling\) \|.* tokens \|", doc, re.M), doc
+    # Template and raw loop trained identical weights: the comparison is on identical work.
+    assert re.search(r"^\| mlp \|.*\| 0\.0e\+00 \|$", doc, re.M), doc
+    assert re.search(r"^\| gpt \(language modeling\) \|.*\| 0\.0e\+00 \|$", doc, re.M), doc
+    # The end-to-end table: the default run against the hand-written script.
+    assert re.search(r"^\| `python train\.py.*\| \d+\.\d+ \|", doc, re.M), doc
     assert "`python train.py --help` (imports torch: no)" in doc
     assert "tab completion" in doc and "(imports torch: no)" in doc
     assert "Graph logging" in doc
-    # Template and raw loop trained identical weights: the comparison is on identical work.
-    assert re.search(r"^\| mlp \|.*\| 0\.0e\+00 \|$", doc, re.M), doc
+
+
+def test_bootstrap_interval_and_verdict(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import bench_paired
+
+    med, low, high = bench_paired.bootstrap_median([1.0, 1.01, 0.99, 1.02, 0.98] * 20)
+    assert low <= med == 1.0 <= high and high - low < 0.05
+    assert bench_paired.verdict(0.981, 1.02) == "meets"
+    assert bench_paired.verdict(0.90, 0.979) == "below"
+    assert bench_paired.verdict(0.97, 1.01) == "cannot tell"
 
 
 def test_bench_replaces_only_its_own_device_section(tmp_path, monkeypatch):
