@@ -141,3 +141,17 @@ def test_log_pictures_writes_the_scatter(tmp_path):
     writer.close()
     images = event_accumulator(tmp_path).Images("val/predicted_vs_true")
     assert [(e.step, e.width, e.height) for e in images] == [(3, 256, 256)]
+
+
+def test_diabetes_experiment_reaches_the_least_squares_reference(tmp_path):
+    """The quality target of the shipped experiment, for real (seconds): test R^2 of the MLP at least the
+    closed-form least-squares fit's on the same split, minus 0.03."""
+    from tests.helpers import options, read_metrics, train_in_process
+
+    if "diabetes_regression" not in options("experiment"):
+        pytest.skip("this fork has no diabetes_regression experiment")
+    train_in_process(["experiment=diabetes_regression", "logging.progress_bar=false"], tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["monitor"] == "val/rmse" and metrics["mode"] == "min"
+    reference = metrics["reference/test_r2_least_squares"]
+    assert metrics["test/r2"] >= reference - 0.03, metrics
