@@ -1,0 +1,100 @@
+"""A wall-clock budget for a run: `trainer.max_time=HH:MM:SS`, `DD:HH:MM:SS` or minutes.
+
+`parse_max_time` turns the config value into seconds; `Deadline` says, once per optimizer step, whether the
+budget is spent. A resumed run passes the time its earlier parts used (`already_used`, saved in the
+checkpoint as `deadline.used()`), so the budget covers the run as a whole, not each part of it.
+
+In a YAML file, quote the value: YAML reads an unquoted `1:30:00` as the base-60 integer 5400, which would
+then mean 5400 minutes. On the command line (`trainer.max_time=1:30:00`) Hydra keeps it a string.
+
+No torch here: only time.monotonic(), which is a cheap clock read, no system call on Linux (vDSO).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+
+from utils.config import ConfigError
+
+ACCEPTED = 'HH:MM:SS, DD:HH:MM:SS or minutes (e.g. "02:30:00", "1:00:00:00", 90, 0.5); null: no limit'
+_CLOCK = re.compile(r"\d+(:\d+){2,3}", re.ASCII)
+
+
+def parse_max_time(value) -> float | None:
+    """Seconds of the budget, or None for no limit. Raises ConfigError naming trainer.max_time."""
+    if value is None:
+        return None
+
+    def bad(why: str = "") -> ConfigError:
+        return ConfigError(f"trainer.max_time={value!r}{why} must be {ACCEPTED}")
+
+    if isinstance(value, bool):
+        raise bad()
+    if isinstance(value, (int, float)):
+        minutes = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if _CLOCK.fullmatch(text):
+            parts = [int(p) for p in text.split(":")]
+            days, hours, minutes_, seconds = parts if len(parts) == 4 else [0, *parts]
+            if minutes_ >= 60 or seconds >= 60 or (len(parts) == 4 and hours >= 24):
+                raise bad(" (hours < 24 with days, minutes and seconds < 60)")
+            total = ((days * 24 + hours) * 60 + minutes_) * 60 + seconds
+            if total <= 0:
+                raise bad(" (zero)")
+            return float(total)
+        try:
+            minutes = float(text)
+        except ValueError:
+            raise bad() from None
+    else:
+        raise bad()
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise bad(" (minutes > 0)")
+    return minutes * 60.0
+
+
+def format_seconds(seconds: float) -> str:
+    """1:02:03 style (with `N days, ` in front past a day): for log lines."""
+    seconds = max(0, int(round(seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days} day{'s' * (days != 1)}, {text}" if days else text
+
+
+class Deadline:
+    """Started at construction. `expired()` is one monotonic clock read and a comparison."""
+
+    def __init__(self, seconds: float | None, already_used: float = 0.0) -> None:
+        self.seconds = seconds
+        self.already_used = max(0.0, float(already_used or 0.0))
+        self.start = time.monotonic()
+        # The clock reading at which the budget is spent: expired() compares against it, nothing else.
+        self._end = math.inf if seconds is None else self.start + seconds - self.already_used
+
+    @property
+    def enabled(self) -> bool:
+        return self.seconds is not None
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self._end
+
+    def used(self) -> float:
+        """Seconds of the budget spent, by this part of the run and the ones before it (for the checkpoint)."""
+        return self.already_used + (time.monotonic() - self.start)
+
+    def remaining(self) -> float | None:
+        """Seconds left (0 once expired), None without a budget."""
+        if self.seconds is None:
+            return None
+        return max(0.0, self._end - time.monotonic())
+
+    def describe(self) -> str:
+        """One line for the log, e.g. `time budget 1:30:00: 0:12:00 used before this resume, 1:18:00 left`."""
+        if self.seconds is None:
+            return "time budget: none"
+        used = f", {format_seconds(self.already_used)} used before this resume" if self.already_used else ""
+        return f"time budget {format_seconds(self.seconds)}{used}, {format_seconds(self.remaining())} left"
