@@ -118,11 +118,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
 def check_same_shape(trained: DictConfig, chosen: DictConfig, name: str | None) -> None:
     """The model was built for the trained data's channels, size and classes; another dataset must match."""
-    for key in ("input", "target", "input_shape", "num_outputs", "in_channels", "image_size", "num_classes"):
-        if key in trained and key in chosen and trained[key] != chosen[key]:
+    from omegaconf import ListConfig
+
+    def value(node, key):
+        v = node[key]
+        return list(v) if isinstance(v, ListConfig) else v  # a list's items resolve as they are read
+
+    for key in ("input", "target", "in_channels", "image_size", "num_classes", "input_shape", "num_outputs"):
+        if key in trained and key in chosen and value(trained, key) != value(chosen, key):
             raise ConfigError(
-                f"data={name} has {key}={chosen[key]}, but the checkpoint's model was trained with "
-                f"{key}={trained[key]}"
+                f"data={name} has {key}={value(chosen, key)}, but the checkpoint's model was trained with "
+                f"{key}={value(trained, key)}"
             )
 
 

@@ -13,16 +13,28 @@ Everything lands in the run directory that Hydra made for this run; helpers live
 from __future__ import annotations
 
 # First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
-from utils.signals import Interrupted, raise_on_signals  # isort: skip
+import signal  # isort: skip
+import sys  # isort: skip
 
-raise_on_signals()
+
+def _stop_during_imports(signum, frame):
+    print(
+        f"train.py: stopped by {signal.Signals(signum).name} while starting: nothing to save.",
+        file=sys.stderr,
+    )
+    raise SystemExit(128 + signum)
+
+
+for _signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(_signum, _stop_during_imports)
+
+from utils.signals import Interrupted, raise_on_signals  # isort: skip
 
 import json
 import logging
 import math
 import os
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +44,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from utils.config import ConfigError, check_config, plain
-from utils.rundir import discard_run_dir, register_resolvers
+from utils.rundir import discard_run_dir, is_run_dir, register_resolvers
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -59,7 +71,7 @@ def main(cfg: DictConfig) -> float:
         NonFiniteLossError,
         OmegaConfBaseException,
     )
-    _phase.update(name="start", run_dir=None, fresh=not cfg.get("resume"))
+    _phase.update(name="start", run_dir=None, fresh=not is_run_dir(cfg.get("resume")))
     try:
         return train(cfg)
     except user_errors as err:
@@ -68,9 +80,9 @@ def main(cfg: DictConfig) -> float:
             raise
         log.error("%s", one_line(err))
         exit_code = 2
-    except Interrupted as signal:
-        log.warning("Stopped by %s %s", signal.name, _what_was_kept())
-        exit_code = signal.exit_code
+    except Interrupted as stopped:
+        log.warning("Stopped by %s %s", stopped.name, _what_was_kept())
+        exit_code = stopped.exit_code
     except SystemExit as stop:  # a stop inside the loop: train() saved last.pt and chose 130 or 143
         exit_code = stop.code
     if _phase["name"] == "start" and _phase["fresh"]:
@@ -629,6 +641,7 @@ def _choice(group: str, cfg) -> str:
 
 
 if __name__ == "__main__":
+    raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
     try:
         main()
     except Interrupted as signal:  # during Hydra's own start-up, before main() runs

@@ -51,7 +51,7 @@ def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
     """.hydra/config.yaml, as `python train.py` has Hydra write it (unresolved): resume checks against it."""
     from omegaconf import OmegaConf
 
-    if not (run_dir / ".hydra" / "config.yaml").exists():
+    if not cfg.get("resume") and not (run_dir / ".hydra" / "config.yaml").exists():
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 

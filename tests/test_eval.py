@@ -37,7 +37,9 @@ def test_eval_reproduces_the_runs_test_metrics_and_logs_them(trained):
     assert (metrics["checkpoint"], metrics["data"], metrics["test/count"]) == ("best.pt", "digits", 270)
     events = event_accumulator(trained).Scalars("eval/digits/acc")
     assert [(e.step, round(e.value, 6)) for e in events] == [(metrics["step"], round(metrics["test/acc"], 6))]
-    assert not (trained / ".hydra").exists() and not list(REPO.glob("eval*.log"))  # nothing else written
+    assert not (trained / ".hydra" / "hydra.yaml").exists() and not list(
+        REPO.glob("eval*.log")
+    )  # nothing else
 
 
 @pytest.mark.slow

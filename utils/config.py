@@ -18,7 +18,7 @@ from dataclasses import MISSING, dataclass, fields
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -98,7 +98,7 @@ RANGES = (
     ("data.num_classes", 1, None),
     ("data.image_size", 1, None),
     ("logging.every_n_steps", 1, None),
-    ("logging.histograms_every_n_epochs", 0, "0 switches it off"),
+    ("logging.histograms_every_n_epochs", 0, "off"),
     ("scheduler.warmup_steps", 0, None),
     ("scheduler.step_size", 1, None),
     ("optimizer.weight_decay", 0, None),
@@ -110,6 +110,12 @@ SEED_LIMIT = 2**32 - 1  # numpy's seed range
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first bad key; convert values in place (e.g. precision 16 -> "16")."""
+    missing = sorted(_missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"missing value{'s' if len(missing) > 1 else ''} (???) for {', '.join(missing)}: set "
+            f"{'them' if len(missing) > 1 else 'it'} on the command line, e.g. {missing[0]}=..."
+        )
     _check_unknown_keys(cfg)
     for group, schema in SCHEMAS.items():
         node = cfg[group]
@@ -117,9 +123,11 @@ def check_config(cfg: DictConfig) -> None:
         try:
             typed = OmegaConf.merge(OmegaConf.structured(schema), {k: node[k] for k in names})
         except OmegaConfBaseException as err:
-            key = getattr(err, "full_key", None) or getattr(err, "key", "?")
+            key = str(getattr(err, "full_key", None) or getattr(err, "key", "?"))
             first = str(err).splitlines()[0]
-            raise ConfigError(f"{group}.{key}: {first}") from None
+            raise ConfigError(
+                f"{key if key.startswith(group + '.') else f'{group}.{key}'}: {first}"
+            ) from None
         for f in fields(schema):
             if f.name in node:
                 node[f.name] = typed[f.name]
@@ -132,8 +140,8 @@ def check_config(cfg: DictConfig) -> None:
     for key, lowest, meaning in RANGES:
         value = _number(cfg, key)
         if value is not None and value < lowest:
-            more = f" ({meaning})" if meaning else ""
-            raise ConfigError(f"{key}={value} must be at least {lowest}{more}")
+            bound = f"{lowest} ({meaning}) or more" if meaning else f"at least {lowest}"
+            raise ConfigError(f"{key}={value} must be {bound}")
     for key in POSITIVE:
         value = _number(cfg, key)
         if value is not None and not value > 0:
@@ -143,6 +151,18 @@ def check_config(cfg: DictConfig) -> None:
     shape = cfg.data.input_shape
     if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
         raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")
+
+
+def _missing_keys(node, prefix: str = ""):
+    """The `???` values a user must still set, found without resolving anything (an interpolation that
+    points at one would otherwise fail first, naming the key that points instead of the one to set)."""
+    keys = range(len(node)) if isinstance(node, ListConfig) else node.keys()
+    for key in keys:
+        full = f"{prefix}[{key}]" if isinstance(node, ListConfig) else f"{prefix}{'.' if prefix else ''}{key}"
+        if OmegaConf.is_missing(node, key):
+            yield full
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], (DictConfig, ListConfig)):
+            yield from _missing_keys(node[key], full)
 
 
 def _number(cfg: DictConfig, key: str) -> Any:

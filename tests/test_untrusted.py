@@ -1,0 +1,291 @@
+"""Untrusted inputs: a checkpoint's config is data, never code; a checkpoint belongs to its run; every
+value is checked before a directory is made; signals at any moment end in one line; a full disk loses
+nothing; resume is exact for DataLoader datasets too. Each case is a real run of train.py or eval.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import FAST, PYTHON, REPO, read_metrics, run_cli, train_in_process
+from tests.test_datasets import write_cifar10
+from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def error_lines(proc) -> list[str]:
+    """train.py tags its error line [ERROR]; eval.py prints the message alone (its only output)."""
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    return [line for line in lines if "[ERROR]" in line] or (lines if len(lines) == 1 else [])
+
+
+def assert_one_line(proc, needle: str, code: int = 2) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == code, out
+    assert "Traceback" not in out, out
+    errors = error_lines(proc)
+    assert len(errors) == 1 and needle in errors[0], out
+    return errors[0]
+
+
+def run_eval(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([PYTHON, str(REPO / "eval.py"), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("untrusted") / "run"
+    train_in_process(FAST, run)
+    return run
+
+
+# --- 1. A stored config is data, never code ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["torch.load", "pathlib.Path.write_text", "models.resnet.torch.load", "builtins.exec"],
+)
+def test_a_crafted_checkpoint_runs_no_code(trained, tmp_path, target):
+    marker = tmp_path / "pwned.txt"
+    state = load_checkpoint(trained / "checkpoints" / "best.pt")
+    state["config"]["model"] = {
+        "_target_": target,
+        "f": str(tmp_path / "x.pt"),
+        "weights_only": False,
+        "map_location": {"_target_": "pathlib.Path.write_text", "self": str(marker), "data": "pwned"},
+    }
+    evil = tmp_path / "evil.pt"
+    torch.save(state, evil)
+    line = assert_one_line(run_eval([f"ckpt={evil}"]), "stored config refused")
+    assert "model._target_" in line and target in line
+    assert not marker.exists()
+
+
+def test_a_stored_interpolation_is_not_resolved(trained, tmp_path):
+    """`${run_dir:...}` in a stored config would create directories wherever it points: it stays text."""
+    state = load_checkpoint(trained / "checkpoints" / "best.pt")
+    target = tmp_path / "made_by_resolver"
+    state["config"]["name"] = f"${{run_dir:{target},x}}"
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(state, ckpt)
+    proc = run_eval([f"ckpt={ckpt}"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not target.exists()
+
+
+def test_allowed_targets_extends_the_allowlist(trained, tmp_path):
+    """A project's own trusted code, named in its own config (never in the stored one)."""
+    state = load_checkpoint(trained / "checkpoints" / "best.pt")
+    state["config"]["model"]["_target_"] = "tests.lazy_model.LazyMLP"
+    state["config"]["model"]["hidden_dims"] = [256, 128]
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(state, ckpt)
+    assert_one_line(run_eval([f"ckpt={ckpt}"]), "tests.lazy_model.LazyMLP")
+    proc = run_eval([f"ckpt={ckpt}", "allowed_targets=[tests.lazy_model]"])
+    # Allowed, built, and then its weights do not fit: refused for that reason, not the target.
+    assert_one_line(proc, "does not fit this LazyMLP")
+
+
+# --- 2. A checkpoint belongs to its run; one process per run --------------------------------------------
+
+
+@pytest.mark.slow
+def test_another_runs_checkpoint_is_refused_and_the_curves_stay(trained, tmp_path):
+    other = tmp_path / "other"
+    train_in_process([*FAST, "model=simple_cnn"], other)
+    victim = tmp_path / "victim"
+    proc = run_cli([*FAST, f"hydra.run.dir={victim}"])
+    assert proc.returncode == 0
+    events_before = {p.name: p.stat().st_size for p in (victim / "tb").iterdir()}
+    (victim / "checkpoints" / "last.pt").write_bytes((other / "checkpoints" / "last.pt").read_bytes())
+    line = assert_one_line(run_cli([f"resume={victim}", "trainer.max_epochs=2"]), "belongs to another run")
+    assert "model" in line
+    assert {p.name: p.stat().st_size for p in (victim / "tb").iterdir()} == events_before  # no purge event
+
+
+@pytest.mark.slow
+def test_a_run_in_use_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli([*FAST, f"hydra.run.dir={run}"]).returncode == 0
+    assert not (run / ".lock").exists()  # released at the end
+    (run / ".lock").write_text(f"{os.getpid()} {os.uname().nodename}\n")  # this live test process holds it
+    assert_one_line(run_cli([f"resume={run}", "trainer.max_epochs=2"]), f"in use by process {os.getpid()}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / ".lock").write_text(f"{dead.pid} {os.uname().nodename}\n")  # killed -9, say: stale
+    proc = run_cli([f"resume={run}", "trainer.max_epochs=2"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert read_metrics(run)["epochs"] == 2 and not (run / ".lock").exists()
+
+
+# --- 3. Exact resume for DataLoader datasets (workers, augmentation, dropout) ----------------------------
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([PYTHON, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill9_and_resume_is_bit_identical_with_a_dataloader(tmp_path, workers):
+    data = tmp_path / "data"
+    write_cifar10(data, n_per_batch=24)  # 120 training images; crop + flip augmentation in the workers
+    args = ["data=cifar10", f"paths.data_dir={data}", "data.dataset.download=false", "model=simple_cnn",
+            "data.batch_size=4", f"data.num_workers={workers}", "trainer.max_epochs=2",
+            "trainer.checkpoint_every_n_steps=7", "logging.every_n_steps=5", "logging.progress_bar=false",
+            "logging.images=false"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    reference = start([*args, f"hydra.run.dir={whole}"])
+    victim = start([*args, f"hydra.run.dir={killed}"])
+    first = killed / "checkpoints" / "step_00000007.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (killed / "metrics.json").exists(), "the run ended before the kill"
+    resumed = run_cli([f"resume={killed}"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert reference.wait(timeout=300) == 0
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(killed / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- 4 and 6. Every value checked, before any directory is made -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be greater than 0"),
+        ("trainer.limit_batches=-1", "trainer.limit_batches=-1 must be at least 1"),
+        ("trainer.max_steps=-5", "trainer.max_steps=-5 must be at least 1"),
+        ("scheduler.warmup_steps=-5", "scheduler.warmup_steps=-5 must be at least 0"),
+        ("trainer.seed=-1", "trainer.seed=-1 must be at least 0"),
+        ("data.image_size=0", "data.image_size=0 must be at least 1"),
+        ("data.num_classes=5", "labels run from 0 to 9, outside 0..4"),
+        ("model.num_outputs=7", "model outputs of shape [batch, num_classes=10]"),
+        ("+trainer.val_check_interval=0.5", "trainer.val_check_interval is not a config key"),
+        ("resume=/nonexistent", "not a run directory"),
+    ],
+)
+def test_bad_values_stop_in_one_line_and_leave_no_directory(override, message, tmp_path):
+    outputs = tmp_path / "outputs"
+    proc = run_cli([*FAST, override, f"paths.output_root={outputs}"], cwd=tmp_path)
+    assert_one_line(proc, message)
+    assert not outputs.exists() or not any(outputs.rglob("*")), list(outputs.rglob("*"))
+
+
+def test_a_long_name_is_shortened_with_a_hash(tmp_path):
+    outputs = tmp_path / "outputs"
+    names = ["x" * 240, "x" * 239 + "y"]
+    for name in names:
+        assert run_cli([*FAST, f"name={name}", f"paths.output_root={outputs}"], cwd=tmp_path).returncode == 0
+    runs = sorted(p.name for p in outputs.glob("*/*"))
+    assert len(runs) == 2 and all(len(r) < 200 for r in runs) and runs[0] != runs[1]
+
+
+# --- 5. Signals at every moment ----------------------------------------------------------------------
+
+
+def popen_lines(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([PYTHON, str(REPO / "train.py"), *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.4, 1.0])
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
+    outputs = tmp_path / "outputs"
+    proc = popen_lines([*FAST, f"paths.output_root={outputs}"])
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal")  # never on 2 cores: start-up takes seconds
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "SIGINT" in out
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_final_test_skips_it_and_keeps_the_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    # A large test split of decoded-on-the-fly images: the test takes seconds, the signal lands in it.
+    proc = popen_lines([*FAST, "data=fake", "data.dataset.test_size=20000", "data.num_workers=0",
+                        "data.batch_size=8", f"hydra.run.dir={run}"])  # fmt: skip
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if re.search(r"epoch 0 step 3: val", line):
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out
+    assert "Traceback" not in out and "during the final test" in out, out
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    assert not (run / "metrics.json").exists()
+
+
+# --- 7. Crashes that must be one line: a full disk, lazy modules, a fixed-length schedule ------------------
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
+    """RLIMIT_FSIZE makes writes past 64 KiB fail (EFBIG), as a full disk makes them fail with ENOSPC."""
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.zeros(10)}}, path)
+    before = path.read_bytes()
+    code = f"""
+import resource, signal, torch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+from utils.checkpoint import CheckpointError, save_checkpoint
+try:
+    save_checkpoint({{"model": {{"w": torch.zeros(1_000_000)}}}}, {str(path)!r})
+except CheckpointError as err:
+    print("ERROR", err)
+"""
+    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("ERROR no space left to write last.pt in " + str(tmp_path)), (
+        proc.stdout + proc.stderr
+    )
+    assert "MiB free" in proc.stdout and "the previous one is intact" in proc.stdout
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+    with pytest.raises(CheckpointError):
+        raise CheckpointError("the class is importable")
+
+
+def test_a_model_with_lazy_modules_trains_with_its_graph(tmp_path):
+    run = tmp_path / "run"
+    train_in_process([*FAST, "model._target_=tests.lazy_model.LazyMLP", "logging.graph=true"], run)
+    assert read_metrics(run)["steps"] == 3
+
+
+@pytest.mark.slow
+def test_a_fixed_length_schedule_resumed_longer_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    onecycle = [
+        "scheduler=none",
+        "scheduler._target_=torch.optim.lr_scheduler.OneCycleLR",
+        "+scheduler.max_lr=0.01",
+    ]
+    assert run_cli([*FAST, *onecycle, f"hydra.run.dir={run}"]).returncode == 0
+    assert_one_line(run_cli([f"resume={run}", "trainer.max_epochs=3"]), "OneCycleLR was built for 3 steps")
