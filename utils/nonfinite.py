@@ -1,10 +1,10 @@
 """The training losses between two log lines, and what happens when one of them is NaN or infinite.
 
-The losses stay on the device, one slot per batch in a preallocated buffer: that costs what summing them
-would, and no per-step check is needed. They are read where the loop syncs anyway (every
-logging.every_n_steps steps) and before every checkpoint; a non-finite one is then traced to its exact step,
-and training stops with an error that names that step and the last good checkpoint, so that no checkpoint
-ever holds weights that a non-finite loss has spoiled.
+The losses stay on the device, each batch's detached loss kept in a list (no copy, no kernel, no sync per
+step) and stacked when they are read; no per-step check is needed. They are read where the loop syncs
+anyway (every logging.every_n_steps steps) and before every checkpoint; a non-finite one is then traced to
+its exact step, and training stops with an error that names that step and the last good checkpoint, so
+that no checkpoint ever holds weights that a non-finite loss has spoiled.
 
 `trainer.skip_nonfinite=true` instead drops such batches and counts them. That must be decided before the
 backward pass, so it costs one sync per batch (under DDP, the ranks agree on it).
@@ -23,17 +23,24 @@ class NonFiniteLossError(Exception):
 
 class LossWindow:
     def __init__(self, capacity: int, device: torch.device, state: dict | None = None) -> None:
-        self.losses = torch.zeros(max(capacity, 1), device=device)
+        # `capacity` (the batches of one logging window) is a hint: the list grows as needed.
+        self.device = device
+        self.losses: list[torch.Tensor] = []  # 0-d, detached: the loss tensors themselves, not copies
         self.steps: list[int] = []  # the optimizer step each loss belongs to
         if state:  # a resumed run goes on with the window it was interrupted in
             for loss, step in zip(state["losses"], state["steps"], strict=True):
-                self.add(loss, step)
+                self.add(loss.to(device), step)
 
     def add(self, loss: torch.Tensor, step: int) -> None:
-        if len(self.steps) == len(self.losses):
-            self.losses = torch.cat([self.losses, torch.zeros_like(self.losses)])
-        self.losses[len(self.steps)] = loss.detach()
+        # An append, not a write into a buffer: a buffer write is an indexing op (a kernel launch on a GPU)
+        # every step, which costs as much as the rest of the loop's bookkeeping together.
+        self.losses.append(loss.detach())
         self.steps.append(step)
+
+    def _stacked(self) -> torch.Tensor:
+        if not self.losses:
+            return torch.zeros(0, device=self.device)
+        return torch.stack(self.losses).float()
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -42,27 +49,24 @@ class LossWindow:
         """The mean loss over all ranks' windows (a sync; under DDP every rank must call it at the same
         step). Raises NonFiniteLossError, on every rank alike, if any of those losses was non-finite."""
         n = len(self.steps)
-        total, count = all_reduce_sum(
-            self.losses[:n].sum(), torch.tensor(float(n), device=self.losses.device)
-        )
+        total, count = all_reduce_sum(self._stacked().sum(), torch.tensor(float(n), device=self.device))
         if not torch.isfinite(total):
             self._raise(last_good, writer)
         return total.item() / max(count.item(), 1)
 
     def check(self, last_good, writer=None) -> None:
         """This rank's losses only (a sync, no collective): before a checkpoint is written."""
-        n = len(self.steps)
-        if n and not bool(torch.isfinite(self.losses[:n]).all()):
+        if self.steps and not bool(torch.isfinite(self._stacked()).all()):
             self._raise(last_good, writer)
 
     def reset(self) -> None:
-        self.steps = []
+        self.losses, self.steps = [], []
 
     def state(self) -> dict:
-        return {"losses": self.losses[: len(self.steps)].cpu(), "steps": list(self.steps)}
+        return {"losses": self._stacked().cpu(), "steps": list(self.steps)}
 
     def _raise(self, last_good, writer) -> None:
-        finite = torch.isfinite(self.losses[: len(self.steps)]).tolist()
+        finite = torch.isfinite(self._stacked()).tolist()
         where = (
             f"step {self.steps[finite.index(False)]}"
             if False in finite
