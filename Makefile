@@ -28,7 +28,8 @@ format: install
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The template's loop against a hand-written one, startup, graph logging; writes docs/benchmarks.md.
+# The template's steps against a hand-written loop (paired, interleaved blocks with 95% intervals), whole runs
+# against scripts/handwritten_train.py, startup, graph logging; writes docs/benchmarks.md. ARGS=--quick: a minute.
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
 

@@ -305,17 +305,27 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.02, help="stop at this interval half-width")
     parser.add_argument("--max-seconds", type=float, default=None, help="time limit of each case's pairs")
     parser.add_argument("--e2e-reps", type=int, default=None, help="end-to-end pairs per run (0: none)")
+    parser.add_argument("--e2e-only", help="only the end-to-end runs named (comma-separated; all: every one)")
     parser.add_argument("--startup-reps", type=int, default=None)
     parser.add_argument("--no-startup", action="store_true")
     parser.add_argument("--no-graph", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads for both sides (default: torch's); 1 steadies a loaded VM"
+    )
     parser.add_argument("--note", default="", help="a line for the report (e.g. the machine's load)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     all_cases = cases_for(args.device, args.quick)
     names = args.cases.split(",") if args.cases else list(all_cases)
+    if args.e2e_only:
+        names, args.no_startup, args.no_graph = [], True, True
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     load = os.getloadavg()
     try:
@@ -333,10 +343,11 @@ def main() -> None:
             free_memory()
         e2e = None
         reps = args.e2e_reps if args.e2e_reps is not None else (1 if args.quick else 10)
-        if reps and args.device == "cpu" and not args.cases:
+        if reps and args.device == "cpu" and (args.e2e_only or not args.cases):
             from bench_e2e import bench_e2e
 
-            e2e = bench_e2e(reps, workdir, args.quick)
+            only = None if args.e2e_only in (None, "all") else args.e2e_only.split(",")
+            e2e = bench_e2e(reps, workdir, args.quick, only)
         startup = None
         if not args.no_startup and args.device == "cpu":
             startup = bench_startup(args.startup_reps or (1 if args.quick else 5), workdir)

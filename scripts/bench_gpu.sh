@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make bench` on a GPU machine that has torch but no internet: its python3 holds torch, torchvision and
 # tensorboard; Hydra, OmegaConf and antlr4 (pure Python) come along in .gpu_site/. Results land in $OUT.
+# The paired cases for CUDA (scripts/bench.py cases_for): digits, resnet18 bf16+channels_last, the GPT in
+# bf16 (tokens/s); blocks of 50 steps, each closed by torch.cuda.synchronize().
 #   bash scripts/bench_gpu.sh [extra scripts/bench.py arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -122,27 +122,40 @@ class Template:
         self.meter = train.Throughput(run.task.unit)
         self.progress = Progress(lc.progress_bar, run.plan.total_steps)
         self.stop = StopSignals()
+        self.profiler = None
+        if hasattr(t, "profile_steps"):  # train.fit's torch.profiler hook: a NoProfiler unless asked for
+            from utils.profiling import build_profiler
+
+            self.profiler = build_profiler(t.profile_steps, run.run_dir, run.device, None, run.ddp.rank)
+        run.stop_reason = None
         self.batches = Batches(run.loaders.train, run.plan.batches_per_epoch)
         run.train_model.train()
         self.initial = copy.deepcopy(run.model.state_dict())
         self.rng = torch.get_rng_state()
 
     def block(self, steps: int) -> int:
-        """`steps` optimizer steps, exactly as train.fit takes them; returns the samples (or tokens) seen."""
+        """`steps` optimizer steps, each as train.fit takes it (its per-step calls, in its order; the
+        validation and checkpoint branches, off by default, are left out); returns the steps taken."""
         run, train, meter, progress, stop = self.run, self.train, self.meter, self.progress, self.stop
-        every, total, done = run.lcfg.every_n_steps, run.plan.total_steps, 0
+        every, total, done, profiler = run.lcfg.every_n_steps, run.plan.total_steps, 0, self.profiler
+        stop_requested = getattr(train, "stop_requested", None)
         while done < steps:
             epoch, i, batch = self.batches.next()
-            updated = train.train_batch(run, batch, i, meter)
-            if not updated:
+            if not train.train_batch(run, batch, i, meter):
                 continue
             done += 1
+            if profiler is not None:
+                profiler.step()
             progress.advance()
             synced = run.step % every == 0 or run.step == total
             if synced:
                 train.report(run, meter, progress, epoch)
-            if stop.agreed(synced, run.device):
-                raise KeyboardInterrupt
+            if stop_requested is not None:
+                run.stop_reason = run.stop_reason or stop_requested(run, stop, synced)
+            elif stop.agreed(synced, run.device):
+                run.stop_reason = "signal"
+            if run.stop_reason:
+                raise KeyboardInterrupt(run.stop_reason)
         sync(run.device)
         return done
 
