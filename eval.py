@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from utils.cli import FULL_ERROR
 from utils.config import ConfigError, check_config
 from utils.rundir import register_resolvers
 
@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
         evaluate_checkpoint(cfg)
     except (ConfigError, DatasetError, TaskError, CheckpointError, OmegaConfBaseException) as err:
         # One line, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback.
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if FULL_ERROR:
             raise
         log.error("%s", (str(err).strip().splitlines() or [type(err).__name__])[0])
         sys.exit(2)
@@ -133,4 +133,6 @@ def check_same_shape(trained: DictConfig, chosen: DictConfig, name: str | None) 
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run
+
+    run(main, "eval.py", "eval")

@@ -28,12 +28,11 @@ def _stop_during_imports(signum, frame):
 for _signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signum, _stop_during_imports)
 
-from utils.signals import Interrupted, raise_on_signals  # isort: skip
+from utils.signals import Interrupted  # isort: skip
 
 import json
 import logging
 import math
-import os
 import shlex
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from types import SimpleNamespace
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from utils.cli import FULL_ERROR
 from utils.config import ConfigError, check_config, plain
 from utils.rundir import discard_run_dir, is_run_dir, register_resolvers
 
@@ -76,7 +76,7 @@ def main(cfg: DictConfig) -> float:
         return train(cfg)
     except user_errors as err:
         # A problem the user can fix: one line, not a traceback. HYDRA_FULL_ERROR=1 shows the traceback.
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if FULL_ERROR:
             raise
         log.error("%s", one_line(err))
         exit_code = 2
@@ -108,12 +108,19 @@ def train(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from utils.resume import load_resume
+    from utils.rundir import requeued_slurm_task
     from utils.runlock import RunLock
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     _phase["run_dir"] = run_dir
-    # `resume=RUN_DIR`: continue that run from its last checkpoint, with the config it was started with.
-    resumed = load_resume(cfg, HydraConfig.get()) if cfg.get("resume") else None
+    requeued = (
+        not cfg.get("resume") and requeued_slurm_task() and (run_dir / "checkpoints" / "last.pt").is_file()
+    )
+    if requeued:  # SLURM started this job again (preemption, time limit): it goes on from its last.pt
+        cfg.resume = str(run_dir)
+        _phase["fresh"] = False
+    # `resume=`: continue that run from a checkpoint, with the config it was started with.
+    resumed = load_resume(cfg, HydraConfig.get(), requeued) if cfg.get("resume") else None
     if resumed:
         cfg = resumed.cfg
         log.info("Resuming from %s (step %d)", resumed.path, resumed.state["step"])
@@ -121,10 +128,20 @@ def train(cfg: DictConfig) -> float:
     from utils.rundir import process_rank
 
     # One process trains in a run directory at a time (a second resume of it is refused).
-    with RunLock(run_dir) if process_rank() == 0 else _no_lock():
-        run = set_up(cfg, run_dir, resumed)
-        best = fit(run)
-        return test_and_report(run, best)
+    try:
+        with RunLock(run_dir) if process_rank() == 0 else _no_lock():
+            run = set_up(cfg, run_dir, resumed)
+            best = fit(run)
+            return test_and_report(run, best)
+    except (SystemExit, Interrupted) as stopped:
+        # SLURM's warning before a time limit or preemption (SIGUSR1): last.pt is saved and the lock is
+        # released; the job asks to be queued again, and the same command then continues this run.
+        if getattr(stopped, "signum", None) == signal.SIGUSR1 or getattr(stopped, "code", None) == 138:
+            from utils.slurm import requeue
+
+            if process_rank() == 0:
+                requeue(log)
+        raise
 
 
 class _no_lock:
@@ -141,10 +158,12 @@ def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
 
     from utils.dashboards import log_run_start, metric_tags
     from utils.distributed import init_distributed, wrap_ddp
+    from utils.earlystop import EarlyStopping
     from utils.loaders import build_dataloaders
     from utils.resume import Position, check_can_resume
     from utils.runtime import fused_on_cuda, grad_scaler, seed_everything
     from utils.tensorboard import open_writer, unwrap
+    from utils.timebudget import Deadline, parse_max_time
 
     tcfg, lcfg = plain(cfg.trainer), plain(cfg.logging)
     log.info("Run directory: %s", run_dir)
@@ -159,6 +178,11 @@ def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
     check_declared(cfg)
     task = build("task", cfg.task)
     splits = build("data", cfg.data.dataset)
+    if tcfg.overfit_batches:  # debug=overfit: the same first batches every epoch, validated on themselves
+        from utils.overfit import overfit_splits
+
+        splits, note = overfit_splits(splits, tcfg.overfit_batches * cfg.data.batch_size * ddp.world_size)
+        log.info("%s", note)
     loaders = build_dataloaders(
         splits,
         batch_size=cfg.data.batch_size,
@@ -170,7 +194,15 @@ def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
         world_size=ddp.world_size,
         device=device,  # in-memory data is gathered on the GPU, when there is one
     )
+    if tcfg.overfit_batches:
+        from utils.overfit import same_batches_every_epoch
+
+        same_batches_every_epoch(loaders.train)
     plan = Plan.of(len(loaders.train), tcfg)
+    if tcfg.val_every_n_steps and tcfg.val_every_n_steps > plan.total_steps:
+        raise ConfigError(
+            f"trainer.val_every_n_steps={tcfg.val_every_n_steps} is more than the run's {plan.total_steps} steps"
+        )
     log.info(
         "Data: %d train / %d val / %d test samples; %d optimizer steps over %d epochs",
         *(len(s) for s in (splits.train, splits.val, splits.test)),
@@ -181,6 +213,10 @@ def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
     # One real batch through model and task: lazy modules take their shapes, and a task that does not fit
     # the data or the model stops here in one line, before any optimizer, DDP or graph sees the model.
     check_fit(cfg, task, model, splits, loaders.val, device)
+    if cfg.get("init_from") and not resumed:  # fine-tuning: these weights, a new run
+        from utils.init_from import load_initial_weights, log_summary
+
+        log_summary(load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
     if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     log.info(
@@ -200,6 +236,12 @@ def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
         check_can_resume(resumed, loaders.train, plan.total_steps, run_dir)
         start = resumed.restore(unwrap(model), optimizer, scheduler, scaler)
         check_schedule_length(scheduler, plan.total_steps)
+    es = tcfg.early_stopping
+    early = EarlyStopping(es["patience"], es["min_delta"], task.mode, monitor=f"val/{task.monitor}")
+    early.load_state_dict(resumed.state.get("early_stopping") if resumed else None)
+    # The budget is this process's: a resumed (or requeued) run gets it anew.
+    deadline = Deadline(parse_max_time(tcfg.max_time))
+    torch.autograd.set_detect_anomaly(tcfg.detect_anomaly)
     reference = task.reference(splits)
     # Rank 0 alone writes TensorBoard, checkpoints and metrics.json; elsewhere the writer is None.
     # Resumed: hide the events that the interrupted run wrote after its checkpoint, so no step shows twice.
@@ -214,7 +256,8 @@ def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
         cfg=cfg, tcfg=tcfg, lcfg=lcfg, run_dir=run_dir, ckpt_dir=run_dir / "checkpoints", ddp=ddp,
         device=device, task=task, loaders=loaders, plan=plan, model=model, eval_model=eval_model,
         train_model=train_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, start=start,
-        reference=reference, writer=writer, final_tags=final_tags, last_good=None,
+        reference=reference, writer=writer, final_tags=final_tags, last_good=None, early=early,
+        deadline=deadline, tags=list(cfg.get("tags") or []),
     )  # fmt: skip
 
 
@@ -295,8 +338,10 @@ def check_schedule_length(scheduler, total_steps: int) -> None:
 
 
 def fit(run) -> float | None:
-    """The loop: train, validate at epoch ends, keep best.pt and last.pt. Returns the best monitored value."""
+    """The loop: train, validate (at epoch ends, and every val_every_n_steps), keep best.pt and last.pt,
+    until the run's length, early stopping, max_time or a signal ends it. Returns the best monitored value."""
     from utils.nonfinite import LossWindow
+    from utils.profiling import build_profiler
     from utils.progress import Progress
     from utils.signals import StopSignals
 
@@ -306,53 +351,146 @@ def fit(run) -> float | None:
     run.losses = LossWindow(lc.every_n_steps * t.accumulate_grad_batches, run.device, state=start.window)
     meter = Throughput(run.task.unit)
     progress = Progress(lc.progress_bar, plan.total_steps)
-    stop = StopSignals()  # Ctrl-C, SIGTERM: finish the step, save last.pt, exit 130 / 143
+    profiler = build_profiler(t.profile_steps, run.run_dir, run.device, log, run.ddp.rank)
+    stop = StopSignals()  # Ctrl-C, SIGTERM, SIGUSR1: finish the step, save last.pt, exit 130 / 143 / 138
+    run.stop_reason = None  # "signal", "max_time" or "early_stopping"
     _phase["name"] = "train"
     run.train_model.train()
-    epoch = start.epoch - 1
-    for epoch in range(start.epoch, plan.max_epochs):
-        first = start.batch if epoch == start.epoch else 0  # a resumed run goes on mid-epoch
-        run.loaders.train.set_epoch(epoch, first)
-        resume_at = (epoch + 1, 0)  # where last.pt says to go on: the next epoch, unless we stop mid-epoch
-        for i, batch in enumerate(run.loaders.train, start=first):
-            if i >= plan.batches_per_epoch:
+    epoch, resume_at = start.epoch - 1, (start.epoch, start.batch)
+    # debug=anomaly: torch reports where the NaN's forward call was as a warning; it goes into the error line.
+    caught = _anomaly_warnings(t.detect_anomaly)
+    try:
+        for epoch in range(start.epoch, plan.max_epochs):
+            first = start.batch if epoch == start.epoch else 0  # a resumed run goes on mid-epoch
+            run.loaders.train.set_epoch(epoch, first)
+            resume_at = (
+                epoch + 1,
+                0,
+            )  # where last.pt says to go on: the next epoch, unless we stop mid-epoch
+            for i, batch in enumerate(run.loaders.train, start=first):
+                if i >= plan.batches_per_epoch:
+                    break
+                if not train_batch(run, batch, i, meter):
+                    continue
+                profiler.step()
+                progress.advance()
+                synced = run.step % lc.every_n_steps == 0 or run.step == plan.total_steps
+                if synced:
+                    report(run, meter, progress, epoch)
+                epoch_done = i + 1 >= plan.batches_per_epoch or run.step >= plan.total_steps
+                if t.val_every_n_steps and run.step % t.val_every_n_steps == 0 and not epoch_done:
+                    with meter.paused():
+                        validate_and_save(run, (epoch, i + 1))
+                if t.checkpoint_every_n_steps and run.step % t.checkpoint_every_n_steps == 0:
+                    save_step_checkpoint(run, epoch, i + 1)
+                run.stop_reason = run.stop_reason or stop_requested(run, stop, synced)
+                if run.stop_reason or run.step >= plan.total_steps:
+                    if i + 1 < plan.batches_per_epoch:
+                        resume_at = (epoch, i + 1)  # last.pt goes on with this epoch's next batch
+                    break
+            if run.stop_reason and resume_at[0] == epoch:
+                break  # stopped mid-epoch: validated already, or not due; last.pt is saved below
+            with meter.paused():  # validation and checkpoints are kept out of the throughput
+                end_epoch(run, epoch, resume_at)
+            if run.step >= plan.total_steps or run.stop_reason:
                 break
-            updated = train_batch(run, batch, i, meter)
-            if not updated:
-                continue
-            progress.advance()
-            synced = run.step % lc.every_n_steps == 0 or run.step == plan.total_steps
-            if synced:
-                report(run, meter, progress, epoch)
-            if t.checkpoint_every_n_steps and run.step % t.checkpoint_every_n_steps == 0:
-                save_step_checkpoint(run, epoch, i + 1)
-            if stop.agreed(synced, run.device):
-                resume_at = (epoch, i + 1)
-                break
-            if run.step >= plan.total_steps:
-                if i + 1 < plan.batches_per_epoch:
-                    resume_at = (epoch, i + 1)  # a longer resumed run goes on with this epoch's next batch
-                break
-        if stop.requested and resume_at[0] == epoch:
-            break  # stopped mid-epoch: no validation, last.pt is saved below
-        with meter.paused():  # validation and checkpoints are kept out of the throughput
-            end_epoch(run, epoch, resume_at)
-        if run.step >= plan.total_steps or stop.requested:
-            break
+    except RuntimeError as err:
+        if t.detect_anomaly and "nan" in str(err).lower():
+            from utils.nonfinite import NonFiniteLossError
+
+            where = anomaly_origin(caught)
+            what = one_line(err).rstrip(".")
+            raise NonFiniteLossError(f"anomaly detection at step {run.step + 1}: {what}{where}") from None
+        raise
+    finally:
+        for line in profiler.finish():
+            log.info("%s", line)
+        caught.stop()
     progress.close()
     run.epoch, run.throughput = epoch, meter.summary()
-    if stop.requested:
-        # Ctrl-C or SIGTERM: the step in flight is done; keep it, close TensorBoard, say how to go on.
-        from utils.resume import resume_command
+    stop.restore()
+    return finish_stop(run, stop, resume_at)
 
+
+class _anomaly_warnings(list):
+    """The warnings of an anomaly-mode run, held back (others are passed on at the end)."""
+
+    def __init__(self, enabled: bool) -> None:
+        import warnings
+
+        super().__init__()
+        self._context = warnings.catch_warnings(record=True) if enabled else None
+        if self._context is not None:
+            self.extend_from = self._context.__enter__()
+            warnings.simplefilter("always")
+
+    def stop(self) -> None:
+        import warnings
+
+        if self._context is not None:
+            self.extend(self.extend_from)
+            self._context.__exit__(None, None, None)
+            self._context = None
+            for w in self:
+                if "Error detected in" not in str(w.message):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def anomaly_origin(caught) -> str:
+    """`; forward call at tasks/x.py:23` from torch's anomaly warning: the project's innermost frame."""
+    import re
+
+    caught.stop()
+    for w in caught:
+        text = str(w.message)
+        if "Error detected in" in text:
+            frames = re.findall(r'File "([^"]+)", line (\d+)', text)
+            root = str(Path(__file__).parent) + "/"
+            own = [
+                (f.replace(root, ""), n) for f, n in frames if f.startswith(root) and "-packages/" not in f
+            ]
+            if own:
+                return f"; the forward call that made it: {own[-1][0]}:{own[-1][1]}"
+    return ""
+
+
+def stop_requested(run, stop, synced: bool) -> str | None:
+    """A signal or the time budget ends the loop after this step. Under DDP every rank must leave at the
+    same step, so the ranks agree on it, at the steps where the loop syncs anyway."""
+    from utils.distributed import any_rank, is_distributed
+
+    if stop.agreed(synced, run.device):
+        return "signal"
+    due = run.deadline.enabled and (synced or not is_distributed())
+    return "max_time" if due and any_rank(run.deadline.expired(), run.device) else None
+
+
+def finish_stop(run, stop, resume_at: tuple[int, int]) -> float | None:
+    """After the loop: a signal saves last.pt and exits (130, 143; 138 for SLURM's SIGUSR1, which requeues);
+    max_time saves last.pt and goes on to the test, as early stopping does."""
+    from utils.resume import resume_command
+
+    if run.stop_reason in ("signal", "max_time") and run.ddp.is_main:
+        save(run, "last.pt", *resume_at)
+    if run.stop_reason == "signal":
         if run.ddp.is_main:
-            save(run, "last.pt", *resume_at)
             run.writer.close()
+        how = "; requeueing" if stop.name == "SIGUSR1" else ""
         log.warning(
-            "Stopped by %s at step %d. Resume with: %s", stop.name, run.step, resume_command(run.run_dir)
+            "Stopped by %s at step %d%s. Resume with: %s",
+            stop.name,
+            run.step,
+            how,
+            resume_command(run.run_dir),
         )
         sys.exit(stop.exit_code)
-    stop.restore()
+    if run.stop_reason == "max_time":
+        log.warning(
+            "trainer.max_time=%s reached at step %d (%s); last.pt saved, testing best.pt. Continue with: %s",
+            run.tcfg.max_time, run.step, run.deadline.describe(), resume_command(run.run_dir),
+        )  # fmt: skip
+    if run.stop_reason == "early_stopping":
+        log.info("Stopped early at epoch %d step %d: %s", run.epoch, run.step, run.early.describe())
     return run.best
 
 
@@ -379,7 +517,8 @@ def train_batch(run, batch, i: int, meter) -> bool:
     # DDP averages gradients over ranks in backward; not on batches that only accumulate them.
     with sync_gradients(run.train_model, update):
         with autocast(run.device, t.precision):
-            loss = task.loss(task.forward(run.train_model, batch), batch)
+            output = task.forward(run.train_model, batch)
+            loss = task.loss(output, batch)
         if t.skip_nonfinite and drop_nonfinite(loss):
             # Drop this batch, with the batches it was accumulating with.
             run.skipped += 1
@@ -390,6 +529,8 @@ def train_batch(run, batch, i: int, meter) -> bool:
     meter.count(task.count(batch) * run.ddp.world_size)  # over all ranks: each runs batches of one size
     if not update:
         return False  # accumulate gradients: no optimizer step on this batch
+    if (run.step + 1) % run.lcfg.every_n_steps == 0 or run.step + 1 == run.plan.total_steps:
+        run.train_sample = (output.detach(), batch)  # the batch whose metrics the log line shows
     if t.grad_clip:
         import torch
 
@@ -454,6 +595,7 @@ def report(run, meter, progress, epoch: int) -> None:
 
     values = {"loss": run.losses.read(run.last_good, run.writer), "lr": run.scheduler.get_last_lr()[0]}
     values[meter.key] = meter.close_window()
+    values.update(train_metrics(run))
     if run.writer:
         for key, value in values.items():
             run.writer.add_scalar(f"train/{key}", value, run.step)
@@ -463,25 +605,48 @@ def report(run, meter, progress, epoch: int) -> None:
     run.losses.reset()
 
 
+def train_metrics(run) -> dict:
+    """The task's metrics (train/acc, ...) on the last training batch of the logging window: read at the
+    loop's sync point, so they cost no extra sync per step. The loss is the window's mean, above."""
+    from utils.distributed import all_reduce_sum
+
+    sample, run.train_sample = getattr(run, "train_sample", None), None
+    if sample is None:
+        return {}
+    output, batch = sample  # detached: no graph is built
+    sums = run.task.init_sums(run.device)
+    run.task.update(sums, output, batch)
+    keys = sorted(sums)
+    sums = dict(zip(keys, all_reduce_sum(*(sums[k] for k in keys)), strict=True))
+    return {k: v for k, v in run.task.compute(sums).items() if k != "loss"}
+
+
 def end_epoch(run, epoch: int, resume_at: tuple[int, int]) -> None:
-    """Validate when due, keep best.pt when the monitored metric improved, and last.pt always."""
+    """Validate when due (every val_every_n_epochs, and at the last epoch); last.pt always."""
+    last_epoch = epoch + 1 == run.plan.max_epochs or run.step >= run.plan.total_steps
+    if (epoch + 1) % run.tcfg.val_every_n_epochs == 0 or last_epoch:
+        validate_and_save(run, resume_at, epoch)
+    elif run.ddp.is_main:
+        save(run, "last.pt", *resume_at)
+
+
+def validate_and_save(run, resume_at: tuple[int, int], epoch: int | None = None) -> None:
+    """One validation: best.pt when the monitored metric improved, last.pt always, early stopping told."""
     from utils.checkpoint import link_checkpoint
 
-    last_epoch = epoch + 1 == run.plan.max_epochs or run.step >= run.plan.total_steps
-    improved = False
-    if (epoch + 1) % run.tcfg.val_every_n_epochs == 0 or last_epoch:
-        run.val = validate(run, run.step)
-        log.info(
-            "epoch %d step %d: %s", epoch, run.step, " ".join(f"val {k} {v:.4f}" for k, v in run.val.items())
-        )
-        value = run.val[run.task.monitor]
-        improved = run.task.better(value, run.best)  # val is summed over ranks: all ranks agree
-        run.best = value if improved else run.best
+    run.val = validate(run, run.step)
+    where = f"epoch {epoch} step {run.step}" if epoch is not None else f"step {run.step}"
+    log.info("%s: %s", where, " ".join(f"val {k} {v:.4f}" for k, v in run.val.items()))
+    value = run.val[run.task.monitor]
+    improved = run.task.better(value, run.best)  # val is summed over ranks: all ranks agree
+    run.best = value if improved else run.best
+    if run.early.update(value, run.step):
+        run.stop_reason = run.stop_reason or "early_stopping"
     if not run.ddp.is_main:
         return
     if improved:
         # best.pt first: a kill before last.pt follows only repeats this epoch. Then last.pt, the same
-        # state, as a second name of that file: one write per epoch, not two.
+        # state, as a second name of that file: one write per validation, not two.
         link_checkpoint(save(run, "best.pt", *resume_at), run.ckpt_dir / "last.pt")
     else:
         save(run, "last.pt", *resume_at)
@@ -492,7 +657,8 @@ def validate(run, step: int, split: str = "val") -> dict:
     import torch
 
     loader = getattr(run.loaders, split)
-    metrics, sums, first = evaluate_split(run, loader)
+    limit = run.tcfg.limit_val_batches if split == "val" else run.tcfg.limit_test_batches
+    metrics, sums, first = evaluate_split(run, loader, limit)
     if run.writer:
         for key, value in metrics.items():
             run.writer.add_scalar(f"{split}/{key}", value, step)
@@ -505,11 +671,11 @@ def validate(run, step: int, split: str = "val") -> dict:
     return metrics
 
 
-def evaluate_split(run, loader):
+def evaluate_split(run, loader, limit=None):
     from utils.evaluation import evaluate
 
     t = run.tcfg
-    return evaluate(run.eval_model, loader, run.task, run.device, t.precision, t.channels_last)
+    return evaluate(run.eval_model, loader, run.task, run.device, t.precision, t.channels_last, limit)
 
 
 def checkpoint_state(run, epoch: int, batch: int) -> dict:
@@ -534,6 +700,7 @@ def checkpoint_state(run, epoch: int, batch: int) -> dict:
         "data_order": data_order_state(run.loaders.train, epoch, batch),
         "window": run.losses.state(),  # the losses that the next log line averages
         "nonfinite_skipped": run.skipped,
+        "early_stopping": run.early.state_dict(),
         "config": OmegaConf.to_container(run.cfg, resolve=True),
     }
 
@@ -584,7 +751,10 @@ def test_and_report(run, best: float | None) -> float | None:
         "epochs": run.epoch + 1,
         "steps": run.step,
         "nonfinite_batches_skipped": run.skipped,
+        "stopped_by": run.stop_reason,  # null: the run's full length
+        "stopped_early": run.stop_reason == "early_stopping",
         **run.throughput,
+        "tags": run.tags,
     }
     log_run_end(run.writer, metrics, run.step, run.final_tags)  # the HPARAMS session ends
     if run.ddp.is_main:
@@ -643,11 +813,6 @@ def _choice(group: str, cfg) -> str:
 
 
 if __name__ == "__main__":
-    raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
-    try:
-        main()
-    except Interrupted as signal:  # during Hydra's own start-up, before main() runs
-        print(
-            f"train.py: stopped by {signal.name} before training started: nothing to save.", file=sys.stderr
-        )
-        sys.exit(signal.exit_code)
+    from utils.cli import run
+
+    run(main, "train.py", "train")

@@ -135,3 +135,13 @@ COMBOS = [
     for m in options("model")
     if compatible(t, d, m)
 ]
+
+
+def first_combo_per_task(skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """One trainable (offline data) combination for each task: for the tests that run each task once."""
+    seen, combos = set(skip), []
+    for task, data, model in COMBOS:
+        if offline(data) and task not in seen:
+            seen.add(task)
+            combos.append((task, data, model))
+    return combos

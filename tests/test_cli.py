@@ -48,7 +48,8 @@ def test_unknown_data_lists_the_options(tmp_path):
 
 def test_typo_in_a_key_is_named(tmp_path):
     proc = run_cli(["trainer.max_epoch=3"], cwd=tmp_path)
-    assert_clean_failure(proc, "Key 'max_epoch' is not in struct", "trainer.max_epoch")
+    assert_clean_failure(proc, "trainer.max_epoch is not a config key (did you mean trainer.max_epochs?)")
+    assert proc.returncode == 2 and len((proc.stdout + proc.stderr).strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

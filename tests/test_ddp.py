@@ -13,7 +13,16 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from tests.helpers import FAST, PYTHON, REPO, event_accumulator, read_metrics, require_extra, run_cli
+from tests.helpers import (
+    FAST,
+    PYTHON,
+    REPO,
+    event_accumulator,
+    first_combo_per_task,
+    read_metrics,
+    require_extra,
+    run_cli,
+)
 from utils.distributed import weights_digest
 from utils.loaders import build_dataloaders
 
@@ -175,3 +184,18 @@ def test_evaluation_shards_count_every_sample_once():
     assert val == list(range(11))
     train_sizes = [sum(len(ys) for _, ys in loaders.train) for loaders in shards]
     assert len(set(train_sizes)) == 1  # equal steps on every rank
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "data", "model"), first_combo_per_task(skip=("classification",)))
+def test_every_task_trains_under_torchrun(task, data, model, tmp_path):
+    """The task's metric sums are summed over ranks; every rank ends with the same weights."""
+    proc = torchrun([*FAST, f"task={task}", f"data={data}", f"model={model}", "data.batch_size=8",
+                     f"paths.output_root={tmp_path / 'ddp'}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    [run] = run_dirs(tmp_path / "ddp")
+    log = (run / "train.log").read_text() + (run / "train.rank1.log").read_text()
+    digests = [d for _, d in DIGEST.findall(log)]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    metrics = read_metrics(run)
+    assert metrics["steps"] == 3 and metrics["monitor"].replace("val/", "test/") in metrics

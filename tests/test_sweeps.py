@@ -3,7 +3,9 @@ and the submitit launcher running a job's tasks as DDP ranks (submitit_local her
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.helpers import CONF, FAST, read_metrics, require_extra, run_cli
+from tests.helpers import CONF, FAST, PYTHON, REPO, read_metrics, require_extra, run_cli
 
 
 def sweep(tmp_path: Path, args: list[str]) -> Path:
@@ -53,7 +55,7 @@ def test_grid_sweep_puts_each_job_in_one_sweep_dir(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_search_maximizes_what_the_jobs_return(tmp_path):
+def test_optuna_search_optimizes_what_the_jobs_return(tmp_path):
     require_extra("hydra_plugins.hydra_optuna_sweeper", "sweep")
     fast = [o for o in FAST if not o.startswith("data.batch_size=")]  # the search chooses the batch size
     sweep_dir = sweep(tmp_path, ["hparams_search=digits_optuna", "hydra.sweeper.n_trials=3", *fast])
@@ -101,3 +103,63 @@ def test_slurm_launcher_config_composes(tmp_path):
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 4, 4)
     assert launcher.timeout_min > 0 and launcher.nodes == 1
+
+
+def torchrun_sweep(tmp_path: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, Path | None]:
+    """`torchrun --standalone --nproc_per_node=2 train.py -m ARGS`: every job of the sweep runs on both ranks."""
+    roots = [f"paths.output_root={tmp_path / 'outputs'}", f"paths.multirun_root={tmp_path / 'multirun'}"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "train.py"),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([*cmd, "-m", *args, *roots], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    days = list((tmp_path / "multirun").glob("*/*"))
+    return proc, days[0] if len(days) == 1 else None
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_under_torchrun_keeps_one_process_group(tmp_path):
+    """Re-creating the process group in the same workers hung gloo or failed its connect in a later job."""
+    proc, sweep_dir = torchrun_sweep(tmp_path, [*FAST, "optimizer.lr=0.005,0.01,0.02"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    runs = jobs(sweep_dir)
+    assert [r.name for r in runs] == ["0", "1", "2"]
+    for run in runs:
+        assert "DDP: 2 processes" in (run / "train.log").read_text()
+        assert read_metrics(run)["steps"] == 3
+
+
+@pytest.mark.slow
+def test_an_optuna_search_under_torchrun(tmp_path):
+    require_extra("hydra_plugins.hydra_optuna_sweeper", "sweep")
+    fast = [o for o in FAST if not o.startswith("data.batch_size=")]
+    proc, sweep_dir = torchrun_sweep(
+        tmp_path, ["hparams_search=digits_optuna", "hydra.sweeper.n_trials=3", *fast]
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert len(jobs(sweep_dir)) == 3
+
+
+def test_the_search_direction_follows_the_task(tmp_path):
+    """No hand-written direction that can disagree with best.pt: each task's mode decides it."""
+    require_extra("hydra_plugins.hydra_optuna_sweeper", "sweep")
+    from omegaconf import OmegaConf
+
+    from tests.helpers import declared, options
+    from utils.rundir import register_resolvers
+
+    register_resolvers()
+    for search in options("hparams_search"):
+        for task in options("task"):
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                cfg = compose("train", [f"hparams_search={search}", f"task={task}"], return_hydra_config=True)
+            mode = declared("task", task)["mode"]
+            direction = OmegaConf.select(cfg, "hydra.sweeper.direction")
+            assert direction == {"min": "minimize", "max": "maximize"}[mode], (search, task)

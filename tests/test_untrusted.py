@@ -181,7 +181,7 @@ def test_kill9_and_resume_is_bit_identical_with_a_dataloader(tmp_path, workers):
         ("data.num_classes=5", "labels run from 0 to 9, outside 0..4"),
         ("model.num_outputs=7", "model outputs of shape [batch, num_classes=10]"),
         ("+trainer.val_check_interval=0.5", "trainer.val_check_interval is not a config key"),
-        ("resume=/nonexistent", "not a run directory"),
+        ("resume=/nonexistent", "resume=/nonexistent: /nonexistent does not exist"),
     ],
 )
 def test_bad_values_stop_in_one_line_and_leave_no_directory(override, message, tmp_path):

@@ -14,7 +14,7 @@ No torch here: this module is imported before Hydra parses the command line.
 from __future__ import annotations
 
 import difflib
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from types import SimpleNamespace
 from typing import Any, Optional
 
@@ -24,6 +24,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 class ConfigError(Exception):
     """A config value that cannot work; the message says which key and why."""
+
+
+@dataclass
+class EarlyStoppingSchema:
+    patience: Optional[int] = None
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -44,6 +50,14 @@ class TrainerSchema:
     checkpoint_every_n_steps: Optional[int]
     keep_step_checkpoints: Optional[int]
     skip_nonfinite: bool
+    val_every_n_steps: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+    limit_test_batches: Optional[int] = None
+    early_stopping: EarlyStoppingSchema = field(default_factory=EarlyStoppingSchema)
+    max_time: Optional[str] = None
+    overfit_batches: Optional[int] = None
+    profile_steps: Optional[int] = None
+    detect_anomaly: bool = False
 
 
 @dataclass
@@ -78,7 +92,7 @@ CLOSED = {
     "paths": ("output_root", "multirun_root", "data_dir"),
 }
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
-             "allowed_targets")  # fmt: skip
+             "allowed_targets", "init_from", "init_strict", "tags")  # fmt: skip
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
@@ -91,6 +105,13 @@ RANGES = (
     ("trainer.checkpoint_every_n_steps", 1, None),
     ("trainer.keep_step_checkpoints", 1, None),
     ("trainer.seed", 0, None),
+    ("trainer.val_every_n_steps", 1, None),
+    ("trainer.limit_val_batches", 1, None),
+    ("trainer.limit_test_batches", 1, None),
+    ("trainer.early_stopping.patience", 1, None),
+    ("trainer.early_stopping.min_delta", 0, None),
+    ("trainer.overfit_batches", 1, None),
+    ("trainer.profile_steps", 1, None),
     ("data.batch_size", 1, None),
     ("data.num_workers", 0, None),
     ("data.num_outputs", 1, None),
@@ -148,6 +169,16 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} must be greater than 0")
     if cfg.trainer.seed > SEED_LIMIT:
         raise ConfigError(f"trainer.seed={cfg.trainer.seed} must be at most {SEED_LIMIT}")
+    from utils.timebudget import parse_max_time
+
+    parse_max_time(cfg.trainer.max_time)  # one line for a malformed budget
+    if cfg.get("init_from") and cfg.get("resume"):
+        raise ConfigError("init_from starts a new run from weights, resume continues one: give only one")
+    if not isinstance(cfg.get("init_strict", True), bool):
+        raise ConfigError(f"init_strict={cfg.init_strict!r} must be true or false")
+    tags = cfg.get("tags") or []
+    if not isinstance(tags, (list, ListConfig)) or any(not isinstance(x, (str, int, float)) for x in tags):
+        raise ConfigError(f"tags={tags} must be a list of words, e.g. tags=[baseline,lr_sweep]")
     shape = cfg.data.input_shape
     if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
         raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")

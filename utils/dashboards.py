@@ -34,7 +34,7 @@ def metric_tags(task) -> tuple[list[str], list[str]]:
 
 
 # Command-line overrides of these keys are not extra hparams: they are logging, paths or already main ones.
-_NOT_HPARAMS = ("logging.", "hydra.", "paths.", "name")
+_NOT_HPARAMS = ("logging.", "hydra.", "paths.", "name", "tags")
 _MAIN_KEYS = ("optimizer.lr", "data.batch_size", "trainer.precision", "trainer.seed")
 
 # Viridis at five stops: dark for 0, yellow for 1; readable on TensorBoard's light and dark themes.
@@ -350,6 +350,8 @@ def run_hparams(cfg: DictConfig) -> dict:
     }
     if choices.get("experiment"):
         hparams["experiment"] = str(choices["experiment"])
+    if cfg.get("tags"):
+        hparams["tags"] = ",".join(str(tag) for tag in cfg.tags)
     if hydra_cfg:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -378,6 +380,7 @@ def log_run_start(
     overrides = list(hydra_cfg.overrides.task) if hydra_cfg else []
     writer.add_text("run/config", config_markdown(cfg, overrides), 0)
     env = environment_info(device)
+    env["tags"] = [str(tag) for tag in cfg.get("tags") or []]
     (Path(run_dir) / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     writer.add_text("run/environment", environment_markdown(env), 0)
 

@@ -9,6 +9,7 @@ resumed run a different one. Hydra puts the resumed run into RUN_DIR itself (con
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from dataclasses import dataclass
@@ -20,16 +21,24 @@ from omegaconf import DictConfig, OmegaConf
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from utils.config import ConfigError
 from utils.loaders import epoch_order
-from utils.rundir import is_run_dir
+from utils.resume_target import describe_resume, resume_target
 from utils.trust import stored_config
+
+log = logging.getLogger("train")
 
 RESUME_OVERRIDES = (
     "trainer.max_epochs",
     "trainer.max_steps",
+    "trainer.max_time",
     "trainer.checkpoint_every_n_steps",
     "trainer.keep_step_checkpoints",
     "trainer.device",
     "logging.progress_bar",
+    # Where things are on this machine, and what code it trusts: not what the run is.
+    "paths.output_root",
+    "paths.multirun_root",
+    "paths.data_dir",
+    "allowed_targets",
 )
 
 
@@ -80,25 +89,25 @@ class Resume:
             ) from None
 
 
-def load_resume(cfg: DictConfig, hydra_cfg) -> Resume:
+def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
     """The run to continue, with its saved config plus the allowed command-line overrides.
 
-    Raises ConfigError for a path that is no run directory or for an override that would change the run,
-    CheckpointError for a missing, unreadable or unsafe checkpoint."""
-    run_dir = Path(str(cfg.resume))
-    if not is_run_dir(run_dir):
-        raise ConfigError(f"resume={cfg.resume}: not a run directory (it has no .hydra/ or checkpoints/)")
+    `resume=` is a run directory (its last.pt), a checkpoint file in one (last.pt, best.pt, step_<N>.pt), or
+    `latest`. A SLURM job started again by a requeue (`requeued`) runs its original command, whose
+    overrides are the run's own. Raises ConfigError for a path that names no run or for an override that
+    would change the run, CheckpointError for a missing, unreadable, unsafe or foreign checkpoint."""
+    target = resume_target(str(cfg.resume), str(cfg.paths.output_root))
+    run_dir, path = target.run_dir, target.checkpoint
     output_dir = Path(hydra_cfg.runtime.output_dir)
     if output_dir.resolve() != run_dir.resolve():
         raise ConfigError(f"resume={cfg.resume}, but hydra.run.dir is {output_dir}: leave it unset to resume")
     given = {_key(o): o for o in hydra_cfg.overrides.task}
     others = [o for k, o in given.items() if k not in ("resume", *RESUME_OVERRIDES)]
-    if others:
+    if others and not requeued:
         raise ConfigError(
             f"resume continues the run with its saved config; only {', '.join(RESUME_OVERRIDES)} may be "
-            f"set with it (got: {' '.join(others)})"
+            f"set with it (got: {' '.join(others)}); to start a new run from its weights use init_from="
         )
-    path = run_dir / "checkpoints" / "last.pt"
     if not path.is_file():
         raise CheckpointError(
             f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
@@ -117,10 +126,18 @@ def load_resume(cfg: DictConfig, hydra_cfg) -> Resume:
         )
     saved.resume = str(run_dir)
     OmegaConf.set_struct(saved, True)
+    log.info("%s", describe_resume(str(cfg.resume), target, step=int(state.get("step", 0))))
     return Resume(run_dir=run_dir, path=path, state=state, cfg=saved)
 
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+_SELECT = re.compile(r"\$\{oc\.select:([A-Za-z_][\w.]*),([^${}]*)\}")
+
+
+def yaml_scalar(text: str):
+    import yaml
+
+    return yaml.safe_load(text.strip() or "null")
 
 
 def _plain_resolved(tree, root=None, depth: int = 0):
@@ -144,6 +161,12 @@ def _plain_resolved(tree, root=None, depth: int = 0):
             node = node[part]
         return _plain_resolved(node, root, depth + 1)
 
+    select = _SELECT.fullmatch(tree)  # ${oc.select:key,default}: OmegaConf's own, calls no code
+    if select:
+        try:
+            return lookup(select[1])
+        except ConfigError:
+            return yaml_scalar(select[2])
     whole = _REFERENCE.fullmatch(tree)
     if whole:
         return lookup(whole[1])

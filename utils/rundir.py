@@ -70,9 +70,19 @@ def launch_id() -> str | None:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if run_id:
         return f"torchrun-{run_id}" if run_id != "none" else f"torchrun-agent{os.getppid()}"
-    if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and os.environ.get("SLURM_JOB_ID"):
+    if os.environ.get("SLURM_JOB_ID"):
+        # Kept when SLURM requeues the job (preemption, `scontrol requeue`), so the job finds its run again.
         return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
     return None
+
+
+def requeued_slurm_task() -> bool:
+    """A single-task SLURM job started again by a requeue: it continues its run (SLURM_RESTART_COUNT > 0)."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def _single_task() -> bool:
+    return int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ
 
 
 def on_main(value, otherwise=None):
@@ -100,6 +110,9 @@ def unique_run_dir(root: str, *parts: object) -> str:
     key = (str(root), name)
     if key not in _reserved:
         shared = launch_id()
+        if shared and shared.startswith("slurm-") and _single_task() and not requeued_slurm_task():
+            # A first start: a new run, even if an earlier run in this allocation (salloc) left a marker.
+            _forget_marker(root, name, shared)
         _reserved[key] = _shared_dir(root, name, shared) if shared else _new_dir(root, name)
     return _reserved[key]
 
@@ -112,7 +125,7 @@ def _shared_dir(root: str, name: str, shared: str) -> str:
     """
     runs = os.path.join(str(root), ".runs")
     os.makedirs(runs, exist_ok=True)
-    marker = os.path.join(runs, safe_name(f"{shared}_{name}" if name else shared))
+    marker = _marker(root, name, shared)
     if os.path.exists(marker):
         return _read_marker(marker)
     path = _new_dir(root, name)
@@ -127,6 +140,15 @@ def _shared_dir(root: str, name: str, shared: str) -> str:
         return _read_marker(marker)
     finally:
         os.unlink(tmp)
+
+
+def _marker(root: str, name: str, shared: str) -> str:
+    return os.path.join(str(root), ".runs", safe_name(f"{shared}_{name}" if name else shared))
+
+
+def _forget_marker(root: str, name: str, shared: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_marker(root, name, shared))
 
 
 def _read_marker(marker: str) -> str:
@@ -158,15 +180,21 @@ def is_run_dir(path) -> bool:
 
 
 def resumable_run_dir(resume, root: str, *parts: object) -> str:
-    """`resume=RUN_DIR` continues in RUN_DIR itself; otherwise a new directory, as unique_run_dir makes it.
-    A `resume` path that is no run directory gets a new one, where train.py then reports the mistake."""
-    return str(resume) if is_run_dir(resume) else unique_run_dir(root, *parts)
+    """`resume=` continues in the run it names (a run dir, a checkpoint in one, or `latest`); otherwise a new
+    directory, as unique_run_dir makes it. A `resume` that names no run gets a new directory, where
+    train.py then reports the mistake (and removes the directory)."""
+    from utils.resume_target import find_resume_target
+
+    target = find_resume_target(resume, root) if resume else None
+    return str(target.run_dir) if target else unique_run_dir(root, *parts)
 
 
-def unless_resuming(resume, value):
-    """`value` for a new run, null when resuming: `${unless_resuming:${resume},.hydra}` keeps Hydra from
-    writing the resumed run's fresh compose over the .hydra/ config that the run started with."""
-    return None if is_run_dir(resume) else value
+def unless_resuming(resume, root: str, value):
+    """`value` for a new run, null when resuming: `${unless_resuming:${resume},${paths.output_root},.hydra}`
+    keeps Hydra from writing the resumed run's fresh compose over the .hydra/ config it started with."""
+    from utils.resume_target import find_resume_target
+
+    return None if resume and find_resume_target(resume, root) else value
 
 
 # What Hydra writes into a new run directory before train.py runs; nothing else is ever deleted.

@@ -1,4 +1,5 @@
-"""Ctrl-C (SIGINT) and SIGTERM at every moment of a run, each ending in one line and exit 130 / 143.
+"""Ctrl-C (SIGINT), SIGTERM and SLURM's SIGUSR1 at every moment of a run, each ending in one line and exit
+130 / 143 / 138 (train.py requeues a SLURM job after SIGUSR1).
 
 Outside the training loop (start-up, the final test) a signal raises `Interrupted` at once: train.py
 catches it, says what was kept ("nothing to save" before training; "test skipped, last.pt kept" during the
@@ -18,7 +19,8 @@ import threading
 
 log = logging.getLogger("train")
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGUSR1: what SLURM sends before a time limit or preemption (`#SBATCH --signal=USR1@120`, submitit).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class Interrupted(BaseException):

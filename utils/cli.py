@@ -1,0 +1,84 @@
+"""The command line of train.py and eval.py: however a run ends before it starts, one line.
+
+Hydra reports a bad command line (an unknown option, a key that does not exist, bad override syntax) in
+five to ten lines of its own; a signal during start-up would print a traceback. Here both become one line
+and exit 2 (or 128 + the signal's number). HYDRA_FULL_ERROR=1, set by the user, still shows everything.
+No torch here: `train.py --help` imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from utils.config import _nearest
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Read once, before run() sets the variable for Hydra: whether the user asked for full tracebacks.
+FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def run(main, prog: str, config_name: str) -> None:
+    """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
+    from utils.signals import Interrupted, raise_on_signals
+
+    raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Interrupted as stopped:  # during Hydra's own start-up, before main() could catch it
+        print(f"{prog}: stopped by {stopped.name} before it started: nothing to save.", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except Exception as err:
+        line = None if FULL_ERROR else hydra_error_line(err, CONF, config_name)
+        if line is None:
+            raise
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+def hydra_error_line(err: Exception, conf_dir, config_name: str) -> str | None:
+    """Hydra's report of a bad command line, in one line (None for anything that is not one): an unknown
+    option with the available ones, a key that does not exist with the nearest one, bad override syntax."""
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
+    if not isinstance(err, HydraException):
+        return None
+    text = " ".join(str(err).split())
+    if isinstance(err, MissingConfigException):
+        options = getattr(err, "options", None) or []
+        head, _, rest = text.partition(" Available options in ")
+        group = rest.split(":", 1)[0] if rest else "it"
+        return head + (f". Available options in {group}: {', '.join(options)}" if options else "")
+    if isinstance(err, OverrideParseException):
+        return text
+    cause = err.__cause__
+    key = getattr(cause, "full_key", None)
+    if key and "not in struct" in str(cause):
+        return f"{key} is not a config key{_nearest(key, _known_keys(conf_dir, config_name))}; a new key needs +{key}=..."
+    return text
+
+
+def _known_keys(conf_dir, config_name: str) -> list[str]:
+    """Every key of the default composed config (for the nearest-key hint of an error)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name)
+    except Exception:
+        return []
+
+    def walk(node, prefix=""):
+        for k in node:
+            full = f"{prefix}{k}"
+            yield full
+            if not OmegaConf.is_interpolation(node, k) and isinstance(node[k], DictConfig):
+                yield from walk(node[k], full + ".")
+
+    return list(walk(cfg))
