@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -54,10 +55,14 @@ def run_case(case: Case, out_root: Path) -> dict:
     command = [sys.executable, "train.py", f"experiment={case.experiment}", f"hydra.run.dir={run_dir}"]
     print(f"$ {' '.join(command[1:])}", flush=True)
     load_before = os.getloadavg()[0]
+    cpu_before = _children_cpu_seconds()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - start
     result = {"case": case, "wall": wall, "value": math.nan, "ok": False, "run_dir": run_dir, "metrics": {}}
+    # CPU seconds the run used (user + system, all its threads): on a machine that others load, wall time
+    # grows while this stays near what the run needs; cpu / cores is about its wall time on idle cores.
+    result["cpu"] = _children_cpu_seconds() - cpu_before
     result["load"] = (load_before, os.getloadavg()[0])  # 1-minute load averages: how much else was running
     if done.returncode != 0:
         print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", file=sys.stderr)
@@ -68,31 +73,47 @@ def run_case(case: Case, out_root: Path) -> dict:
     return result
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def markdown(results: list[dict]) -> str:
     import torch
 
+    machine = platform.processor() or platform.machine()
     lines = [
         "# Quality of the shipped experiments",
         "",
         "Written by `python scripts/quality.py`: each experiment trained for real with",
-        "`python train.py experiment=<name>`, its wall time measured around the whole process (start-up, data,",
-        "every validation and the test). Targets from issue 11. The machine may be shared: the load column",
-        "gives the 1-minute load average before and after each run (the CPU count is the quiet value).",
+        "`python train.py experiment=<name>`, its wall time measured around the whole process (start-up,",
+        "data, every validation and the test). Targets from issue 11. The machine may be shared: the load",
+        "column gives the 1-minute load average before and after each run, and `cpu s / cores` the CPU time",
+        "the run used (all threads) over the CPU count: about its wall time on cores nothing else uses.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"with {torch.get_num_threads()} threads; {datetime.datetime.now():%Y-%m-%d %H:%M}.",
+        f"Machine: {machine}, {os.cpu_count()} CPUs, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads; {datetime.datetime.now():%Y-%m-%d %H:%M}.",
         "",
-        "| experiment | metric | value | target | wall s | limit s | train s | steps | load | pass |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| experiment | metric | value | target | wall s | limit s | cpu s / cores | train s | steps | load "
+        "| pass |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c, m = r["case"], r["metrics"]
-        train_s = f"{m['train_seconds']:.0f}" if "train_seconds" in m else "?"
-        load = " / ".join(f"{x:.1f}" for x in r["load"])
-        lines.append(
-            f"| `{c.experiment}` | {c.metric} | {r['value']:.4f} | {c.target} | {r['wall']:.0f} | {c.seconds:.0f} "
-            f"| {train_s} | {m.get('steps', '?')} | {load} | {'yes' if r['ok'] else '**no**'} |"
-        )
+        cells = [
+            f"`{c.experiment}`",
+            c.metric,
+            f"{r['value']:.4f}",
+            c.target,
+            f"{r['wall']:.0f}",
+            f"{c.seconds:.0f}",
+            f"{r['cpu'] / (os.cpu_count() or 1):.0f}",
+            f"{m['train_seconds']:.0f}" if "train_seconds" in m else "?",
+            str(m.get("steps", "?")),
+            " / ".join(f"{x:.1f}" for x in r["load"]),
+            "yes" if r["ok"] else "**no**",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "All numbers of each run (its metrics.json):", ""]
     for r in results:
         shown = {k: v for k, v in r["metrics"].items() if isinstance(v, (int, float))}
@@ -114,7 +135,8 @@ def main() -> int:
     for r in results:
         c = r["case"]
         print(
-            f"{c.experiment:14s} {c.metric} {r['value']:.4f} (target {c.target}) in {r['wall']:.0f} s "
+            f"{c.experiment:14s} {c.metric} {r['value']:.4f} (target {c.target}) in {r['wall']:.0f} s, "
+            f"{r['cpu']:.0f} CPU s "
             f"(limit {c.seconds:.0f} s): {'pass' if r['ok'] else 'FAIL'}"
         )
     args.output.write_text(markdown(results))

@@ -104,14 +104,15 @@ class LanguageModeling(Task):
             or tokens.shape[1] < 2
         ):
             raise TaskError(
-                "language modeling needs batches (tokens,) of integer ids shaped [batch, block_size + 1], got "
-                f"{_describe(tokens)}"
+                "language modeling needs batches (tokens,) of integer ids shaped [batch, block_size + 1], "
+                f"got {_describe(tokens)}"
             )
         b, t = tokens.shape[0], tokens.shape[1] - 1
         if list(output.shape) != [b, t, self.vocab_size]:
             raise TaskError(
-                f"language modeling needs model outputs of shape [batch, tokens, vocab_size={self.vocab_size}] "
-                f"= {[b, t, self.vocab_size]} for tokens {list(tokens.shape)}, got {list(output.shape)}"
+                "language modeling needs model outputs of shape "
+                f"[batch, tokens, vocab_size={self.vocab_size}] = {[b, t, self.vocab_size]} "
+                f"for tokens {list(tokens.shape)}, got {list(output.shape)}"
             )
 
     def check_targets(self, targets):
@@ -120,7 +121,8 @@ class LanguageModeling(Task):
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= self.vocab_size:
             raise TaskError(
-                f"token ids run from {low} to {high}, outside 0..{self.vocab_size - 1} (vocab_size={self.vocab_size})"
+                f"token ids run from {low} to {high}, outside 0..{self.vocab_size - 1} "
+                f"(vocab_size={self.vocab_size})"
             )
 
 

@@ -95,7 +95,8 @@ class Regression(Task):
             )
         if y.dim() != 2 or y.shape[1] != self.num_targets:
             raise TaskError(
-                f"regression needs targets of shape [batch, num_targets={self.num_targets}], got {_describe(y)}"
+                f"regression needs targets of shape [batch, num_targets={self.num_targets}], "
+                f"got {_describe(y)}"
             )
         if output.shape != y.shape:
             raise TaskError(

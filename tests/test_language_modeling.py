@@ -1,5 +1,6 @@
 """The language-modeling task (loss over every token, bits per character, a seeded sample), the pytext
-data (stdlib files split by file) and the GPT. A fork that deletes the task, the data or the model skips these."""
+data (stdlib files split by file) and the GPT. A fork that deletes the task, the data or the model skips
+these."""
 
 from __future__ import annotations
 
