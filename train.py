@@ -30,6 +30,7 @@ for _signum in (signal.SIGINT, signal.SIGTERM):
 
 from utils.signals import Interrupted  # isort: skip
 
+import contextlib
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from utils.cli import FULL_ERROR
 from utils.config import ConfigError, check_config, plain
-from utils.rundir import discard_run_dir, is_run_dir, register_resolvers
+from utils.rundir import discard_run_dir, register_resolvers
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -71,7 +72,10 @@ def main(cfg: DictConfig) -> float:
         NonFiniteLossError,
         OmegaConfBaseException,
     )
-    _phase.update(name="start", run_dir=None, fresh=not is_run_dir(cfg.get("resume")))
+    from utils.resume_target import find_resume_target
+
+    resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
+    _phase.update(name="start", run_dir=None, fresh=not resuming)
     try:
         return train(cfg)
     except user_errors as err:
@@ -129,7 +133,7 @@ def train(cfg: DictConfig) -> float:
 
     # One process trains in a run directory at a time (a second resume of it is refused).
     try:
-        with RunLock(run_dir) if process_rank() == 0 else _no_lock():
+        with RunLock(run_dir) if process_rank() == 0 else contextlib.nullcontext():
             run = set_up(cfg, run_dir, resumed)
             best = fit(run)
             return test_and_report(run, best)
@@ -142,14 +146,6 @@ def train(cfg: DictConfig) -> float:
             if process_rank() == 0:
                 requeue(log)
         raise
-
-
-class _no_lock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -70,10 +71,10 @@ class Output:
 
 
 class DataclassOutputNet(nn.Module):
-    def __init__(self, in_channels: int, image_size: int, num_classes: int):
+    def __init__(self, input_shape: list[int], num_outputs: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, 32), nn.ReLU())
-        self.head = nn.Linear(32, num_classes)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 32), nn.ReLU())
+        self.head = nn.Linear(32, num_outputs)
 
     def forward(self, x):
         features = self.body(x)
@@ -98,11 +99,9 @@ class Untraceable(DataclassOutputNet):
 
 def test_dataclass_outputs_are_traced_through_a_tuple(tmp_path, caplog):
     target = f"{__name__}.DataclassOutputNet"
-    model_args = ["model.in_channels=${data.in_channels}", "model.image_size=${data.image_size}",
-                  "model.num_classes=${data.num_classes}"]  # fmt: skip
     overrides = [*FAST, "model=mlp", f"model._target_={target}", "~model.hidden_dims", "~model.dropout"]
     with caplog.at_level(logging.INFO):
-        train_in_process([*overrides, *model_args, "logging.graph=true"], tmp_path / "run")
+        train_in_process([*overrides, "logging.graph=true"], tmp_path / "run")
     assert event_accumulator(tmp_path / "run").Tags()["graph"]
     assert "Graph of DataclassOutputNet logged" in caplog.text
 

@@ -133,9 +133,10 @@ def test_resume_accepts_run_length_overrides_only(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("task", "data", "model"), first_combo_per_task())
+@pytest.mark.parametrize(("task", "data", "model"), first_combo_per_task(skip=("classification",)))
 def test_every_task_resumes_bit_identically_after_kill9(task, data, model, tmp_path):
-    """Each shipped task, killed with -9 after its first step checkpoint and resumed: the same weights."""
+    """Each shipped task, killed with -9 after its first step checkpoint and resumed: the same weights
+    (classification: test_kill9_mid_epoch_then_resume_is_bit_identical above)."""
     args = [f"task={task}", f"data={data}", f"model={model}", "trainer.max_epochs=2", "trainer.limit_batches=8",
             "data.batch_size=8", "trainer.checkpoint_every_n_steps=3", "logging.every_n_steps=2",
             "logging.progress_bar=false", "logging.images=false"]  # fmt: skip

@@ -119,8 +119,9 @@ def torchrun_sweep(tmp_path: Path, args: list[str]) -> tuple[subprocess.Complete
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([*cmd, "-m", *args, *roots], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
-    days = list((tmp_path / "multirun").glob("*/*"))
-    return proc, days[0] if len(days) == 1 else None
+    # .runs/ holds the marker by which the two ranks agreed on the sweep directory.
+    sweeps = [d for d in (tmp_path / "multirun").glob("*/*") if not d.parent.name.startswith(".")]
+    return proc, sweeps[0] if len(sweeps) == 1 else None
 
 
 @pytest.mark.slow
