@@ -83,6 +83,8 @@ def init_distributed(device_name: str) -> Distributed:
     if is_distributed():
         # A later job of a multirun in the same workers: keep the group. Destroying and re-creating it in
         # the same processes hangs gloo's rendezvous or fails its full-mesh connect.
+        log.info("DDP: %d processes, %s backend (the workers' group, kept across jobs); rank %d on %s",
+                 world_size, dist.get_backend(), rank, device)  # fmt: skip
         return Distributed(rank, local_rank, world_size, device)
     # Left once, as the process exits (not after each job).
     atexit.register(cleanup_distributed)
