@@ -295,10 +295,11 @@ def measure(case: Paired, cfg, run_dir: Path, target: float, log=print) -> dict:
             pairs.append((t_tpl, t_raw))
             ratios.append(t_raw / t_tpl)
             n = len(pairs)
-            if n >= case.min_pairs and n % 10 == 0:
+            if n >= 10 and n % 10 == 0:
                 med, low, high = bootstrap_median(ratios)
                 elapsed = time.perf_counter() - start
-                if (high - low) / 2 <= target or elapsed > case.max_seconds or n >= case.max_pairs:
+                narrow = n >= case.min_pairs and (high - low) / 2 <= target
+                if narrow or elapsed > case.max_seconds or n >= case.max_pairs:
                     break
         elapsed = time.perf_counter() - start
         diff_after = max_weight_diff(run.model, raw.model)
