@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= dev
 
-.PHONY: install train test lint format bench clean
+.PHONY: install train test lint format bench quality clean
 
 # Re-install only when the dependencies change.
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
@@ -32,6 +32,11 @@ test: install lint
 # against scripts/handwritten_train.py, startup, graph logging; writes docs/benchmarks.md. ARGS=--quick: a minute.
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
+
+# The quality targets that take minutes (segmentation mIoU, language-model bits per character): trains each
+# heavy experiment and writes docs/quality.md; exits 1 if one is missed.
+quality: install
+	$(PY) scripts/quality.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -73,6 +73,8 @@ def test_each_experiment_runs_end_to_end(experiment, tmp_path):
         "trainer.limit_batches=2",
         "logging.progress_bar=false",
         "trainer.max_steps=null",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
     ]
     proc = run_cli([f"experiment={experiment}", *few, f"hydra.run.dir={run}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
