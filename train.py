@@ -453,11 +453,13 @@ def anomaly_origin(caught) -> str:
 def stop_requested(run, stop, synced: bool) -> str | None:
     """A signal or the time budget ends the loop after this step. Under DDP every rank must leave at the
     same step, so the ranks agree on it, at the steps where the loop syncs anyway."""
-    from utils.distributed import any_rank, is_distributed
-
     if stop.agreed(synced, run.device):
         return "signal"
-    due = run.deadline.enabled and (synced or not is_distributed())
+    if not run.deadline.enabled:
+        return None
+    from utils.distributed import any_rank
+
+    due = synced or not stop.distributed
     return "max_time" if due and any_rank(run.deadline.expired(), run.device) else None
 
 

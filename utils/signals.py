@@ -56,7 +56,10 @@ class StopSignals:
     handlers on creation; `restore()` goes back to raising Interrupted."""
 
     def __init__(self) -> None:
+        from utils.distributed import is_distributed
+
         self.signum: int | None = None
+        self.distributed = is_distributed()
         self._pid = os.getpid()
         self._installed = threading.current_thread() is threading.main_thread()
         if self._installed:
@@ -71,10 +74,10 @@ class StopSignals:
         """Whether to leave the loop now. Alone: as soon as a signal came. Under DDP every rank must leave
         at the same step, or the others would wait forever in their next collective; so the ranks agree on
         it, only at steps where the loop syncs anyway (every logging.every_n_steps)."""
-        from utils.distributed import any_rank, is_distributed
-
-        if not is_distributed():
+        if not self.distributed:  # decided once: this runs every optimizer step
             return self.requested
+        from utils.distributed import any_rank
+
         return synced and any_rank(self.requested, device)
 
     @property
