@@ -145,3 +145,15 @@ def first_combo_per_task(skip: tuple[str, ...] = ()) -> list[tuple[str, str, str
             seen.add(task)
             combos.append((task, data, model))
     return combos
+
+
+def kill9_once_written(victim: subprocess.Popen, path: Path, timeout: float = 180) -> int:
+    """`kill -9` the process as soon as `path` exists (a crash right after that checkpoint); its exit code."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    return victim.wait()

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from tests.helpers import (
     REPO,
     event_accumulator,
     first_combo_per_task,
+    kill9_once_written,
     read_metrics,
     run_cli,
     train_in_process,
@@ -58,11 +58,7 @@ def test_kill9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     reference = start_cli([*KILL_RUN, f"hydra.run.dir={whole}"])  # runs alongside, on the other core
     victim = start_cli([*KILL_RUN, f"hydra.run.dir={killed}"])
     first = killed / "checkpoints" / "step_00000025.pt"
-    deadline = time.monotonic() + 120
-    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL
+    assert kill9_once_written(victim, first, timeout=120) == -signal.SIGKILL
     state = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 157, "the kill was not mid-epoch"
     assert not (killed / "metrics.json").exists()
@@ -144,11 +140,7 @@ def test_every_task_resumes_bit_identically_after_kill9(task, data, model, tmp_p
     reference = start_cli([*args, f"hydra.run.dir={whole}"])
     victim = start_cli([*args, f"hydra.run.dir={killed}"])
     first = killed / "checkpoints" / "step_00000003.pt"
-    deadline = time.monotonic() + 180
-    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill9_once_written(victim, first, timeout=180)
     assert first.exists(), "no step checkpoint before the kill"
     if not (killed / "metrics.json").exists():
         resumed = run_cli([f"resume={killed}"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import FAST, PYTHON, REPO, read_metrics, run_cli, train_in_process
+from tests.helpers import FAST, PYTHON, REPO, kill9_once_written, read_metrics, run_cli, train_in_process
 from tests.test_datasets import write_cifar10
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -152,11 +152,7 @@ def test_kill9_and_resume_is_bit_identical_with_a_dataloader(tmp_path, workers):
     reference = start([*args, f"hydra.run.dir={whole}"])
     victim = start([*args, f"hydra.run.dir={killed}"])
     first = killed / "checkpoints" / "step_00000007.pt"
-    deadline = time.monotonic() + 120
-    while not first.exists() and victim.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill9_once_written(victim, first, timeout=120)
     assert not (killed / "metrics.json").exists(), "the run ended before the kill"
     resumed = run_cli([f"resume={killed}"])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
