@@ -484,8 +484,10 @@ def finish_stop(run, stop, resume_at: tuple[int, int]) -> float | None:
         sys.exit(stop.exit_code)
     if run.stop_reason == "max_time":
         log.warning(
-            "trainer.max_time=%s reached at step %d (%s); last.pt saved, testing best.pt. Continue with: %s",
-            run.tcfg.max_time, run.step, run.deadline.describe(), resume_command(run.run_dir),
+            "trainer.max_time=%s reached at step %d (%s); last.pt saved, testing %s. Continue with: %s",
+            run.tcfg.max_time, run.step, run.deadline.describe(),
+            "best.pt" if run.best is not None else "the current weights (no validation yet)",
+            resume_command(run.run_dir),
         )  # fmt: skip
     if run.stop_reason == "early_stopping":
         log.info("Stopped early at epoch %d step %d: %s", run.epoch, run.step, run.early.describe())

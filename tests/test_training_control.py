@@ -254,3 +254,13 @@ def test_tags_go_everywhere_and_train_metrics_are_logged(tmp_path):
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["tags"].string_value == "baseline,digits"
+
+
+def test_max_time_before_any_validation_tests_the_current_weights(tmp_path):
+    """A budget that ends in the first epoch: no best.pt yet, so the test runs on the weights reached."""
+    run = tmp_path / "run"
+    train_in_process([*FAST, "trainer.max_time=0.00001"], run)  # 0.6 ms: over after the first step
+    metrics = read_metrics(run)
+    assert metrics["stopped_by"] == "max_time" and metrics["steps"] < 3
+    assert metrics["val/acc_best"] is None and 0.0 <= metrics["test/acc"] <= 1.0
+    assert (run / "checkpoints" / "last.pt").is_file() and not (run / "checkpoints" / "best.pt").exists()

@@ -400,7 +400,7 @@ def log_run_end(writer, metrics: dict, step: int, final_tags: list[str]) -> None
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     for tag in final_tags:
-        if tag in metrics:
+        if metrics.get(tag) is not None:  # val/<monitor>_best is None when no validation ran
             writer.add_scalar(tag, metrics[tag], step)
     *_, session_end = hparams_summaries({}, {})
     writer.file_writer.add_summary(session_end, step)
