@@ -172,6 +172,30 @@ def children(pid: int) -> dict[int, str]:
     return found
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> command line, for every process below `pid` in the process tree (not `pid` itself)."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found[child] = commands[child]
+                frontier.append(child)
+    return found
+
+
 def wait_until(condition, what: str, deadline: float = 30):
     """Polls `condition` until it returns something true; fails with `what` past the deadline."""
     end = time.monotonic() + deadline
@@ -204,6 +228,11 @@ class SSHServer:
     def home(self) -> Path:
         """$HOME in the server's sessions."""
         return self.directory / "home"
+
+    @property
+    def pid(self) -> int:
+        """The listening sshd: every session on the server runs below it."""
+        return int((self.directory / "sshd.pid").read_text())
 
     @property
     def ssh_args(self) -> list[str]:
