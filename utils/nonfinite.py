@@ -12,9 +12,11 @@ backward pass, so it costs one sync per batch (under DDP, the ranks agree on it)
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from utils.distributed import all_reduce_sum
+from utils.distributed import all_reduce_sum, is_distributed
 
 
 class NonFiniteLossError(Exception):
@@ -48,11 +50,14 @@ class LossWindow:
     def read(self, last_good, writer=None) -> float:
         """The mean loss over all ranks' windows (a sync; under DDP every rank must call it at the same
         step). Raises NonFiniteLossError, on every rank alike, if any of those losses was non-finite."""
-        n = len(self.steps)
-        total, count = all_reduce_sum(self._stacked().sum(), torch.tensor(float(n), device=self.device))
-        if not torch.isfinite(total):
+        total, count = self._stacked().sum(), len(self.steps)
+        if is_distributed():
+            total, count = all_reduce_sum(total, torch.tensor(float(count), device=self.device))
+            count = count.item()
+        value = total.item()  # the one read: a non-finite sum is seen on the host, with no extra sync
+        if not math.isfinite(value):
             self._raise(last_good, writer)
-        return total.item() / max(count.item(), 1)
+        return value / max(count, 1)
 
     def check(self, last_good, writer=None) -> None:
         """This rank's losses only (a sync, no collective): before a checkpoint is written."""

@@ -27,6 +27,20 @@ def open_writer(logdir: str, enabled: bool = True, purge_step: int | None = None
     return SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
 
 
+def add_scalars(writer, values: Mapping[str, float], step: int, prefix: str = "") -> None:
+    """Several scalars at one step as one event (tags `<prefix>/<key>`), the same as that many
+    writer.add_scalar calls on the SCALARS tab. One event costs about as much as one add_scalar, and
+    the loop logs four or more scalars at every logging step."""
+    from torch.utils.tensorboard.summary import Summary
+
+    tag = f"{prefix}/{{}}" if prefix else "{}"
+    summary = Summary(
+        value=[Summary.Value(tag=tag.format(k), simple_value=float(v)) for k, v in values.items()]
+    )
+    # SummaryWriter.add_scalar ends in the same call, one event per scalar.
+    writer._get_file_writer().add_summary(summary, step)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while True:
