@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_paired import Paired, measure  # noqa: E402
+from bench_paired import Paired, available, measure  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -52,6 +52,11 @@ LM = ["task=language_modeling", "data=pytext", "model=gpt"]
 
 
 def cases_for(device: str, quick: bool) -> dict[str, Paired]:
+    """The cases whose models, datasets and tasks this checkout has."""
+    return {k: c for k, c in all_cases_for(device, quick).items() if available(c.all_overrides())}
+
+
+def all_cases_for(device: str, quick: bool) -> dict[str, Paired]:
     if quick:
         tiny_lm = [*LM, "data.block_size=32", "data.batch_size=8", "data.dataset.max_bytes=200000"]
         tiny_lm += ["model.n_layer=1", "model.n_embd=32", "model.n_head=2"]
@@ -326,6 +331,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     all_cases = cases_for(args.device, args.quick)
     names = args.cases.split(",") if args.cases else list(all_cases)
+    if unknown := [n for n in names if n not in all_cases]:
+        parser.error(f"no case {', '.join(unknown)} here (this checkout has: {', '.join(all_cases)})")
     if args.e2e_only:
         names, args.no_startup, args.no_graph = [], True, True
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -361,8 +368,10 @@ def main() -> None:
             )
         graph = None
         if not args.no_graph:
-            graph = bench_graph("mlp" if args.quick else "resnet18", 1 if args.quick else 3, workdir)
-            print(f"graph: {graph['model']} {graph['first']:.2f} s first, {graph['warm']:.2f} s warm")
+            model = "mlp" if args.quick or not available(["model=resnet18"]) else "resnet18"
+            if available([f"model={model}", "data=fake"]):
+                graph = bench_graph(model, 1 if args.quick else 3, workdir)
+                print(f"graph: {graph['model']} {graph['first']:.2f} s first, {graph['warm']:.2f} s warm")
         end_load = os.getloadavg()
         note = args.note or (
             f"Load average (1 min) {load[0]:.1f} at the start, {end_load[0]:.1f} at the end, "

@@ -99,11 +99,11 @@ def breakdown_handwritten(spec_path: Path, run_dir: Path) -> dict:
 
 def bench_e2e(reps: int, workdir: Path, quick: bool, only: list[str] | None = None) -> list[dict]:
     from bench import compose
-    from bench_paired import bootstrap_median
+    from bench_paired import available, bootstrap_median
 
     results = []
     for key, (label, overrides) in (QUICK if quick else RUNS).items():
-        if only and key not in only:
+        if (only and key not in only) or not available(overrides):
             continue
         spec_path = workdir / f"e2e-{key}.json"
         spec_path.write_text(json.dumps(spec_of(compose(overrides, workdir / "compose"))))

@@ -62,6 +62,19 @@ class Paired:
         return [*out, "trainer.max_steps=1000000", "trainer.max_epochs=1000000"]
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def available(overrides: list[str], conf: Path = CONF) -> bool:
+    """Whether every config a case names (`model=gpt`, `experiment=shapes_unet`, ...) is in this checkout:
+    a project generated with only some models, datasets and tasks benchmarks those it has."""
+    for override in overrides:
+        group, _, name = override.partition("=")
+        if (conf / group).is_dir() and not (conf / group / f"{name}.yaml").is_file():
+            return False
+    return True
+
+
 def bootstrap_median(ratios: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """The median and its 95% percentile-bootstrap interval, resampling pairs."""
     a = np.asarray(ratios)

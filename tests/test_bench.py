@@ -68,3 +68,30 @@ def test_bench_replaces_only_its_own_device_section(tmp_path, monkeypatch):
     assert text.startswith("# Benchmarks")
     assert "cpu two" in text and "gpu one" in text and "cpu one" not in text
     assert text.index("cpu two") < text.index("gpu one")
+
+
+def test_cases_follow_the_configs_on_disk(tmp_path, monkeypatch):
+    """A generated project with some models, datasets and tasks benchmarks those it has, and an asked-for
+    case it lacks is one line."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from bench_paired import available
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "model" / "mlp.yaml").write_text("{}")
+    assert available(["model=mlp", "trainer.max_steps=5"], conf=tmp_path)
+    assert not available(["model=mlp", "data=fake"], conf=tmp_path)
+    assert not available(["model=gpt"], conf=tmp_path)
+    result = subprocess.run(
+        [PYTHON, "scripts/bench.py", "--cases", "mlp,nope"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "no case nope here (this checkout has: "
+            + ", ".join(["mlp", "simple_cnn", "resnet18", "digits", "lm"])
+            + ")"
+        )
+    )
