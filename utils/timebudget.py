@@ -1,8 +1,9 @@
 """A wall-clock budget for a run: `trainer.max_time=HH:MM:SS`, `DD:HH:MM:SS` or minutes.
 
 `parse_max_time` turns the config value into seconds; `Deadline` says, once per optimizer step, whether the
-budget is spent. A resumed run passes the time its earlier parts used (`already_used`, saved in the
-checkpoint as `deadline.used()`), so the budget covers the run as a whole, not each part of it.
+budget is spent. The budget is each process's: train.py gives a resumed or requeued run the whole budget
+anew, as a SLURM time limit is per job. `already_used` lets a caller carry time over from an earlier part
+(the log line then says how much); train.py passes none.
 
 In a YAML file, quote the value: YAML reads an unquoted `1:30:00` as the base-60 integer 5400, which would
 then mean 5400 minutes. On the command line (`trainer.max_time=1:30:00`) Hydra keeps it a string.
