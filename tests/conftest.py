@@ -1,9 +1,33 @@
 import os
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     # Two cores: keep each test's torch to one thread so parallel helpers and subprocesses don't thrash.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """A project without a part has no test of it, not a skipped one: a test marked `needs(paths)` (see
+    tests/helpers.py) whose files are not all there, and a parametrized test whose cases come from the
+    files on disk and found none (pytest would skip it as an empty parameter set), are not collected.
+    So a project generated with fewer tasks, models or tools (copier.yml), or a fork that deleted some,
+    runs exactly the tests of what it has."""
+    absent = []
+    for item in items:
+        needs = item.get_closest_marker("needs")
+        missing = needs is not None and not all((REPO / path).exists() for path in needs.args)
+        empty = any(
+            str(mark.kwargs.get("reason", "")).startswith("got empty parameter set")
+            for mark in item.iter_markers("skip")
+        )
+        if missing or empty:
+            absent.append(item)
+    if absent:
+        config.hook.pytest_deselected(items=absent)
+        items[:] = [item for item in items if item not in absent]

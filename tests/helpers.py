@@ -137,6 +137,31 @@ COMBOS = [
 ]
 
 
+def default_run() -> dict[str, str]:
+    """The task, model and data that `python train.py` trains: the defaults of conf/train.yaml."""
+    from omegaconf import OmegaConf
+
+    chosen = {}
+    for entry in OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml"))["defaults"]:
+        if isinstance(entry, dict):
+            chosen |= {k: v for k, v in entry.items() if k in ("task", "model", "data")}
+    return chosen
+
+
+def needs(*paths: str):
+    """Mark a test that needs these files of the checkout (a part's config, a script): in a project without
+    one of them (generated without it, or a fork that deleted it) the test is not collected (conftest.py)."""
+    import pytest
+
+    return pytest.mark.needs(*paths)
+
+
+# The template's default run, classification of digits with the MLP: the tests that check what exactly this
+# run gives (its accuracy, split sizes, the MLP's keys) are collected only in a project that has all three
+# (where they are the first task, data and model, so the default run: copier.yml).
+REFERENCE_RUN = needs("conf/task/classification.yaml", "conf/data/digits.yaml", "conf/model/mlp.yaml")
+
+
 def first_combo_per_task(skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
     """One trainable (offline data) combination for each task: for the tests that run each task once."""
     seen, combos = set(skip), []

@@ -8,10 +8,17 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers import COMBOS, compose_config, declared, offline, options
-from tests.test_datasets import write_imagefolder
+from tests.helpers import COMBOS, compose_config, declared, needs, offline, options
 
 MODELS, DATA, TASKS = options("model"), options("data"), options("task")
+# An image model and image data (the first of each), for the interpolation of sizes between them.
+IMAGE_PAIR = [
+    (m, d)
+    for m in MODELS
+    if "in_channels" in declared("model", m)
+    for d in DATA
+    if declared("data", d).get("input") == "image"
+][:1]
 
 
 def test_every_config_declares_what_it_takes_and_gives():
@@ -54,9 +61,10 @@ def test_offline_data_config_instantiates(data, tmp_path):
     assert len(splits.train) > 0 and len(splits.val) > 0 and len(splits.test) > 0
 
 
+@needs("conf/data/imagefolder.yaml")
 def test_imagefolder_instantiates_from_files(tmp_path):
-    if "imagefolder" not in DATA:
-        pytest.skip("this fork has no imagefolder data")
+    from tests.test_datasets import write_imagefolder
+
     root = write_imagefolder(tmp_path / "images", classes=3, per_class=10)
     overrides = ["data=imagefolder", f"data.dataset.root={root}", "data.num_classes=3", "data.image_size=16"]
     cfg = compose_config(overrides, tmp_path / "run")
@@ -89,10 +97,7 @@ def test_optimizer_and_scheduler_build_and_step(optimizer, scheduler, tmp_path):
     assert sched.get_last_lr()[0] <= cfg.optimizer.lr
 
 
-def test_model_sizes_follow_the_data_by_interpolation(tmp_path):
-    image_models = [m for m in MODELS if "in_channels" in declared("model", m)]
-    image_data = [d for d in DATA if declared("data", d).get("input") == "image"]
-    if not image_models or not image_data:
-        pytest.skip("this fork has no image model or data")
-    cfg = compose_config([f"model={image_models[0]}", f"data={image_data[0]}"], tmp_path / "run")
+@pytest.mark.parametrize(("model", "data"), IMAGE_PAIR)
+def test_model_sizes_follow_the_data_by_interpolation(model, data, tmp_path):
+    cfg = compose_config([f"model={model}", f"data={data}"], tmp_path / "run")
     assert cfg.model.in_channels == cfg.data.in_channels

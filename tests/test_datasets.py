@@ -1,5 +1,6 @@
 """The torchvision dataset paths, on small files written in each dataset's own on-disk format.
-Nothing is downloaded: where a test needs the network to be absent, it points the proxy at a closed port."""
+Nothing is downloaded: where a test needs the network to be absent, it points the proxy at a closed port.
+Each test needs its dataset's config (a project may keep some of them: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from data.splits import DatasetError
-from data.vision import cifar10, fashion_mnist, mnist
+from tests.helpers import needs
 
 MNIST_KW = dict(val_fraction=0.25, split_seed=0, mean=[0.5], std=[0.5])
 
@@ -64,10 +65,23 @@ def write_imagefolder(root, classes: int, per_class: int, size: int = 20):
     return root
 
 
-@pytest.mark.parametrize(("build", "folder"), [(mnist, "MNIST"), (fashion_mnist, "FashionMNIST")])
-def test_mnist_like_loads_from_idx_files(build, folder, tmp_path):
+def vision(name: str):
+    """A dataset function of data/vision.py (imported here: a project without these datasets has no module)."""
+    from data import vision
+
+    return getattr(vision, name)
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [
+        pytest.param("mnist", "MNIST", marks=needs("conf/data/mnist.yaml")),
+        pytest.param("fashion_mnist", "FashionMNIST", marks=needs("conf/data/fashion_mnist.yaml")),
+    ],
+)
+def test_mnist_like_loads_from_idx_files(name, folder, tmp_path):
     write_mnist_like(tmp_path, folder)
-    splits = build(root=str(tmp_path), download=False, **MNIST_KW)
+    splits = vision(name)(root=str(tmp_path), download=False, **MNIST_KW)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 12)
     x, y = splits.train[0]
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32
@@ -76,29 +90,33 @@ def test_mnist_like_loads_from_idx_files(build, folder, tmp_path):
     assert not set(splits.train.indices) & set(splits.val.indices)
 
 
+@needs("conf/data/cifar10.yaml")
 def test_cifar10_loads_from_python_batches(tmp_path):
     write_cifar10(tmp_path)
-    splits = cifar10(root=str(tmp_path), download=False, val_fraction=0.25, split_seed=0,
+    splits = vision("cifar10")(root=str(tmp_path), download=False, val_fraction=0.25, split_seed=0,
                      mean=[0.5] * 3, std=[0.5] * 3)  # fmt: skip
     assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 8)
     x, _ = splits.val[0]
     assert x.shape == (3, 32, 32)
 
 
+@needs("conf/data/mnist.yaml")
 def test_absent_dataset_without_download_names_it_and_the_path(tmp_path):
     with pytest.raises(DatasetError, match=r"MNIST is not in .*nothing_here.* download is off"):
-        mnist(root=str(tmp_path / "nothing_here"), download=False, **MNIST_KW)
+        vision("mnist")(root=str(tmp_path / "nothing_here"), download=False, **MNIST_KW)
 
 
+@needs("conf/data/fashion_mnist.yaml")
 def test_absent_dataset_offline_names_it_and_the_path(tmp_path, monkeypatch):
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: offline, at once
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     with pytest.raises(DatasetError, match=r"FashionMNIST is not in .*absent.* could not be downloaded"):
-        fashion_mnist(root=str(tmp_path / "absent"), download=True, **MNIST_KW)
+        vision("fashion_mnist")(root=str(tmp_path / "absent"), download=True, **MNIST_KW)
 
 
+@needs("conf/data/imagefolder.yaml")
 def test_imagefolder_splits_and_checks(tmp_path):
     from data.imagefolder import imagefolder
 
@@ -117,6 +135,7 @@ def test_imagefolder_splits_and_checks(tmp_path):
         imagefolder(root=str(root), num_classes=5, **kw)
 
 
+@needs("conf/data/digits.yaml")
 def test_digits_split_is_deterministic_by_seed():
     from data.digits import digits
 
@@ -128,8 +147,9 @@ def test_digits_split_is_deterministic_by_seed():
     assert len(a.train) + len(a.val) + len(a.test) == 1797
 
 
+@needs("conf/data/mnist.yaml")
 def test_gzip_is_not_needed_for_mnist(tmp_path):
     # torchvision reads the extracted raw files; a stray .gz beside them must not matter.
     write_mnist_like(tmp_path, "MNIST")
     (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"junk"))
-    assert len(mnist(root=str(tmp_path), download=False, **MNIST_KW).test) == 12
+    assert len(vision("mnist")(root=str(tmp_path), download=False, **MNIST_KW).test) == 12

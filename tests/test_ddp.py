@@ -16,9 +16,11 @@ from torch.utils.data import TensorDataset
 from tests.helpers import (
     FAST,
     PYTHON,
+    REFERENCE_RUN,
     REPO,
     event_accumulator,
     first_combo_per_task,
+    needs,
     read_metrics,
     require_extra,
     run_cli,
@@ -50,6 +52,7 @@ def losses(run: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
+@REFERENCE_RUN
 def test_torchrun_two_processes_train_as_one(tmp_path):
     ddp = torchrun([*SAME_MATH, "data.batch_size=16", f"paths.output_root={tmp_path / 'ddp'}"])
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -83,6 +86,7 @@ def test_torchrun_two_processes_train_as_one(tmp_path):
 
 
 @pytest.mark.slow
+@needs("conf/hydra/launcher/slurm.yaml")  # with it, the `slurm` extra: submitit
 def test_slurm_tasks_started_by_srun_train_with_ddp(tmp_path):
     # Two processes with the variables `srun --ntasks=2` gives its tasks: no torchrun, no submitit launcher.
     require_extra("submitit", "slurm")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from tests.helpers import FAST, event_accumulator, train_in_process
+from tests.helpers import FAST, REFERENCE_RUN, event_accumulator, needs, train_in_process
 from utils.tensorboard import log_graph_once
 
 
@@ -20,6 +20,7 @@ def final_weights(run_dir):
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
 
 
+@needs("conf/model/simple_cnn.yaml")
 def test_graph_on_and_off_give_bit_identical_weights(tmp_path):
     # Dropout in the model: any RNG draw by the tracer would change every later mask.
     common = [*FAST, "model=simple_cnn", "trainer.limit_batches=6", "model.dropout=0.3"]
@@ -97,6 +98,7 @@ class Untraceable(DataclassOutputNet):
         return box
 
 
+@REFERENCE_RUN  # the MLP config of the default run, with a model class of its own
 def test_dataclass_outputs_are_traced_through_a_tuple(tmp_path, caplog):
     target = f"{__name__}.DataclassOutputNet"
     overrides = [*FAST, "model=mlp", f"model._target_={target}", "~model.hidden_dims", "~model.dropout"]
@@ -106,6 +108,7 @@ def test_dataclass_outputs_are_traced_through_a_tuple(tmp_path, caplog):
     assert "Graph of DataclassOutputNet logged" in caplog.text
 
 
+@REFERENCE_RUN
 def test_an_untraceable_model_trains_with_one_warning(tmp_path, caplog, capsys):
     target = f"{__name__}.Untraceable"
     overrides = [*FAST, "model=mlp", f"model._target_={target}", "~model.hidden_dims", "~model.dropout",

@@ -11,6 +11,7 @@ import torch
 
 from tests.helpers import (
     PYTHON,
+    REFERENCE_RUN,
     REPO,
     event_accumulator,
     first_combo_per_task,
@@ -53,6 +54,7 @@ def scalars(run, tag: str) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
+@REFERENCE_RUN
 def test_kill9_mid_epoch_then_resume_is_bit_identical(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     reference = start_cli([*KILL_RUN, f"hydra.run.dir={whole}"])  # runs alongside, on the other core
@@ -81,6 +83,7 @@ def test_kill9_mid_epoch_then_resume_is_bit_identical(tmp_path):
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
 
 
+@REFERENCE_RUN
 def test_resumed_tensorboard_stream_has_no_duplicate_or_missing_steps(tmp_path):
     """A crash after step 12 whose events up to step 20 had reached the disk: the resumed run hides the
     orphans and writes those steps again, once."""

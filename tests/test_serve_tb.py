@@ -15,6 +15,7 @@ import urllib.parse
 
 import pytest
 
+from tests.helpers import read_metrics
 from tests.remote_fixtures import (
     DEADLINE,
     HOST,
@@ -107,7 +108,8 @@ def test_round_trip_serves_run_graph_and_scalars_then_sigint_cleans_up(sshd, pro
         graphs = get_json(f"{url}/data/plugin/graphs/info")
         assert graphs["run1/tb"]["run_graph"] is True
         scalars = get_json(f"{url}/data/plugin/scalars/tags")
-        assert {"train/loss", "val/acc"} <= set(scalars["run1/tb"])
+        monitor = read_metrics(project / "outputs" / "run1")["monitor"]  # the task's: val/acc, val/miou, ...
+        assert {"train/loss", monitor} <= set(scalars["run1/tb"])
         environment = get_json(f"{url}/data/environment")
         assert environment["data_location"] == str(project / "outputs")
         assert environment["debug"]["flags"]["bind_all"] is False

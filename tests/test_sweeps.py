@@ -13,7 +13,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.helpers import CONF, FAST, PYTHON, REPO, read_metrics, require_extra, run_cli
+from tests.helpers import CONF, FAST, PYTHON, REFERENCE_RUN, REPO, needs, read_metrics, require_extra, run_cli
+
+# The optional parts: the Optuna search and the SLURM launcher, each with its extra (pyproject.toml).
+OPTUNA = needs("conf/hparams_search/digits_optuna.yaml")
+SLURM = needs("conf/hydra/launcher/slurm.yaml")
 
 
 def sweep(tmp_path: Path, args: list[str]) -> Path:
@@ -32,6 +36,8 @@ def jobs(sweep_dir: Path) -> list[Path]:
     return sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
 
 
+@REFERENCE_RUN
+@needs("conf/model/simple_cnn.yaml")
 def test_grid_sweep_puts_each_job_in_one_sweep_dir(tmp_path):
     sweep_dir = sweep(tmp_path, [*FAST, "model=mlp,simple_cnn", "optimizer.lr=1e-3,3e-3"])
     runs = jobs(sweep_dir)
@@ -55,6 +61,8 @@ def test_grid_sweep_puts_each_job_in_one_sweep_dir(tmp_path):
 
 
 @pytest.mark.slow
+@OPTUNA
+@REFERENCE_RUN
 def test_optuna_search_optimizes_what_the_jobs_return(tmp_path):
     require_extra("hydra_plugins.hydra_optuna_sweeper", "sweep")
     fast = [o for o in FAST if not o.startswith("data.batch_size=")]  # the search chooses the batch size
@@ -68,6 +76,7 @@ def test_optuna_search_optimizes_what_the_jobs_return(tmp_path):
 
 
 @pytest.mark.slow
+@SLURM
 def test_submitit_job_with_two_tasks_trains_with_ddp(tmp_path):
     require_extra("hydra_plugins.hydra_submitit_launcher", "slurm")
     # The local executor stands in for SLURM: each task is a process with its own rank, as srun starts them.
@@ -86,6 +95,7 @@ def test_submitit_job_with_two_tasks_trains_with_ddp(tmp_path):
     assert read_metrics(run)["steps"] == 3
 
 
+@SLURM
 def test_slurm_launcher_config_composes(tmp_path):
     require_extra("hydra_plugins.hydra_submitit_launcher", "slurm")
     GlobalHydra.instance().clear()
@@ -137,6 +147,7 @@ def test_a_grid_sweep_under_torchrun_keeps_one_process_group(tmp_path):
 
 
 @pytest.mark.slow
+@OPTUNA
 def test_an_optuna_search_under_torchrun(tmp_path):
     require_extra("hydra_plugins.hydra_optuna_sweeper", "sweep")
     fast = [o for o in FAST if not o.startswith("data.batch_size=")]
@@ -147,6 +158,7 @@ def test_an_optuna_search_under_torchrun(tmp_path):
     assert len(jobs(sweep_dir)) == 3
 
 
+@OPTUNA
 def test_the_search_direction_follows_the_task(tmp_path):
     """No hand-written direction that can disagree with best.pt: each task's mode decides it."""
     require_extra("hydra_plugins.hydra_optuna_sweeper", "sweep")

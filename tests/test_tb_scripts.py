@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from tests.helpers import needs
 from tests.remote_fixtures import (
     DEADLINE,
     HOST,
@@ -34,6 +35,10 @@ from tests.remote_fixtures import (
     training_run,  # noqa: F401 (a fixture)
     wait_until,
 )
+
+# serve_tb.sh and tunnel.sh, the remote TensorBoard scripts: a project may leave them out (copier.yml) and
+# keep the local helper, tb.sh.
+REMOTE = needs("scripts/serve_tb.sh", "scripts/tunnel.sh")
 
 
 def run_script(script, *args, cwd=None) -> subprocess.CompletedProcess:
@@ -58,7 +63,11 @@ def assert_one_line_error(result, script, *fragments) -> None:
 # ---- the command-line contract ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", [SERVE_TB, TUNNEL, TB], ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "script",
+    [pytest.param(SERVE_TB, marks=REMOTE), pytest.param(TUNNEL, marks=REMOTE), TB],
+    ids=lambda path: path.name,
+)
 def test_scripts_are_strict_bash(script):
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
@@ -76,6 +85,7 @@ def test_scripts_are_strict_bash(script):
         assert result.returncode == 0, result.stdout
 
 
+@REMOTE
 def test_remote_side_passes_shellcheck():
     require(shutil.which("shellcheck") is not None, "shellcheck")
     remote = SERVE_TB.parent / "serve_tb_remote.sh"
@@ -83,6 +93,7 @@ def test_remote_side_passes_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
+@REMOTE  # all five laptop-side scripts
 def test_laptop_side_is_portable_to_bash_32_and_bsd(tmp_path):
     check = [sys.executable, str(SERVE_TB.parent / "check_portability.py")]
     result = subprocess.run(check, capture_output=True, text=True)
@@ -107,6 +118,7 @@ def test_laptop_side_is_portable_to_bash_32_and_bsd(tmp_path):
     assert [line.split(":")[1] for line in lines] == ["1", "2", "3", "4", "5"], result.stdout
 
 
+@REMOTE
 def test_serve_tb_help_is_true_to_the_code():
     result = run_script(SERVE_TB, "--help")
     assert result.returncode == 0
@@ -135,6 +147,7 @@ def test_serve_tb_help_is_true_to_the_code():
     assert "http://localhost:PORT" in result.stdout
 
 
+@REMOTE
 def test_environment_variables_mean_the_same_as_the_options(tmp_path):
     # SERVE_TB_LOCAL_PORT is checked like --local-port, before any connection is made.
     env = {**os.environ, "SERVE_TB_LOCAL_PORT": "nope"}
@@ -165,6 +178,7 @@ def test_environment_variables_mean_the_same_as_the_options(tmp_path):
         (["h", "-p"], "ssh option -p needs a value"),
     ],
 )
+@REMOTE
 def test_serve_tb_bad_arguments(args, fragment):
     assert_one_line_error(run_script(SERVE_TB, *args), SERVE_TB, fragment)
 
@@ -172,10 +186,10 @@ def test_serve_tb_bad_arguments(args, fragment):
 @pytest.mark.parametrize(
     ("script", "args", "fragment"),
     [
-        (TUNNEL, [], "no HOST given"),
-        (TUNNEL, ["h", "x"], "REMOTE_PORT must be a port number"),
-        (TUNNEL, ["h", "6006", "99999"], "LOCAL_PORT must be a port number"),
-        (TUNNEL, ["h", "1", "2", "3"], "too many arguments"),
+        pytest.param(TUNNEL, [], "no HOST given", marks=REMOTE),
+        pytest.param(TUNNEL, ["h", "x"], "REMOTE_PORT must be a port number", marks=REMOTE),
+        pytest.param(TUNNEL, ["h", "6006", "99999"], "LOCAL_PORT must be a port number", marks=REMOTE),
+        pytest.param(TUNNEL, ["h", "1", "2", "3"], "too many arguments", marks=REMOTE),
         (TB, ["--port", "x"], "--port must be a port number"),
         (TB, ["--nope"], "unknown option --nope"),
         (TB, ["a", "b"], "only one LOGDIR"),
@@ -187,7 +201,7 @@ def test_tunnel_and_tb_bad_arguments(script, args, fragment):
     assert_one_line_error(run_script(script, *args), script, fragment)
 
 
-@pytest.mark.parametrize("script", [TUNNEL, TB], ids=lambda path: path.name)
+@pytest.mark.parametrize("script", [pytest.param(TUNNEL, marks=REMOTE), TB], ids=lambda path: path.name)
 def test_help(script):
     result = run_script(script, "--help")
     assert result.returncode == 0 and result.stdout.startswith("Usage: ")
@@ -197,6 +211,7 @@ def test_help(script):
 
 
 @pytest.mark.slow
+@REMOTE
 def test_tunnel_forwards_to_a_server_already_running(sshd, tmp_path):  # noqa: F811
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "hello.txt").write_text("through the tunnel\n")
@@ -234,6 +249,7 @@ def test_tunnel_forwards_to_a_server_already_running(sshd, tmp_path):  # noqa: F
 
 
 @pytest.mark.slow
+@REMOTE
 def test_tunnel_says_when_nothing_answers_on_the_server(sshd, tmp_path):  # noqa: F811
     tunnel = Served([*sshd.ssh_args, HOST, str(free_port())], tmp_path, script=TUNNEL)
     tunnel.wait_for_url()
@@ -242,10 +258,12 @@ def test_tunnel_says_when_nothing_answers_on_the_server(sshd, tmp_path):  # noqa
     assert tunnel.stop(signal.SIGTERM) == 143
 
 
+@REMOTE
 def test_tunnel_unreachable_host(sshd):  # noqa: F811
     assert_one_line_error(run_script(TUNNEL, *sshd.ssh_args, HOST_CLOSED), TUNNEL, "cannot reach stb-closed")
 
 
+@REMOTE
 def test_tunnel_local_port_in_use(sshd):  # noqa: F811
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -255,6 +273,7 @@ def test_tunnel_local_port_in_use(sshd):  # noqa: F811
     assert_one_line_error(result, TUNNEL, f"local port {port} is already in use")
 
 
+@REMOTE
 def test_tunnel_local_port_that_cannot_be_bound(sshd):  # noqa: F811
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, not listening: only ssh's own bind finds out
@@ -364,6 +383,7 @@ def test_a_missing_component_skips_locally_and_fails_under_require_e2e(monkeypat
     require(True, "a component")
 
 
+@REMOTE
 def test_default_remote_dir_is_the_checkout_relative_to_home():
     checkout = SERVE_TB.parents[1]
 

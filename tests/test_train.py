@@ -12,7 +12,11 @@ import torch
 from tests.helpers import (
     COMBOS,
     FAST,
+    REFERENCE_RUN,
+    compatible,
+    default_run,
     event_accumulator,
+    needs,
     offline,
     options,
     read_metrics,
@@ -23,7 +27,11 @@ from tests.helpers import (
 SCALARS = {"train/loss", "train/lr", "val/loss"}
 # The shipped combinations that need no download and no files of the user's; each trains a few batches.
 TRAINABLE = [c for c in COMBOS if offline(c[1])]
-DEFAULT_TASK, DEFAULT_MODEL = "classification", "mlp"
+# What `python train.py` trains (conf/train.yaml).
+DEFAULT = default_run()
+# The shipped combinations that the declarations rule out (and that need no download).
+MISFITS = [(t, d, m) for t in options("task") for d in options("data") for m in options("model")
+           if offline(d) and not compatible(t, d, m)]  # fmt: skip
 
 
 def assert_run_dir(run, graph: bool, by_hydra: bool = False):
@@ -50,17 +58,19 @@ def test_each_combination_trains_in_process(task, data, model, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", sorted({m for t, d, m in TRAINABLE if (t, d) == (DEFAULT_TASK, "digits")}))
+@pytest.mark.parametrize(
+    "model", sorted({m for t, d, m in TRAINABLE if (t, d) == (DEFAULT["task"], DEFAULT["data"])})
+)
 def test_each_model_trains_from_the_command_line(model, tmp_path):
     run = tmp_path / "outputs" / "cli"
     graph = model == "resnet18"  # `python train.py model=resnet18 logging.graph=true`, the README's example
     proc = run_cli([*FAST, f"model={model}", f"logging.graph={str(graph).lower()}", f"hydra.run.dir={run}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert_run_dir(run, graph=graph, by_hydra=True)
+    metrics = assert_run_dir(run, graph=graph, by_hydra=True)
     log = (run / "train.log").read_text()
     assert f"Run directory: {run}" in log
     assert f"tensorboard --logdir {run / 'tb'}" in log
-    assert "Test: acc" in log
+    assert f"Test: {metrics['monitor'].split('/', 1)[1]} " in log
 
 
 @pytest.mark.slow
@@ -81,6 +91,7 @@ def test_each_experiment_runs_end_to_end(experiment, tmp_path):
     assert_run_dir(run, graph=False, by_hydra=True)
 
 
+@REFERENCE_RUN
 def test_default_run_reaches_95_percent_test_accuracy(tmp_path):
     run = tmp_path / "run"
     train_in_process(["logging.progress_bar=false"], run)
@@ -98,7 +109,7 @@ def test_run_dirs_are_unique_and_named_safely(tmp_path):
     runs = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
     assert len(runs) == 2
     for run in runs:
-        assert run.name.split("_", 1)[1].startswith("mlp_digits_my_exp_HOME_rm")
+        assert run.name.split("_", 1)[1].startswith(f"{DEFAULT['model']}_{DEFAULT['data']}_my_exp_HOME_rm")
         assert all(c.isalnum() or c in "._-" for c in run.name), run.name
         assert (run / "metrics.json").is_file()
 
@@ -111,7 +122,10 @@ def test_run_dirs_are_unique_and_named_safely(tmp_path):
         ["trainer.precision=16"],
         ["trainer.max_steps=4", "trainer.limit_batches=null", "trainer.max_epochs=100"],
         ["optimizer=sgd", "scheduler=step"],
-        ["scheduler=none", "trainer.channels_last=true", "model=simple_cnn"],
+        pytest.param(
+            ["scheduler=none", "trainer.channels_last=true", "model=simple_cnn"],
+            marks=needs("conf/model/simple_cnn.yaml"),
+        ),
         ["trainer.deterministic=true"],
     ],
     ids=["accumulate+clip", "bf16", "fp16", "max_steps", "sgd+step", "channels_last", "deterministic"],
@@ -138,15 +152,9 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
     assert results[0] == results[1] != results[2]
 
 
-def test_a_combination_that_does_not_fit_stops_in_one_line(tmp_path):
+@pytest.mark.parametrize(("task", "data", "model"), MISFITS[:1])
+def test_a_combination_that_does_not_fit_stops_in_one_line(task, data, model, tmp_path):
     """The first shipped task x data x model that the declarations rule out: one line naming all three."""
-    from tests.helpers import compatible
-
-    misfits = [(t, d, m) for t in options("task") for d in options("data") for m in options("model")
-               if offline(d) and not compatible(t, d, m)]  # fmt: skip
-    if not misfits:
-        pytest.skip("every shipped combination fits")
-    task, data, model = misfits[0]
     outputs = tmp_path / "outputs"
     proc = run_cli([*FAST, f"task={task}", f"data={data}", f"model={model}", f"paths.output_root={outputs}"])
     out = proc.stdout + proc.stderr

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import FAST, PYTHON, REPO, event_accumulator, read_metrics, run_cli, train_in_process
+from tests.helpers import (
+    FAST,
+    PYTHON,
+    REPO,
+    event_accumulator,
+    needs,
+    read_metrics,
+    run_cli,
+    train_in_process,
+)
 from utils.checkpoint import load_checkpoint
 
 # A learning rate too small to learn anything: validation stops improving at once.
@@ -166,6 +175,7 @@ def test_validation_every_n_steps_with_limited_batches(tmp_path):
 
 
 @pytest.mark.slow
+@needs("conf/data/fake.yaml")
 def test_init_from_loads_weights_into_a_new_run_and_changes_the_head(tmp_path):
     fake = ["data=fake", "data.dataset.train_size=64", "data.dataset.val_size=32", "data.dataset.test_size=32",
             "data.dataset.in_memory=true"]  # fmt: skip

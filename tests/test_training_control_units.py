@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from tests.helpers import REPO, compose_config
+from tests.helpers import REFERENCE_RUN, REPO, compose_config, needs
 from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.config import ConfigError
 
@@ -452,6 +452,10 @@ def test_the_startup_modules_import_no_torch():
 # --- init_from --------------------------------------------------------------------------------------------
 
 
+# The init_from tests load checkpoints of the MLP, a model with keys that shift with its depth.
+USES_MLP = needs("conf/model/mlp.yaml")
+
+
 def mlp(num_outputs: int = 10, hidden=(32, 16), seed: int = 0):
     from models.mlp import MLP
 
@@ -464,6 +468,7 @@ def checkpoint_of(model, path: Path) -> Path:
     return path
 
 
+@USES_MLP
 def test_init_from_loads_every_weight_of_the_same_model(tmp_path):
     from utils.init_from import load_initial_weights
 
@@ -482,6 +487,7 @@ def test_init_from_loads_every_weight_of_the_same_model(tmp_path):
         assert torch.equal(a, b), name
 
 
+@USES_MLP
 def test_init_from_a_run_directory_takes_best_then_last(tmp_path):
     from utils.init_from import load_initial_weights
 
@@ -500,6 +506,7 @@ def test_init_from_a_run_directory_takes_best_then_last(tmp_path):
         load_initial_weights(mlp(), tmp_path / "nowhere.pt", strict=True)
 
 
+@USES_MLP
 def test_init_from_another_head_strict_refuses_lenient_loads_the_body(tmp_path):
     from utils.init_from import load_initial_weights
 
@@ -521,6 +528,7 @@ def test_init_from_another_head_strict_refuses_lenient_loads_the_body(tmp_path):
     assert torch.equal(target[-1].weight, fresh_head)  # the new head keeps its initialization
 
 
+@USES_MLP
 def test_init_from_missing_and_unexpected_keys(tmp_path, caplog):
     from utils.init_from import load_initial_weights, log_summary
 
@@ -566,6 +574,8 @@ def test_init_from_log_summary_is_at_most_one_line_per_kind(tmp_path, caplog):
     )
 
 
+@USES_MLP
+@needs("conf/model/simple_cnn.yaml")
 def test_init_from_what_is_no_checkpoint_or_of_another_model(tmp_path):
     from models.simple_cnn import SimpleCNN
     from utils.init_from import load_initial_weights
@@ -790,6 +800,7 @@ def test_debug_configs_set_the_training_control_keys(tmp_path):
     assert 1 + 1 + cfg.trainer.profile_steps <= cfg.trainer.limit_batches
 
 
+@REFERENCE_RUN
 def test_debug_overfit_drives_the_train_loss_near_zero_on_digits(tmp_path, one_thread):
     """The composed config's model, optimizer, schedule and length on the overfit splits of digits, in a
     plain loop: what train.py does with debug=overfit, without the rest of train.py."""

@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import FAST, PYTHON, REPO, kill9_once_written, read_metrics, run_cli, train_in_process
-from tests.test_datasets import write_cifar10
+from tests.helpers import (
+    FAST,
+    PYTHON,
+    REPO,
+    kill9_once_written,
+    needs,
+    read_metrics,
+    run_cli,
+    train_in_process,
+)
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
@@ -101,6 +109,7 @@ def test_allowed_targets_extends_the_allowlist(trained, tmp_path):
 
 
 @pytest.mark.slow
+@needs("conf/model/simple_cnn.yaml")
 def test_another_runs_checkpoint_is_refused_and_the_curves_stay(trained, tmp_path):
     other = tmp_path / "other"
     train_in_process([*FAST, "model=simple_cnn"], other)
@@ -140,8 +149,11 @@ def start(args: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@needs("conf/data/cifar10.yaml", "conf/model/simple_cnn.yaml")
 @pytest.mark.parametrize("workers", [0, 2])
 def test_kill9_and_resume_is_bit_identical_with_a_dataloader(tmp_path, workers):
+    from tests.test_datasets import write_cifar10
+
     data = tmp_path / "data"
     write_cifar10(data, n_per_batch=24)  # 120 training images; crop + flip augmentation in the workers
     args = ["data=cifar10", f"paths.data_dir={data}", "data.dataset.download=false", "model=simple_cnn",
@@ -221,6 +233,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
 
 
 @pytest.mark.slow
+@needs("conf/data/fake.yaml")
 def test_sigterm_during_the_final_test_skips_it_and_keeps_the_checkpoints(tmp_path):
     run = tmp_path / "run"
     # A large test split of decoded-on-the-fly images: the test takes seconds, the signal lands in it.
