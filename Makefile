@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= dev
 
-.PHONY: install train test lint format bench quality clean
+.PHONY: install train test lint format bench quality test-generated clean
 
 # Re-install only when the dependencies change.
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
@@ -37,6 +37,12 @@ bench: install
 # heavy experiment and writes docs/quality.md; exits 1 if one is missed.
 quality: install
 	$(PY) scripts/quality.py $(ARGS)
+
+# Projects generated from this template by copier (copier.yml), with each set of answers that CI tries
+# (tests/generated.py: everything, the minimum, one in between), each through its own whole `make test`
+# on this venv. .ci/run runs it after `make test`; `make test` itself checks them more quickly.
+test-generated: install
+	$(PY) -m tests.generated
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,182 @@
+"""Projects generated from this template with copier, for tests/test_generate.py and `make test-generated`.
+
+copier copies a template's committed files (at --vcs-ref), so the template is first copied, as it is on
+disk (committed or not, .gitignore'd files left out), into a throwaway git repository. A generated project
+shares this checkout's virtual environment (a .venv symlink; make's install step is marked done with
+`make -o`), so that its `make test` does not install torch again.
+
+    python -m tests.generated                 # each project below: generate it, then its whole `make test`
+    python -m tests.generated minimum         # one of them
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+# The environment the tests run in: this checkout's .venv under `make test`.
+VENV = Path(sys.prefix).resolve()
+
+# The projects CI generates and tests: every default, with the template's own name and description (so it
+# is the template itself, but for the generator's files); the least (one task, one model, one dataset, no
+# extras) on a run other than the template's default; and one in between, which keeps the template's
+# default run but not every model and dataset its tests use beside it.
+PROJECTS = {
+    "everything": {
+        "project_name": "pytorch-hydra-template",
+        "description": json.loads(
+            re.search(r"^description = (.*)$", (REPO / "pyproject.toml").read_text(), re.M)[1]
+        ),
+    },
+    "minimum": {
+        "project_name": "minimum",
+        "tasks": ["segmentation"],
+        "models": ["unet"],
+        "datasets": ["shapes"],
+        "remote_tensorboard": False,
+        "slurm": False,
+        "optuna": False,
+        "github_actions": False,
+        "pre_commit": False,
+    },
+    "in_between": {
+        "project_name": "in-between",
+        "description": "Digits and diabetes, with an MLP and a small CNN.",
+        "author": "Ada Lovelace",
+        "tasks": ["classification", "regression"],
+        "models": ["mlp", "simple_cnn"],
+        "datasets": ["digits", "fake", "mnist", "diabetes"],
+        "remote_tensorboard": True,
+        "slurm": False,
+        "optuna": True,
+        "github_actions": True,
+        "pre_commit": False,
+    },
+}
+
+# What `make` and pytest pass to children through the environment: a generated project's own `make test`
+# must not inherit the template's make variables (EXTRAS, VENV) or pytest options.
+INHERITED = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "HYDRA_FULL_ERROR")
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def git(cwd: Path, *args: str) -> str:
+    """A git command with a fixed identity (a CI runner has none); its stdout."""
+    identity = [
+        "-c",
+        "user.name=template test",
+        "-c",
+        "user.email=test@example.invalid",
+        "-c",
+        "commit.gpgsign=false",
+    ]
+    proc = run(["git", *identity, *args], cwd)
+    assert proc.returncode == 0, f"git {' '.join(args)} in {cwd}:\n{proc.stdout}{proc.stderr}"
+    return proc.stdout.strip()
+
+
+def template_repo(dest: Path) -> Path:
+    """A git repository at dest whose one commit holds this checkout's files as they are on disk."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO)
+    assert listed.returncode == 0, listed.stderr
+    for name in sorted(set(listed.stdout.split("\0")) - {""}):
+        source = REPO / name
+        if source.is_file():  # a tracked file deleted in the working tree is not part of it
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "template as on disk")
+    return dest
+
+
+def copier(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The copier command line, as a user runs it (never interactive: stdin is closed)."""
+    return subprocess.run(
+        [PYTHON, "-m", "copier", *args],
+        cwd=cwd,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def data_args(answers: dict) -> list[str]:
+    """--data KEY=VALUE for each answer; lists and booleans as JSON, which copier reads as YAML."""
+    args = []
+    for key, value in answers.items():
+        args += ["--data", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    return args
+
+
+def generate(template: Path, dst: Path, answers: dict, ref: str = "HEAD") -> subprocess.CompletedProcess:
+    """`copier copy` of the template at ref into dst, every question not in answers at its default."""
+    return copier(
+        "copy", "--defaults", "--quiet", "--vcs-ref", ref, *data_args(answers), str(template), str(dst)
+    )
+
+
+def link_venv(project: Path) -> None:
+    """The project's .venv is this environment; its `make` is run with the install step marked done."""
+    (project / ".venv").symlink_to(VENV, target_is_directory=True)
+
+
+def make(project: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """`make ARGS` in a generated project, on the shared environment (no pip install)."""
+    return run(["make", "-o", ".venv/.installed-dev", "EXTRAS=dev", *args], project, timeout=timeout)
+
+
+def main(names: list[str]) -> int:
+    unknown = sorted(set(names) - set(PROJECTS))
+    if unknown:
+        print(f"tests.generated: error: unknown project {', '.join(unknown)} (known: {', '.join(PROJECTS)})")
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="generated-"))
+    template = template_repo(root / "template")
+    failed = []
+    for name in names or PROJECTS:
+        project = root / name
+        start = time.perf_counter()
+        made = generate(template, project, PROJECTS[name])
+        if made.returncode != 0:
+            print(f"{name}: copier copy failed:\n{made.stdout}{made.stderr}")
+            failed.append(name)
+            continue
+        link_venv(project)
+        tested = make(project, "test")
+        seconds = time.perf_counter() - start
+        if tested.returncode != 0:
+            print(tested.stdout[-20000:] + tested.stderr[-5000:])
+            print(f"{name}: make test FAILED in {project} ({seconds:.0f} s)")
+            failed.append(name)
+        else:
+            summary = [line for line in tested.stdout.splitlines() if line.startswith("=") and " in " in line]
+            print(f"{name}: make test passed in {seconds:.0f} s {summary[-1] if summary else ''}", flush=True)
+    if failed:
+        print(f"tests.generated: {', '.join(failed)} failed; the projects are under {root}")
+        return 1
+    shutil.rmtree(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

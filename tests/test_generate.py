@@ -1,0 +1,356 @@
+"""Project generation with copier (copier.yml), from a throwaway git copy of this checkout: the template's
+own answers give back the template itself; each set of answers CI tries (tests/generated.py) gives a
+project with only what was chosen, whose lint, test collection, config tests and default run pass here
+(its whole `make test`: `make test-generated`); `copier update` brings a later template version into a
+project its user changed; bad input is refused in one line, with nothing written."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.generated import PROJECTS, PYTHON, copier, generate, git, link_venv, make, run, template_repo
+from tests.helpers import REPO
+
+# In the template only: the generator, the template's CI entry point, and these tests.
+TEMPLATE_ONLY = (
+    "copier.yml",
+    ".copier/",
+    ".ci/",
+    "scripts/new_project.py",
+    "tests/test_generate.py",
+    "tests/generated.py",
+)
+# Files that a project keeps or leaves out by a yes/no question.
+OPTIONAL = {
+    "remote_tensorboard": [
+        "scripts/serve_tb.sh",
+        "scripts/serve_tb_session.sh",
+        "scripts/serve_tb_remote.sh",
+        "scripts/tunnel.sh",
+        "tests/test_serve_tb.py",
+        "tests/test_serve_tb_remote.py",
+        "tests/test_tb_browser.py",
+    ],
+    "slurm": ["conf/hydra/launcher/slurm.yaml"],
+    "optuna": ["conf/hparams_search/digits_optuna.yaml"],
+    "github_actions": [".github/workflows/ci.yml"],
+    "pre_commit": [".pre-commit-config.yaml"],
+}
+QUESTIONS = yaml.safe_load((REPO / "copier.yml").read_text())
+
+
+def answers_of(name: str) -> dict:
+    """Every question's answer for a project of PROJECTS: its own, else copier.yml's default."""
+    defaults = {
+        k: q["default"] for k, q in QUESTIONS.items() if not k.startswith("_") and q.get("when") is not False
+    }
+    return {**defaults, **PROJECTS[name]}
+
+
+def files(root: Path) -> set[str]:
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not {".git", ".venv", "__pycache__"} & set(p.relative_to(root).parts)
+    }
+
+
+def config(root: Path, group: str, name: str) -> dict:
+    return yaml.safe_load((root / "conf" / group / f"{name}.yaml").read_text())
+
+
+def module_of(root: Path, group: str, name: str) -> str:
+    """The source file a config builds from, by its _target_ (a data config's: dataset._target_)."""
+    c = config(root, group, name)
+    target = c["dataset"]["_target_"] if group == "data" else c["_target_"]
+    return target.rsplit(".", 1)[0].replace(".", "/") + ".py"
+
+
+def shipped() -> dict:
+    """.copier/parts.jinja's SHIPPED lists, as copier's Jinja sees them."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(REPO),
+        extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
+    )
+    return json.loads(
+        env.from_string("{% from '.copier/parts.jinja' import SHIPPED %}{{ SHIPPED | tojson }}").render()
+    )
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    return template_repo(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(scope="module")
+def projects(template, tmp_path_factory):
+    """project(name): the project of PROJECTS[name], generated once, with this checkout's .venv."""
+    made = {}
+
+    def project(name: str) -> Path:
+        if name not in made:
+            dst = tmp_path_factory.mktemp("projects") / name
+            proc = generate(template, dst, PROJECTS[name])
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            link_venv(dst)
+            made[name] = dst
+        return made[name]
+
+    return project
+
+
+# --- copier.yml against the files on disk -----------------------------------------------------------------
+
+
+def test_the_choices_are_the_shipped_parts_in_the_order_of_preference():
+    from tests.helpers import default_run, options
+
+    lists = shipped()
+    for group, question in (("task", "tasks"), ("model", "models"), ("data", "datasets")):
+        choices = list(QUESTIONS[question]["choices"].values())
+        assert choices == lists[group] == QUESTIONS[question]["default"], question
+        assert sorted(choices) == options(group), f"copier.yml's {question} are not conf/{group}/ on disk"
+        # The first of each is the template's own default run: a project that keeps it defaults to it.
+        assert choices[0] == default_run()[group]
+    assert sorted(lists["experiment"]) == options("experiment")
+
+
+def test_pre_commit_runs_the_ruff_of_the_dev_extra():
+    hooks = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    dev = re.search(r"^dev = \[(.*)\]$", (REPO / "pyproject.toml").read_text(), re.M)[1]
+    ruff = re.search(r'"(ruff[^"]*)"', dev)[1]
+    assert [h["additional_dependencies"] for h in hooks] == [[ruff], [ruff]]
+
+
+# --- generated projects ------------------------------------------------------------------------------------
+
+
+def test_the_template_s_own_answers_give_back_the_template(projects, template):
+    """Every .jinja renders to the file beside it (the template's answers: everything, its own name), and
+    every other file is copied as it is: the template is the project "everything", plus its generator."""
+    project = projects("everything")
+    ours = {f for f in files(template) if not f.startswith(TEMPLATE_ONLY) and not f.endswith(".jinja")}
+    assert files(project) == ours | {".copier-answers.yml"}
+    differ = sorted(
+        f
+        for f in ours - {"README.md", "Makefile"}
+        if (project / f).read_bytes() != (template / f).read_bytes()
+    )
+    assert not differ, f"generated with the template's answers, these differ from the template's: {differ}"
+    # The Makefile but for its test-generated target, which runs this generator.
+    assert (project / "Makefile").read_text() == without_test_generated((template / "Makefile").read_text())
+
+
+def without_test_generated(makefile: str) -> str:
+    """A Makefile without the test-generated target: its comment, rule and recipe, and its .PHONY entry."""
+    lines = makefile.replace(" test-generated", "").split("\n")
+    start = end = lines.index("test-generated: install")
+    while lines[start - 1].startswith("#"):
+        start -= 1
+    while lines[end + 1].startswith("\t"):
+        end += 1
+    kept = "\n".join(lines[:start] + lines[end + 2 :])  # and the blank line after it
+    assert "test-generated" not in kept
+    return kept
+
+
+@pytest.mark.parametrize("name", PROJECTS)
+def test_a_project_has_what_was_chosen_and_nothing_else(projects, template, name):
+    project, answers = projects(name), answers_of(name)
+    from_disk = {}
+    for group, question in (("task", "tasks"), ("model", "models"), ("data", "datasets")):
+        from_disk[group] = sorted(p.stem for p in (project / "conf" / group).glob("*.yaml"))
+        assert from_disk[group] == sorted(answers[question]), group
+        # The code of exactly those parts: no module left without its config.
+        modules = {module_of(project, group, n) for n in from_disk[group]}
+        folder = {"task": "tasks", "model": "models", "data": "data"}[group]
+        shared = {f"{folder}/__init__.py", f"{folder}/base.py", f"{folder}/splits.py"}
+        assert {f"{folder}/{p.name}" for p in (project / folder).glob("*.py")} - shared == modules, group
+    for task in ("regression", "segmentation", "language_modeling"):  # each task's own tests go with it
+        assert (project / "tests" / f"test_{task}.py").exists() == (task in answers["tasks"]), task
+    # The default run is chosen parts that fit, with data that needs no download.
+    defaults = {}
+    for entry in yaml.safe_load((project / "conf" / "train.yaml").read_text())["defaults"]:
+        defaults |= entry if isinstance(entry, dict) else {}
+    t, d, m = (config(project, g, defaults[g]) for g in ("task", "data", "model"))
+    assert d["input"] in m["input"] and m["output"] == t["output"] and d["target"] == t["target"], defaults
+    assert d["dataset"].get("root") is None
+    # Each experiment kept names only parts the project has.
+    for experiment in (project / "conf" / "experiment").glob("*.yaml"):
+        for entry in yaml.safe_load(experiment.read_text())["defaults"]:
+            for key, value in entry.items() if isinstance(entry, dict) else []:
+                group = key.removeprefix("override /")
+                assert (project / "conf" / group / f"{value}.yaml").exists(), (experiment.name, key, value)
+    for question, paths in OPTIONAL.items():
+        for path in paths:
+            assert (project / path).exists() == answers[question], (question, path)
+    extras = re.search(
+        r"\[project.optional-dependencies\]\n(.*?)\n\n", (project / "pyproject.toml").read_text(), re.S
+    )[1]
+    assert re.findall(r"^(\w+) =", extras, re.M) == [
+        "dev",
+        *["sweep"] * answers["optuna"],
+        *["slurm"] * answers["slurm"],
+    ]
+    # What copier rendered holds no template syntax, and records the answers for `copier update`.
+    for rendered in (
+        f.removesuffix(".jinja") for f in files(REPO) if f.endswith(".jinja") and ".copier" not in f
+    ):
+        text = (project / rendered).read_text() if (project / rendered).exists() else ""
+        assert not re.search(r"\{\{|\{%|\{#", text), rendered
+    recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert {k: recorded[k] for k in answers} == answers and recorded["_commit"]
+
+
+@pytest.mark.parametrize("name", PROJECTS)
+def test_a_project_s_readme_is_about_it(projects, name):
+    project, answers = projects(name), answers_of(name)
+    readme = (project / "README.md").read_text()
+    assert readme.startswith(f"# {answers['project_name']}\n\n{answers['description']}\n")
+    assert "make train" in readme and "make test" in readme
+    named = set(re.findall(r"^\| `(\w+)` \|", readme, re.M))
+    assert named == set(answers["tasks"])
+    links = re.findall(r"\]\(([^)#\s]+)\)", readme)
+    assert (
+        "docs/tasks.md" in links and ("docs/remote_tensorboard.md" in links) == answers["remote_tensorboard"]
+    )
+    missing = [link for link in links if "://" not in link and not (project / link).exists()]
+    assert not missing, missing
+
+
+# A quick run: a few validation and test batches.
+SMOKE = ["debug=smoke", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
+
+
+def assert_quick_checks_pass(project: Path, runs: Path, tests: str, *overrides: str) -> None:
+    """`make test` with a few of the project's tests (lint first), every test module collected, and a
+    smoke run of train.py."""
+    tested = make(project, "test", f"PYTEST_ARGS=-q -p no:cacheprovider {tests}")
+    assert tested.returncode == 0, tested.stdout[-5000:] + tested.stderr[-3000:]
+    collected = run([PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"], project)
+    assert collected.returncode == 0, collected.stdout[-3000:]  # 2: a test module that cannot be imported
+    smoke = run([PYTHON, "train.py", *SMOKE, *overrides, f"paths.output_root={runs}"], project)
+    assert smoke.returncode == 0, smoke.stdout[-3000:] + smoke.stderr[-3000:]
+    assert len(list(runs.glob("*/*/metrics.json"))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in PROJECTS if n != "everything"])  # that one is this checkout
+def test_a_project_lints_collects_its_tests_and_trains_its_default_run(projects, name, tmp_path):
+    """What `make test` checks of a project in seconds: lint, its config tests, every test module imports
+    (and nothing is skipped at collection), and the default run end to end. `make test-generated` runs
+    each project's whole `make test`."""
+    assert_quick_checks_pass(projects(name), tmp_path, "tests/test_configs.py")
+
+
+# --- copier update -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_update_merges_a_later_template_into_a_project_its_user_changed(template, tmp_path):
+    """A project from one template commit, changed by its user (a model and a config) and committed; the
+    template changes other files in a later commit; `copier update` brings both together, and the project
+    still works. A later template change to the very line the user changed shows as a merge conflict."""
+    source = tmp_path / "template"
+    git(tmp_path, "clone", "-q", str(template), str(source))
+    project = tmp_path / "project"
+    project.mkdir()  # an empty destination is fine
+    made = new_project(source, project, PROJECTS["in_between"])
+    assert made.returncode == 0, made.stdout + made.stderr
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "generated")
+
+    # The user's change: a wider CNN by default, and their own words in its code.
+    cnn_yaml, cnn_py = project / "conf" / "model" / "simple_cnn.yaml", project / "models" / "simple_cnn.py"
+    cnn_yaml.write_text(cnn_yaml.read_text().replace("width: 32\n", "width: 48\n"))
+    cnn_py.write_text(
+        cnn_py.read_text().replace('"""Two conv blocks', '"""Ours, kept by updates: two conv blocks')
+    )
+    git(project, "commit", "-q", "-am", "wider cnn")
+
+    # The template's later change, to other files.
+    for name in ("optimizer/adamw.yaml", "scheduler/cosine.yaml"):
+        path = source / "conf" / name
+        path.write_text(path.read_text() + "# A later template change.\n")
+    git(source, "commit", "-q", "-am", "template: later change")
+    later = git(source, "rev-parse", "HEAD")
+
+    updated = copier("update", "--defaults", "--quiet", "--vcs-ref", later, cwd=project)
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert "width: 48\n" in cnn_yaml.read_text() and '"""Ours, kept by updates' in cnn_py.read_text()
+    for name in ("optimizer/adamw.yaml", "scheduler/cosine.yaml"):
+        assert (project / "conf" / name).read_text().endswith("# A later template change.\n"), name
+    assert later.startswith(yaml.safe_load((project / ".copier-answers.yml").read_text())["_commit"])
+    assert not run(["git", "grep", "-n", "-e", "^<<<<<<<", "-e", "^>>>>>>>"], project).stdout
+    link_venv(project)
+    assert_quick_checks_pass(
+        project, tmp_path / "runs", "tests/test_configs.py -k simple_cnn", "model=simple_cnn"
+    )
+
+    # Both change the same line: an ordinary merge conflict, with both sides, for the user to resolve.
+    (project / ".venv").unlink()  # copier updates a clean git tree only
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "update to the later template")
+    template_yaml = source / "conf" / "model" / "simple_cnn.yaml"
+    template_yaml.write_text(template_yaml.read_text().replace("width: 32\n", "width: 64\n"))
+    git(source, "commit", "-q", "-am", "template: wider cnn too")
+    conflicting = copier(
+        "update", "--defaults", "--quiet", "--conflict", "inline", "--vcs-ref", "HEAD", cwd=project
+    )
+    assert conflicting.returncode == 0, conflicting.stdout + conflicting.stderr
+    text = cnn_yaml.read_text()
+    assert re.search(r"^<<<<<<< .*\nwidth: 48\n=======\nwidth: 64\n>>>>>>> ", text, re.M), text
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+BAD_ANSWERS = {
+    "an invalid name": ({"project_name": "my project!"}, "is not a valid project name"),
+    "no task": ({"tasks": []}, "choose at least one task"),
+    "a task nothing trains": (
+        {"tasks": ["segmentation"], "models": ["mlp"], "datasets": ["digits"]},
+        "task segmentation has no chosen dataset",
+    ),
+    "a model no task uses": (
+        {"tasks": ["classification"], "models": ["mlp", "gpt"], "datasets": ["digits"]},
+        "model gpt fits none of the chosen tasks",
+    ),
+}
+
+
+def new_project(template: Path, dst: Path, answers: dict):
+    """scripts/new_project.py of the template (copier, plus the checks copier lacks), non-interactive."""
+    from tests.generated import data_args
+
+    script = template / "scripts" / "new_project.py"
+    return run([PYTHON, str(script), str(dst), "--defaults", *data_args(answers)], dst.parent)
+
+
+@pytest.mark.parametrize("answers, message", BAD_ANSWERS.values(), ids=BAD_ANSWERS)
+def test_bad_answers_are_refused_in_one_line_with_nothing_written(template, tmp_path, answers, message):
+    proc = new_project(template, tmp_path / "new", answers)
+    assert proc.returncode == 2 and not proc.stdout, proc.stdout + proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no directory, no staging left
+    # copier itself refuses the same before writing anything (with its traceback above the line).
+    direct = generate(template, tmp_path / "direct", answers)
+    assert direct.returncode != 0 and message in direct.stderr.splitlines()[-1]
+    assert not (tmp_path / "direct").exists()
+
+
+def test_a_destination_that_is_not_empty_is_refused_and_left_as_it_was(template, tmp_path):
+    dst = tmp_path / "taken"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine\n")
+    proc = new_project(template, dst, PROJECTS["minimum"])
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "is not empty" in proc.stderr
+    assert files(dst) == {"notes.txt"} and (dst / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
