@@ -45,10 +45,15 @@ QUESTIONS = yaml.safe_load((REPO / "copier.yml").read_text())
 
 
 def answers_of(name: str) -> dict:
-    """Every question's answer for a project of PROJECTS: its own, else copier.yml's default."""
+    """Every question's answer for a project of PROJECTS: its own, else copier.yml's default. (The models'
+    and datasets' defaults are those that fit the chosen tasks: with every task, every one.)"""
     defaults = {
-        k: q["default"] for k, q in QUESTIONS.items() if not k.startswith("_") and q.get("when") is not False
+        k: q["default"]
+        for k, q in QUESTIONS.items()
+        if not k.startswith("_") and q.get("when") is not False and "{%" not in str(q["default"])
     }
+    if "tasks" not in PROJECTS[name]:
+        defaults |= {"models": shipped()["model"], "datasets": shipped()["data"]}
     return {**defaults, **PROJECTS[name]}
 
 
@@ -115,11 +120,21 @@ def test_the_choices_are_the_shipped_parts_in_the_order_of_preference():
     lists = shipped()
     for group, question in (("task", "tasks"), ("model", "models"), ("data", "datasets")):
         choices = list(QUESTIONS[question]["choices"].values())
-        assert choices == lists[group] == QUESTIONS[question]["default"], question
+        assert choices == lists[group], question
         assert sorted(choices) == options(group), f"copier.yml's {question} are not conf/{group}/ on disk"
         # The first of each is the template's own default run: a project that keeps it defaults to it.
         assert choices[0] == default_run()[group]
     assert sorted(lists["experiment"]) == options("experiment")
+    assert QUESTIONS["tasks"]["default"] == lists["task"]
+
+
+def test_the_models_and_datasets_offered_are_those_that_fit_the_tasks(template, tmp_path):
+    """Asked for one task only, the defaults are its models and its datasets (a default that did not fit
+    would be refused as copier offers it)."""
+    proc = generate(template, tmp_path / "lm", {"tasks": ["language_modeling"], "project_name": "lm"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recorded = yaml.safe_load((tmp_path / "lm" / ".copier-answers.yml").read_text())
+    assert (recorded["models"], recorded["datasets"]) == (["gpt"], ["pytext"])
 
 
 def test_pre_commit_runs_the_ruff_of_the_dev_extra():
@@ -315,9 +330,13 @@ def test_update_merges_a_later_template_into_a_project_its_user_changed(template
 BAD_ANSWERS = {
     "an invalid name": ({"project_name": "my project!"}, "is not a valid project name"),
     "no task": ({"tasks": []}, "choose at least one task"),
-    "a task nothing trains": (
-        {"tasks": ["segmentation"], "models": ["mlp"], "datasets": ["digits"]},
-        "task segmentation has no chosen dataset",
+    "a task no model fits": (
+        {"tasks": ["segmentation"], "models": ["mlp"]},
+        "task segmentation has no chosen model",
+    ),
+    "a task without offline data": (
+        {"tasks": ["classification"], "models": ["mlp"], "datasets": ["cifar10"]},
+        "task classification has no chosen dataset",
     ),
     "a model no task uses": (
         {"tasks": ["classification"], "models": ["mlp", "gpt"], "datasets": ["digits"]},
