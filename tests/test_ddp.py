@@ -34,7 +34,7 @@ DIGEST = re.compile(r"Weights digest on rank (\d+): ([0-9a-f]+)")
 
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=N train.py ARGS`, as the README says to type it."""
+    """`torchrun --standalone --nproc_per_node=N train.py ARGS`, as docs/scaling.md says to type it."""
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(

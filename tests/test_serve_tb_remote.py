@@ -3,7 +3,7 @@ headline command with no --env, three sessions at once, a laptop killed -9 or fr
 the session, --run and --list, unknown and changed host keys, SIGHUP, and what the server's ps shows.
 
 Heartbeats run at 1 s here (`--heartbeat 1`: dead after 4 s); the defaults (5 s, dead after 20 s) keep
-the same logic inside the 30 s the README promises.
+the same logic inside the 30 s that docs/remote_tensorboard.md promises.
 """
 
 from __future__ import annotations
