@@ -38,11 +38,11 @@ bench: install
 quality: install
 	$(PY) scripts/quality.py $(ARGS)
 
-# Projects generated from this template by copier (copier.yml), with each set of answers that CI tries
-# (tests/generated.py: everything, the minimum, one in between), each through its own whole `make test`
-# on this venv. .ci/run runs it after `make test`; `make test` itself checks them more quickly.
+# Projects generated from this template by copier (copier.yml), with the sets of answers of
+# tests/generated.py (everything, the minimum, one in between; PROJECTS="minimum" for one), each through
+# its own whole `make test` on this venv. `make test` itself checks them more quickly.
 test-generated: install
-	$(PY) -m tests.generated
+	$(PY) -m tests.generated $(PROJECTS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
