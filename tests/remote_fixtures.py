@@ -172,6 +172,14 @@ def children(pid: int) -> dict[int, str]:
     return found
 
 
+def as_from_a_terminal() -> None:
+    """In the child, before exec: the stop signals at their defaults, as a terminal's shell starts a
+    command. Under nohup, or as a background job of a script, they arrive ignored, and bash can trap no
+    signal that was ignored when it started: the script would never see the SIGHUP or Ctrl-C sent here."""
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def descendants(pid: int) -> dict[int, str]:
     """pid -> command line, for every process below `pid` in the process tree (not `pid` itself)."""
     parents, commands = {}, {}
@@ -404,8 +412,9 @@ class Served:
         self.name = script.name
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
             self.process = subprocess.Popen(
-                [str(script), *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env
-            )
+                [str(script), *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env,
+                preexec_fn=as_from_a_terminal,
+            )  # fmt: skip
         self.url = ""
 
     @property
