@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from utils.cli import FULL_ERROR
 from utils.config import ConfigError, check_config
 from utils.rundir import register_resolvers
+from utils.signals import interruption
 
 log = logging.getLogger("eval")
 register_resolvers()
@@ -39,6 +40,8 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate_checkpoint(cfg)
     except (ConfigError, DatasetError, TaskError, CheckpointError, OmegaConfBaseException) as err:
+        if interruption(err):  # a signal inside OmegaConf's cleanup: utils/cli.py says it in one line
+            raise interruption(err) from None
         # One line, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback.
         if FULL_ERROR:
             raise

@@ -28,7 +28,7 @@ def _stop_during_imports(signum, frame):
 for _signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(_signum, _stop_during_imports)
 
-from utils.signals import Interrupted  # isort: skip
+from utils.signals import Interrupted, interruption  # isort: skip
 
 import contextlib
 import json
@@ -77,7 +77,12 @@ def main(cfg: DictConfig) -> float:
     resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
     _phase.update(name="start", run_dir=None, fresh=not resuming)
     try:
-        return train(cfg)
+        try:
+            return train(cfg)
+        except Exception as err:  # a signal inside a library's cleanup can surface as its own error
+            if interruption(err) is None:
+                raise
+            raise interruption(err) from None
     except user_errors as err:
         # A problem the user can fix: one line, not a traceback. HYDRA_FULL_ERROR=1 shows the traceback.
         if FULL_ERROR:

@@ -77,3 +77,35 @@ def test_second_signal_exits_at_once_without_saving(tmp_path):
     assert "SIGTERM again: exiting now, without saving" in out
     assert "Resume with" not in out
     assert not (run / "checkpoints" / "last.pt").exists()  # no epoch ended, nothing saved
+
+
+LANDS_IN_A_LIBRARYS_CLEANUP = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from utils.cli import run
+
+def main():
+    state = {{"flags": object()}}
+    try:
+        try:
+            os.kill(os.getpid(), signal.{signal})  # lands here, inside the library's work
+        finally:  # the library's cleanup trips over the state the signal left half-done
+            state["flags"] = None
+            state["flags"].restore()
+    finally:
+        pass
+
+run(main, "train.py", "train")
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_a_librarys_cleanup_is_still_one_line(signum):
+    """What CI saw once: Ctrl-C inside OmegaConf's flag_override during Hydra's compose came out as
+    OmegaConf's AttributeError (the Interrupted as its context), a 40-line traceback and exit 1."""
+    script = LANDS_IN_A_LIBRARYS_CLEANUP.format(repo=str(REPO), signal=signum.name)
+    done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signum, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"train.py: stopped by {signum.name} before it started: nothing to save."
+    ], done.stderr

@@ -23,16 +23,21 @@ FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 def run(main, prog: str, config_name: str) -> None:
     """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
-    from utils.signals import Interrupted, raise_on_signals
+    from utils.signals import interruption, raise_on_signals
 
     raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
-    except Interrupted as stopped:  # during Hydra's own start-up, before main() could catch it
-        print(f"{prog}: stopped by {stopped.name} before it started: nothing to save.", file=sys.stderr)
-        sys.exit(stopped.exit_code)
-    except Exception as err:
+    except SystemExit:
+        raise
+    except BaseException as err:  # Interrupted: a signal during Hydra's own start-up
+        stopped = interruption(err)
+        if stopped is not None:
+            print(f"{prog}: stopped by {stopped.name} before it started: nothing to save.", file=sys.stderr)
+            sys.exit(stopped.exit_code)
+        if not isinstance(err, Exception):
+            raise
         line = None if FULL_ERROR else hydra_error_line(err, CONF, config_name)
         if line is None:
             raise

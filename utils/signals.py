@@ -44,6 +44,19 @@ def _raise(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def interruption(err: BaseException) -> Interrupted | None:
+    """The Interrupted behind an error, if any. A signal that lands inside a library's cleanup (OmegaConf
+    restoring its flags in a `finally`) can come out as that library's own error, with the Interrupted as
+    its context: the run was still stopped by the signal, and says so."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Interrupted):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def raise_on_signals() -> None:
     """From now on SIGINT and SIGTERM raise Interrupted (main thread only; elsewhere Python refuses)."""
     if threading.current_thread() is threading.main_thread():
