@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a test split.
 
-    python eval.py ckpt=outputs/<day>/<run>/checkpoints/best.pt             # the data it was trained on
-    python eval.py ckpt=outputs/<day>/<run>/checkpoints/best.pt data=digits  # or another of the same shape
+    python eval.py ckpt=outputs/<day>/<run>/checkpoints/best.pt                    # its own data
+    python eval.py ckpt=outputs/<day>/<run>/checkpoints/best.pt data=<another>      # of the same shape
 
 The model, its data and the rest come from the config saved in the checkpoint, so that no one has to
 repeat the training command; only `data=` and `device=` may change. The result goes to metrics.json next to
@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from utils.cli import FULL_ERROR
+from utils.cli import FULL_ERROR, is_user_error
 from utils.config import ConfigError, check_config
 from utils.rundir import register_resolvers
 from utils.signals import interruption
@@ -31,20 +31,14 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from omegaconf.errors import OmegaConfBaseException
-
-    from data.splits import DatasetError
-    from tasks.base import TaskError
-    from utils.checkpoint import CheckpointError
-
     try:
         evaluate_checkpoint(cfg)
-    except (ConfigError, DatasetError, TaskError, CheckpointError, OmegaConfBaseException) as err:
+    except Exception as err:
         if interruption(err):  # a signal inside OmegaConf's cleanup: utils/cli.py says it in one line
             raise interruption(err) from None
-        # One line, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback.
-        if FULL_ERROR:
+        if FULL_ERROR or not is_user_error(err):
             raise
+        # One line, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback.
         log.error("%s", (str(err).strip().splitlines() or [type(err).__name__])[0])
         sys.exit(2)
 

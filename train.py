@@ -43,7 +43,7 @@ from types import SimpleNamespace
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from utils.cli import FULL_ERROR
+from utils.cli import FULL_ERROR, is_user_error
 from utils.config import ConfigError, check_config, plain
 from utils.rundir import discard_run_dir, register_resolvers
 
@@ -57,52 +57,36 @@ _phase = {"name": "start", "run_dir": None, "fresh": True}
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the best value of the task's monitored metric (what sweeps optimize)."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    from data.splits import DatasetError
-    from tasks.base import TaskError
-    from utils.checkpoint import CheckpointError
-    from utils.nonfinite import NonFiniteLossError
-
-    user_errors = (
-        ConfigError,
-        DatasetError,
-        TaskError,
-        CheckpointError,
-        NonFiniteLossError,
-        OmegaConfBaseException,
-    )
     from utils.resume_target import find_resume_target
 
     resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
     _phase.update(name="start", run_dir=None, fresh=not resuming)
     try:
-        try:
-            return train(cfg)
-        except Exception as err:  # a signal inside a library's cleanup can surface as its own error
-            if interruption(err) is None:
-                raise
-            raise interruption(err) from None
-    except user_errors as err:
-        # A problem the user can fix: one line, not a traceback. HYDRA_FULL_ERROR=1 shows the traceback.
-        if FULL_ERROR:
-            raise
-        log.error("%s", one_line(err))
-        exit_code = 2
+        return train(cfg)
     except Interrupted as stopped:
-        log.warning("Stopped by %s %s", stopped.name, _what_was_kept())
-        exit_code = stopped.exit_code
+        exit_code = _stopped_by(stopped)
     except SystemExit as stop:  # a stop inside the loop: train() saved last.pt and chose 130 or 143
         exit_code = stop.code
+    except Exception as err:
+        if interruption(err):  # a signal inside a library's cleanup can surface as that library's error
+            exit_code = _stopped_by(interruption(err))
+        elif FULL_ERROR or not is_user_error(err):
+            raise
+        else:  # a problem the user can fix: one line, not a traceback (HYDRA_FULL_ERROR=1 shows it)
+            log.error("%s", one_line(err))
+            exit_code = 2
     if _phase["name"] == "start" and _phase["fresh"]:
         discard_run_dir(_phase["run_dir"])  # a rejected run leaves no directory behind
     sys.exit(exit_code)
 
 
-def _what_was_kept() -> str:
+def _stopped_by(stopped: Interrupted) -> int:
     if _phase["name"] == "test":
-        return "during the final test: the test was skipped; checkpoints/ holds best.pt and last.pt."
-    return "before training started: nothing to save."
+        kept = "during the final test: the test was skipped; checkpoints/ holds best.pt and last.pt."
+    else:
+        kept = "before training started: nothing to save."
+    log.warning("Stopped by %s %s", stopped.name, kept)
+    return stopped.exit_code
 
 
 def one_line(err: Exception) -> str:
@@ -116,7 +100,6 @@ def train(cfg: DictConfig) -> float:
     # torch is imported here, not at the top, so `train.py --help` and tab completion stay instant.
     from hydra.core.hydra_config import HydraConfig
 
-    from utils.resume import load_resume
     from utils.rundir import requeued_slurm_task
     from utils.runlock import RunLock
 
@@ -129,8 +112,11 @@ def train(cfg: DictConfig) -> float:
         cfg.resume = str(run_dir)
         _phase["fresh"] = False
     # `resume=`: continue that run from a checkpoint, with the config it was started with.
-    resumed = load_resume(cfg, HydraConfig.get(), requeued) if cfg.get("resume") else None
-    if resumed:
+    resumed = None
+    if cfg.get("resume"):
+        from utils.resume import load_resume
+
+        resumed = load_resume(cfg, HydraConfig.get(), requeued)
         cfg = resumed.cfg
         log.info("Resuming from %s (step %d)", resumed.path, resumed.state["step"])
     check_config(cfg)
