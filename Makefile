@@ -25,8 +25,11 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Spread over the cores (pytest-xdist; TEST_JOBS=0: one process). A file's tests stay in one worker, so
+# the runs its fixtures share are made once.
+TEST_JOBS ?= auto
 test: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 # The template's steps against a hand-written loop (paired, interleaved blocks with 95% intervals), whole runs
 # against scripts/handwritten_train.py, startup, graph logging; writes docs/benchmarks.md. ARGS=--quick: a minute.

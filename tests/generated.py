@@ -64,8 +64,11 @@ PROJECTS = {
 }
 
 # What `make` and pytest pass to children through the environment: a generated project's own `make test`
-# must not inherit the template's make variables (EXTRAS, VENV) or pytest options.
-INHERITED = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "HYDRA_FULL_ERROR")
+# must not inherit the template's make variables (EXTRAS, VENV), pytest options or xdist worker marks.
+INHERITED = (
+    *("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "HYDRA_FULL_ERROR"),
+    *("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"),
+)
 
 
 def clean_env(**extra: str) -> dict:

@@ -247,7 +247,8 @@ SMOKE = ["debug=smoke", "trainer.limit_val_batches=2", "trainer.limit_test_batch
 def assert_quick_checks_pass(project: Path, runs: Path, tests: str, *overrides: str) -> None:
     """`make test` with a few of the project's tests (lint first), every test module collected, and a
     smoke run of train.py."""
-    tested = make(project, "test", f"PYTEST_ARGS=-q -p no:cacheprovider {tests}")
+    # One pytest process: this suite's own workers already keep the cores busy.
+    tested = make(project, "test", "TEST_JOBS=0", f"PYTEST_ARGS=-q -p no:cacheprovider {tests}")
     assert tested.returncode == 0, tested.stdout[-5000:] + tested.stderr[-3000:]
     collected = run([PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"], project)
     assert collected.returncode == 0, collected.stdout[-3000:]  # 2: a test module that cannot be imported
