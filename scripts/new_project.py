@@ -55,6 +55,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     dest = args.dest.expanduser().absolute()
+    if dest.is_symlink() and not dest.exists():
+        return fail(f"{dest} is a link that leads nowhere (broken, or a loop): give a new directory")
     if dest.exists() and not dest.is_dir():
         return fail(f"{dest} exists and is not a directory")
     if dest.is_dir() and any(dest.iterdir()):

@@ -374,3 +374,13 @@ def test_a_destination_that_is_not_empty_is_refused_and_left_as_it_was(template,
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "is not empty" in proc.stderr
     assert files(dst) == {"notes.txt"} and (dst / "notes.txt").read_text() == "mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize("target", ["loop", "missing/dir"])
+def test_a_destination_that_is_a_dangling_link_is_refused_in_one_line(template, tmp_path, target):
+    dst = tmp_path / "loop"
+    dst.symlink_to(target)  # "loop" points at itself
+    proc = new_project(template, dst, PROJECTS["minimum"])
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "is a link that leads nowhere" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop"] and dst.is_symlink()
