@@ -34,8 +34,8 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate_checkpoint(cfg)
     except Exception as err:
-        if interruption(err):  # a signal inside OmegaConf's cleanup: utils/cli.py says it in one line
-            raise interruption(err) from None
+        if stopped := interruption(err):  # a signal inside OmegaConf's cleanup: utils/cli.py tells it
+            raise stopped from None
         if FULL_ERROR or not is_user_error(err):
             raise
         # One line, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback.

@@ -68,8 +68,8 @@ def main(cfg: DictConfig) -> float:
     except SystemExit as stop:  # a stop inside the loop: train() saved last.pt and chose 130 or 143
         exit_code = stop.code
     except Exception as err:
-        if interruption(err):  # a signal inside a library's cleanup can surface as that library's error
-            exit_code = _stopped_by(interruption(err))
+        if stopped := interruption(err):  # a signal inside a library's cleanup: that library's error
+            exit_code = _stopped_by(stopped)
         elif FULL_ERROR or not is_user_error(err):
             raise
         else:  # a problem the user can fix: one line, not a traceback (HYDRA_FULL_ERROR=1 shows it)
@@ -128,10 +128,11 @@ def train(cfg: DictConfig) -> float:
             run = set_up(cfg, run_dir, resumed)
             best = fit(run)
             return test_and_report(run, best)
-    except (SystemExit, Interrupted) as stopped:
+    except BaseException as ended:
         # SLURM's warning before a time limit or preemption (SIGUSR1): last.pt is saved and the lock is
         # released; the job asks to be queued again, and the same command then continues this run.
-        if getattr(stopped, "signum", None) == signal.SIGUSR1 or getattr(stopped, "code", None) == 138:
+        signum = getattr(interruption(ended), "signum", None)
+        if signum == signal.SIGUSR1 or getattr(ended, "code", None) == 138:
             from utils.slurm import requeue
 
             if process_rank() == 0:
