@@ -12,6 +12,12 @@ refused, unread.
 
 from __future__ import annotations
 
+# First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
+from utils.signals import interruption, stop_while_starting  # isort: skip
+
+if __name__ == "__main__":
+    stop_while_starting("eval.py")
+
 import json
 import logging
 import sys
@@ -23,7 +29,6 @@ from omegaconf import DictConfig
 from utils.cli import FULL_ERROR, is_user_error
 from utils.config import ConfigError, check_config
 from utils.rundir import register_resolvers
-from utils.signals import interruption
 
 log = logging.getLogger("eval")
 register_resolvers()

@@ -13,28 +13,18 @@ Everything lands in the run directory that Hydra made for this run; helpers live
 from __future__ import annotations
 
 # First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
-import signal  # isort: skip
-import sys  # isort: skip
+from utils.signals import Interrupted, interruption, stop_while_starting  # isort: skip
 
-
-def _stop_during_imports(signum, frame):
-    print(
-        f"train.py: stopped by {signal.Signals(signum).name} while starting: nothing to save.",
-        file=sys.stderr,
-    )
-    raise SystemExit(128 + signum)
-
-
-for _signum in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(_signum, _stop_during_imports)
-
-from utils.signals import Interrupted, interruption  # isort: skip
+if __name__ == "__main__":  # eval.py imports this file, and keeps its own handlers
+    stop_while_starting("train.py")
 
 import contextlib
 import json
 import logging
 import math
 import shlex
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

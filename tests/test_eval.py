@@ -3,7 +3,10 @@ TensorBoard; bad checkpoints and data that does not fit fail in one line."""
 
 import json
 import os
+import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 import torch
@@ -70,3 +73,26 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.5, 1.5])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_at_any_moment_of_eval_is_one_line(trained, tmp_path, signum, delay):
+    """eval.py imports train.py: its start-up handlers must stay eval.py's, and nothing of torch's may follow
+    the stop line."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)  # eval writes beside the checkpoint and into the run's TensorBoard
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen(
+        [PYTHON, str(REPO / "eval.py"), f"ckpt={run / 'checkpoints' / 'best.pt'}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(delay)
+    proc.send_signal(signum)
+    out = proc.communicate(timeout=120)[0]
+    if proc.returncode == 0:
+        pytest.skip("eval finished before the signal")
+    assert proc.returncode == 128 + signum, out
+    assert "Traceback" not in out, out
+    assert out.strip().splitlines()[-1].startswith(f"eval.py: stopped by {signum.name}"), out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 
 log = logging.getLogger("train")
@@ -42,6 +43,20 @@ class Interrupted(BaseException):
 
 def _raise(signum: int, frame) -> None:
     raise Interrupted(signum)
+
+
+def stop_while_starting(prog: str) -> None:
+    """The first thing train.py and eval.py do: until Hydra is set up, a signal exits with one line."""
+
+    def stop(signum: int, frame) -> None:
+        print(
+            f"{prog}: stopped by {signal.Signals(signum).name} while starting: nothing to save.",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 def interruption(err: BaseException) -> Interrupted | None:
