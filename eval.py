@@ -13,7 +13,7 @@ refused, unread.
 from __future__ import annotations
 
 # First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
-from utils.signals import interruption, stop_while_starting  # isort: skip
+from utils.run.signals import interruption, stop_while_starting  # isort: skip
 
 if __name__ == "__main__":
     stop_while_starting("eval.py")
@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 
 from utils.cli import FULL_ERROR, is_user_error
 from utils.config import ConfigError, check_config
-from utils.rundir import register_resolvers
+from utils.run.rundir import register_resolvers
 
 log = logging.getLogger("eval")
 register_resolvers()
@@ -53,16 +53,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from train import build, check_fit
-    from utils.checkpoint import load_checkpoint, load_model_state
     from utils.evaluation import evaluate
     from utils.loaders import build_dataloaders
+    from utils.run.checkpoint import load_checkpoint, load_model_state
+    from utils.run.trust import stored_config
     from utils.runtime import pick_device
-    from utils.tensorboard import open_writer
-    from utils.trust import stored_config
+    from utils.tensorboard.writer import open_writer
 
     path = Path(str(cfg.ckpt))
     state = load_checkpoint(path)
-    # Data, never code: allowed _target_s only, nothing resolved (utils/trust.py).
+    # Data, never code: allowed _target_s only, nothing resolved (utils/run/trust.py).
     run_cfg = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
     data_name = HydraConfig.get().runtime.choices.get("data")
     if cfg.get("data") is not None:

@@ -13,7 +13,7 @@ Everything lands in the run directory that Hydra made for this run; helpers live
 from __future__ import annotations
 
 # First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
-from utils.signals import Interrupted, interruption, stop_while_starting  # isort: skip
+from utils.run.signals import Interrupted, interruption, stop_while_starting  # isort: skip
 
 if __name__ == "__main__":  # eval.py imports this file, and keeps its own handlers
     stop_while_starting("train.py")
@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from utils.cli import FULL_ERROR, is_user_error
 from utils.config import ConfigError, check_config, plain
-from utils.rundir import discard_run_dir, register_resolvers
+from utils.run.rundir import discard_run_dir, register_resolvers
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -47,7 +47,7 @@ _phase = {"name": "start", "run_dir": None, "fresh": True}
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point; returns the best value of the task's monitored metric (what sweeps optimize)."""
-    from utils.resume_target import find_resume_target
+    from utils.run.resume_target import find_resume_target
 
     resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
     _phase.update(name="start", run_dir=None, fresh=not resuming)
@@ -90,8 +90,8 @@ def train(cfg: DictConfig) -> float:
     # torch is imported here, not at the top, so `train.py --help` and tab completion stay instant.
     from hydra.core.hydra_config import HydraConfig
 
-    from utils.rundir import requeued_slurm_task
-    from utils.runlock import RunLock
+    from utils.run.lock import RunLock
+    from utils.run.rundir import requeued_slurm_task
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     _phase["run_dir"] = run_dir
@@ -104,13 +104,13 @@ def train(cfg: DictConfig) -> float:
     # `resume=`: continue that run from a checkpoint, with the config it was started with.
     resumed = None
     if cfg.get("resume"):
-        from utils.resume import load_resume
+        from utils.run.resume import load_resume
 
         resumed = load_resume(cfg, HydraConfig.get(), requeued)
         cfg = resumed.cfg
         log.info("Resuming from %s (step %d)", resumed.path, resumed.state["step"])
     check_config(cfg)
-    from utils.rundir import process_rank
+    from utils.run.rundir import process_rank
 
     # One process trains in a run directory at a time (a second resume of it is refused).
     try:
@@ -123,7 +123,7 @@ def train(cfg: DictConfig) -> float:
         # released; the job asks to be queued again, and the same command then continues this run.
         signum = getattr(interruption(ended), "signum", None)
         if signum == signal.SIGUSR1 or getattr(ended, "code", None) == 138:
-            from utils.slurm import requeue
+            from utils.run.slurm import requeue
 
             if process_rank() == 0:
                 requeue(log)
@@ -134,14 +134,14 @@ def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
     """Seed, device, task, data, model, optimizer, schedule, checks on one real batch, TensorBoard."""
     import torch
 
-    from utils.dashboards import log_run_start, metric_tags
     from utils.distributed import init_distributed, wrap_ddp
     from utils.earlystop import EarlyStopping
     from utils.loaders import build_dataloaders
-    from utils.resume import Position, check_can_resume
+    from utils.run.resume import Position, check_can_resume
+    from utils.run.timebudget import Deadline, parse_max_time
     from utils.runtime import autocast, fused_on_cuda, grad_scaler, seed_everything
-    from utils.tensorboard import open_writer, unwrap
-    from utils.timebudget import Deadline, parse_max_time
+    from utils.tensorboard.dashboards import log_run_start, metric_tags
+    from utils.tensorboard.writer import open_writer, unwrap
 
     tcfg, lcfg = plain(cfg.trainer), plain(cfg.logging)
     log.info("Run directory: %s", run_dir)
@@ -192,7 +192,7 @@ def set_up(cfg: DictConfig, run_dir: Path, resumed) -> SimpleNamespace:
     # the data or the model stops here in one line, before any optimizer, DDP or graph sees the model.
     check_fit(cfg, task, model, splits, loaders.val, device)
     if cfg.get("init_from") and not resumed:  # fine-tuning: these weights, a new run
-        from utils.init_from import load_initial_weights, log_summary
+        from utils.run.init_from import load_initial_weights, log_summary
 
         log_summary(load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
     if tcfg.channels_last:
@@ -323,7 +323,7 @@ def fit(run) -> float | None:
     from utils.nonfinite import LossWindow
     from utils.profiling import build_profiler
     from utils.progress import Progress
-    from utils.signals import StopSignals
+    from utils.run.signals import StopSignals
 
     t, lc, start, plan = run.tcfg, run.lcfg, run.start, run.plan
     run.step, run.best, run.val, run.skipped = start.step, start.best, start.val, start.nonfinite_skipped
@@ -450,7 +450,7 @@ def stop_requested(run, stop, synced: bool) -> str | None:
 def finish_stop(run, stop, resume_at: tuple[int, int]) -> float | None:
     """After the loop: a signal saves last.pt and exits (130, 143; 138 for SLURM's SIGUSR1, which requeues);
     max_time saves last.pt and goes on to the test, as early stopping does."""
-    from utils.resume import resume_command
+    from utils.run.resume import resume_command
 
     if run.stop_reason in ("signal", "max_time") and run.ddp.is_main:
         save(run, "last.pt", *resume_at)
@@ -489,8 +489,8 @@ def train_batch(run, batch, i: int, meter) -> bool:
 
         batch = to_device(batch, run.device, t.channels_last)
     if run.step == 0 and i == 0 and run.writer:
-        from utils.dashboards import log_input_images
-        from utils.tensorboard import log_graph_once
+        from utils.tensorboard.dashboards import log_input_images
+        from utils.tensorboard.writer import log_graph_once
 
         if run.lcfg.graph:
             log_graph_once(run.writer, run.model, task.example_input(batch))
@@ -521,7 +521,7 @@ def train_batch(run, batch, i: int, meter) -> bool:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     if run.lcfg.histograms_every_n_epochs:  # histograms read the gradients before zero_grad
-        from utils.dashboards import histograms_due, log_histograms
+        from utils.tensorboard.dashboards import histograms_due, log_histograms
 
         if histograms_due(run.lcfg.histograms_every_n_epochs, run.step + 1, run.plan.steps_per_epoch):
             log_histograms(run.writer, run.model, run.step + 1)
@@ -591,8 +591,8 @@ class Throughput:
 def report(run, meter, progress, epoch: int) -> None:
     """The loop's one sync point: reading the losses makes the device catch up. Under DDP they are averaged
     over ranks, and a non-finite one stops every rank alike."""
-    from utils.dashboards import log_lr_per_group
-    from utils.tensorboard import add_scalars
+    from utils.tensorboard.dashboards import log_lr_per_group
+    from utils.tensorboard.writer import add_scalars
 
     values = {"loss": run.losses.read(run.last_good, run.writer), "lr": run.scheduler.get_last_lr()[0]}
     values[meter.key] = meter.close_window()
@@ -632,7 +632,7 @@ def end_epoch(run, epoch: int, resume_at: tuple[int, int]) -> None:
 
 def validate_and_save(run, resume_at: tuple[int, int], epoch: int | None = None) -> None:
     """One validation: best.pt when the monitored metric improved, last.pt always, early stopping told."""
-    from utils.checkpoint import link_checkpoint
+    from utils.run.checkpoint import link_checkpoint
 
     run.val = validate(run, run.step)
     where = f"epoch {epoch} step {run.step}" if epoch is not None else f"step {run.step}"
@@ -656,7 +656,7 @@ def validate(run, step: int, split: str = "val") -> dict:
     """The task's metrics on a split, to TensorBoard as <split>/<metric>, with the task's own pictures."""
     import torch
 
-    from utils.tensorboard import add_scalars
+    from utils.tensorboard.writer import add_scalars
 
     loader = getattr(run.loaders, split)
     limit = run.tcfg.limit_val_batches if split == "val" else run.tcfg.limit_test_batches
@@ -681,9 +681,9 @@ def evaluate_split(run, loader, limit=None):
 
 def checkpoint_state(run, epoch: int, batch: int) -> dict:
     """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
-    from utils.checkpoint import rng_state
-    from utils.resume import data_order_state
-    from utils.tensorboard import unwrap
+    from utils.run.checkpoint import rng_state
+    from utils.run.resume import data_order_state
+    from utils.tensorboard.writer import unwrap
 
     return {
         "model": unwrap(run.model).state_dict(),
@@ -709,7 +709,7 @@ def checkpoint_state(run, epoch: int, batch: int) -> dict:
 def save(run, name: str, epoch: int, batch: int = 0) -> Path:
     """Every checkpoint goes through here: never one of weights that a non-finite loss has spoiled, and
     TensorBoard flushed first, so that a resumed run finds every event up to this step on disk."""
-    from utils.checkpoint import save_checkpoint
+    from utils.run.checkpoint import save_checkpoint
 
     run.losses.check(run.last_good, run.writer)
     run.writer.flush()
@@ -720,7 +720,7 @@ def save(run, name: str, epoch: int, batch: int = 0) -> Path:
 
 def save_step_checkpoint(run, epoch: int, batch: int) -> None:
     """last.pt, then step_<N>.pt as a second name of it: once that exists, last.pt is as new."""
-    from utils.checkpoint import link_checkpoint, prune_step_checkpoints
+    from utils.run.checkpoint import link_checkpoint, prune_step_checkpoints
 
     if run.ddp.is_main:
         link_checkpoint(save(run, "last.pt", epoch, batch), run.ckpt_dir / f"step_{run.step:08d}.pt")
@@ -729,10 +729,10 @@ def save_step_checkpoint(run, epoch: int, batch: int) -> None:
 
 def test_and_report(run, best: float | None) -> float | None:
     """Test the best weights; write metrics.json and the HPARAMS row's final values."""
-    from utils.checkpoint import load_checkpoint
-    from utils.dashboards import log_run_end
     from utils.distributed import barrier, check_weights_in_sync
-    from utils.tensorboard import unwrap
+    from utils.run.checkpoint import load_checkpoint
+    from utils.tensorboard.dashboards import log_run_end
+    from utils.tensorboard.writer import unwrap
 
     check_weights_in_sync(run.model, run.ddp)  # under DDP: every rank logs a digest of its weights
     _phase["name"] = "test"

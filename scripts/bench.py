@@ -19,7 +19,7 @@ What is measured, and how:
 - Startup: `train.py --help` and Hydra's tab completion (and `-X importtime` proof that they do not
   import torch); time from launch to the end of the first step of the default run, next to the time
   `python -c "import torch, torchvision"` takes.
-- Graph logging: utils.tensorboard.log_graph_once on a 2-sample slice of a resnet18 batch.
+- Graph logging: utils.tensorboard.writer.log_graph_once on a 2-sample slice of a resnet18 batch.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def compose(overrides: list[str], run_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from utils.rundir import register_resolvers
+    from utils.run.rundir import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -185,7 +185,7 @@ def bench_graph(model_name: str, reps: int, workdir: Path) -> dict:
     """log_graph_once as train.py calls it at the first step: one trace of a 2-sample slice."""
     import torch
 
-    from utils.tensorboard import log_graph_once, open_writer
+    from utils.tensorboard.writer import log_graph_once, open_writer
 
     cfg = compose([f"model={model_name}", "data=fake"], workdir / "graph")
     from train import build

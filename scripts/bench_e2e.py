@@ -220,7 +220,7 @@ def child(out: Path, launch: float, argv: list[str]) -> None:
     os.chdir(REPO)
     from torch.utils.tensorboard import SummaryWriter
 
-    import utils.dashboards as dashboards
+    import utils.tensorboard.dashboards as dashboards
 
     for name in ("train_batch", "report"):
         wrap(train, name, "steps")

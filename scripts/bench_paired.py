@@ -125,7 +125,7 @@ class Template:
         import train
         from utils.nonfinite import LossWindow
         from utils.progress import Progress
-        from utils.signals import StopSignals
+        from utils.run.signals import StopSignals
 
         self.train = train
         run = self.run = train.set_up(cfg, run_dir, None)

@@ -24,7 +24,7 @@ FAST = ["trainer.max_epochs=1", "trainer.limit_batches=3", "data.batch_size=32",
 
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config exactly as `python train.py <overrides>` would see it, with its run dir at run_dir."""
-    from utils.rundir import register_resolvers
+    from utils.run.rundir import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()

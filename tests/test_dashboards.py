@@ -25,14 +25,14 @@ from tasks.classification import Classification
 from tests.helpers import FAST, REPO, compose_config, event_accumulator, read_metrics, train_in_process
 from utils import dashboards
 from utils.config import ConfigError, check_config
-from utils.dashboards import (
+from utils.evaluation import evaluate
+from utils.tensorboard.dashboards import (
     colormap,
     confusion_matrix_image,
     input_image_grid,
     per_class_accuracy,
     per_class_accuracy_image,
 )
-from utils.evaluation import evaluate
 
 # The HPARAMS metric columns of a classification run, in the order the task gives them.
 METRIC_TAGS = ["val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"]

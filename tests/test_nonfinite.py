@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.helpers import run_cli, train_in_process
-from utils.checkpoint import load_checkpoint
 from utils.nonfinite import NonFiniteLossError
+from utils.run.checkpoint import load_checkpoint
 
 BATCH = 32
 

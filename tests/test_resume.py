@@ -20,8 +20,8 @@ from tests.helpers import (
     run_cli,
     train_in_process,
 )
-from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError
+from utils.run.checkpoint import load_checkpoint
 
 # Two epochs of 157 batches of 8 digits; a checkpoint every 25 steps, a log line every 7.
 KILL_RUN = [

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.helpers import PYTHON, REPO, event_accumulator, read_metrics, run_cli
-from utils.checkpoint import load_checkpoint
+from utils.run.checkpoint import load_checkpoint
 
 ENDLESS = [
     "trainer.max_epochs=1000",

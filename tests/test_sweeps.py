@@ -165,7 +165,7 @@ def test_the_search_direction_follows_the_task(tmp_path):
     from omegaconf import OmegaConf
 
     from tests.helpers import declared, options
-    from utils.rundir import register_resolvers
+    from utils.run.rundir import register_resolvers
 
     register_resolvers()
     for search in options("hparams_search"):

@@ -217,7 +217,7 @@ def answers(port):
 
 @pytest.mark.parametrize("form", [["-m", "utils.tbdoctor"], ["utils/tbdoctor.py"]], ids=["module", "file"])
 def test_command_line_exit_status(form, tmp_path, training_run):  # noqa: F811
-    # Both ways of running it; as a file, utils/tensorboard.py must not shadow the tensorboard package.
+    # Both ways of running it; as a file, utils/tensorboard/writer.py must not shadow the tensorboard package.
     def run(*args):
         return subprocess.run(
             [sys.executable, *form, *args], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE

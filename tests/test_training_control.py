@@ -24,7 +24,7 @@ from tests.helpers import (
     run_cli,
     train_in_process,
 )
-from utils.checkpoint import load_checkpoint
+from utils.run.checkpoint import load_checkpoint
 
 # A learning rate too small to learn anything: validation stops improving at once.
 STALLED = ["optimizer.lr=1e-12", "scheduler=none", "trainer.limit_batches=2", "data.batch_size=16",

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from tests.helpers import REFERENCE_RUN, REPO, compose_config, needs
-from utils.checkpoint import CheckpointError, save_checkpoint
 from utils.config import ConfigError
+from utils.run.checkpoint import CheckpointError, save_checkpoint
 
 
 @pytest.fixture
@@ -166,7 +166,7 @@ def test_early_stopping_refuses_bad_settings_in_one_line(kwargs, key):
     ],
 )
 def test_parse_max_time_accepts_clock_times_and_minutes(value, seconds):
-    from utils.timebudget import parse_max_time
+    from utils.run.timebudget import parse_max_time
 
     assert parse_max_time(value) == seconds
 
@@ -177,7 +177,7 @@ def test_parse_max_time_accepts_clock_times_and_minutes(value, seconds):
      "inf", math.nan, True, "1:00:00:00:00", "1h", [1]],
 )  # fmt: skip
 def test_parse_max_time_refuses_anything_else_in_one_line(value):
-    from utils.timebudget import parse_max_time
+    from utils.run.timebudget import parse_max_time
 
     with pytest.raises(ConfigError) as err:
         parse_max_time(value)
@@ -187,7 +187,7 @@ def test_parse_max_time_refuses_anything_else_in_one_line(value):
 
 
 def test_deadline_expires_and_carries_its_use_across_a_resume():
-    from utils.timebudget import Deadline, format_seconds
+    from utils.run.timebudget import Deadline, format_seconds
 
     never = Deadline(None)
     assert not never.enabled and not never.expired() and never.remaining() is None
@@ -210,7 +210,7 @@ def test_deadline_expires_and_carries_its_use_across_a_resume():
 
 
 def test_deadline_expired_is_cheap():
-    from utils.timebudget import Deadline
+    from utils.run.timebudget import Deadline
 
     deadline = Deadline(3600)
     start = time.perf_counter()
@@ -249,7 +249,7 @@ def fake_scontrol(tmp_path, monkeypatch):
 
 
 def test_slurm_job_ids(fake_scontrol, monkeypatch):
-    from utils.slurm import restart_count, slurm_job_id
+    from utils.run.slurm import restart_count, slurm_job_id
 
     assert slurm_job_id() is None and restart_count() == 0
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
@@ -261,7 +261,7 @@ def test_slurm_job_ids(fake_scontrol, monkeypatch):
 
 
 def test_requeue_calls_scontrol_with_the_job_id(fake_scontrol, monkeypatch, caplog):
-    from utils.slurm import requeue
+    from utils.run.slurm import requeue
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     log = logging.getLogger("test.slurm")
@@ -277,7 +277,7 @@ def test_requeue_calls_scontrol_with_the_job_id(fake_scontrol, monkeypatch, capl
 
 
 def test_requeue_failure_is_one_warning_with_scontrols_reason(fake_scontrol, monkeypatch, caplog):
-    from utils.slurm import requeue
+    from utils.run.slurm import requeue
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("FAKE_SCONTROL_MODE", "fail")
@@ -289,20 +289,20 @@ def test_requeue_failure_is_one_warning_with_scontrols_reason(fake_scontrol, mon
 
 
 def test_requeue_gives_up_after_its_timeout(fake_scontrol, monkeypatch, caplog):
-    import utils.slurm
+    import utils.run.slurm
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("FAKE_SCONTROL_MODE", "hang")
-    monkeypatch.setattr(utils.slurm, "REQUEUE_TIMEOUT_S", 0.5)  # 30 s in real use
+    monkeypatch.setattr(utils.run.slurm, "REQUEUE_TIMEOUT_S", 0.5)  # 30 s in real use
     start = time.monotonic()
     with caplog.at_level(logging.INFO, logger="test.slurm"):
-        assert utils.slurm.requeue(logging.getLogger("test.slurm")) is False
+        assert utils.run.slurm.requeue(logging.getLogger("test.slurm")) is False
     assert time.monotonic() - start < 5
     assert "no answer" in caplog.records[0].getMessage()
 
 
 def test_requeue_outside_slurm_or_without_scontrol(fake_scontrol, monkeypatch, tmp_path, caplog):
-    from utils.slurm import requeue
+    from utils.run.slurm import requeue
 
     log = logging.getLogger("test.slurm")
     with caplog.at_level(logging.INFO, logger="test.slurm"):
@@ -335,7 +335,7 @@ def make_run(root: Path, day: str, stamp: str, last: bool = True, finished: bool
 
 
 def test_resume_target_takes_a_run_dir_a_checkpoint_file_or_its_folder(tmp_path, monkeypatch):
-    from utils.resume_target import resume_target
+    from utils.run.resume_target import resume_target
 
     run = make_run(tmp_path / "outputs", "2026-11-26", "15-45-04_mlp_digits")
     for name in ("best.pt", "step_00000120.pt"):
@@ -353,7 +353,7 @@ def test_resume_target_takes_a_run_dir_a_checkpoint_file_or_its_folder(tmp_path,
 
 
 def test_resume_target_refuses_what_is_no_run_in_one_line(tmp_path):
-    from utils.resume_target import find_resume_target, resume_target
+    from utils.run.resume_target import find_resume_target, resume_target
 
     run = make_run(tmp_path / "outputs", "2026-11-26", "15-45-04_mlp_digits")
     plain_dir = tmp_path / "notes"
@@ -381,7 +381,7 @@ def test_resume_target_refuses_what_is_no_run_in_one_line(tmp_path):
 
 
 def test_resume_latest_picks_the_newest_unfinished_run(tmp_path):
-    from utils.resume_target import latest_unfinished_run, resume_target
+    from utils.run.resume_target import latest_unfinished_run, resume_target
 
     root = tmp_path / "outputs"
     make_run(root, "2026-11-25", "23-59-59_mlp_digits")
@@ -415,7 +415,7 @@ def test_resume_latest_picks_the_newest_unfinished_run(tmp_path):
 
 
 def test_resume_latest_without_a_run_says_where_it_looked(tmp_path):
-    from utils.resume_target import resume_target
+    from utils.run.resume_target import resume_target
 
     root = tmp_path / "outputs"
     with pytest.raises(ConfigError) as err:
@@ -429,7 +429,7 @@ def test_resume_latest_without_a_run_says_where_it_looked(tmp_path):
 
 
 def test_describe_resume_names_the_run_its_step_and_age(tmp_path):
-    from utils.resume_target import ago, describe_resume, resume_target
+    from utils.run.resume_target import ago, describe_resume, resume_target
 
     run = make_run(tmp_path / "outputs", "2026-11-26", "12-00-00_mlp_digits")
     last = run / "checkpoints" / "last.pt"
@@ -443,7 +443,7 @@ def test_describe_resume_names_the_run_its_step_and_age(tmp_path):
 def test_the_startup_modules_import_no_torch():
     code = (
         "import sys\n"
-        "import utils.resume_target, utils.timebudget, utils.slurm, utils.earlystop\n"
+        "import utils.run.resume_target, utils.run.timebudget, utils.run.slurm, utils.earlystop\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
@@ -470,7 +470,7 @@ def checkpoint_of(model, path: Path) -> Path:
 
 @USES_MLP
 def test_init_from_loads_every_weight_of_the_same_model(tmp_path):
-    from utils.init_from import load_initial_weights
+    from utils.run.init_from import load_initial_weights
 
     source = mlp(seed=1)
     path = checkpoint_of(source, tmp_path / "a.pt")
@@ -489,7 +489,7 @@ def test_init_from_loads_every_weight_of_the_same_model(tmp_path):
 
 @USES_MLP
 def test_init_from_a_run_directory_takes_best_then_last(tmp_path):
-    from utils.init_from import load_initial_weights
+    from utils.run.init_from import load_initial_weights
 
     run = tmp_path / "run"
     last, best = mlp(seed=1), mlp(seed=2)
@@ -508,7 +508,7 @@ def test_init_from_a_run_directory_takes_best_then_last(tmp_path):
 
 @USES_MLP
 def test_init_from_another_head_strict_refuses_lenient_loads_the_body(tmp_path):
-    from utils.init_from import load_initial_weights
+    from utils.run.init_from import load_initial_weights
 
     source = mlp(num_outputs=10, seed=1)
     path = checkpoint_of(source, tmp_path / "a.pt")
@@ -530,7 +530,7 @@ def test_init_from_another_head_strict_refuses_lenient_loads_the_body(tmp_path):
 
 @USES_MLP
 def test_init_from_missing_and_unexpected_keys(tmp_path, caplog):
-    from utils.init_from import load_initial_weights, log_summary
+    from utils.run.init_from import load_initial_weights, log_summary
 
     path = checkpoint_of(mlp(hidden=(32, 16)), tmp_path / "a.pt")
     deeper = mlp(hidden=(32, 16, 16))  # one more hidden layer: keys shift
@@ -554,7 +554,7 @@ def test_init_from_missing_and_unexpected_keys(tmp_path, caplog):
 
 
 def test_init_from_log_summary_is_at_most_one_line_per_kind(tmp_path, caplog):
-    from utils.init_from import log_summary
+    from utils.run.init_from import log_summary
 
     result = {
         "path": "x.pt",
@@ -578,7 +578,7 @@ def test_init_from_log_summary_is_at_most_one_line_per_kind(tmp_path, caplog):
 @needs("conf/model/simple_cnn.yaml")
 def test_init_from_what_is_no_checkpoint_or_of_another_model(tmp_path):
     from models.simple_cnn import SimpleCNN
-    from utils.init_from import load_initial_weights
+    from utils.run.init_from import load_initial_weights
 
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
@@ -605,7 +605,7 @@ class LazyMLP(torch.nn.Sequential):
 
 
 def test_init_from_a_lazy_model_wants_its_shapes_first(tmp_path):
-    from utils.init_from import load_initial_weights
+    from utils.run.init_from import load_initial_weights
 
     source = LazyMLP(10)
     source(torch.zeros(2, 1, 8, 8))

@@ -25,7 +25,7 @@ from tests.helpers import (
     run_cli,
     train_in_process,
 )
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def error_lines(proc) -> list[str]:
@@ -266,7 +266,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
 import resource, signal, torch
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
-from utils.checkpoint import CheckpointError, save_checkpoint
+from utils.run.checkpoint import CheckpointError, save_checkpoint
 try:
     save_checkpoint({{"model": {{"w": torch.zeros(1_000_000)}}}}, {str(path)!r})
 except CheckpointError as err:

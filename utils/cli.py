@@ -26,7 +26,7 @@ USER_ERRORS = {
     "omegaconf.errors": "OmegaConfBaseException",
     "data.splits": "DatasetError",
     "tasks.base": "TaskError",
-    "utils.checkpoint": "CheckpointError",
+    "utils.run.checkpoint": "CheckpointError",
     "utils.nonfinite": "NonFiniteLossError",
 }
 
@@ -41,7 +41,7 @@ def is_user_error(err: Exception) -> bool:
 
 def run(main, prog: str, config_name: str) -> None:
     """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
-    from utils.signals import Interrupted, interruption, raise_on_signals
+    from utils.run.signals import Interrupted, interruption, raise_on_signals
 
     raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -169,7 +169,7 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} must be greater than 0")
     if cfg.trainer.seed > SEED_LIMIT:
         raise ConfigError(f"trainer.seed={cfg.trainer.seed} must be at most {SEED_LIMIT}")
-    from utils.timebudget import parse_max_time
+    from utils.run.timebudget import parse_max_time
 
     parse_max_time(cfg.trainer.max_time)  # one line for a malformed budget
     if cfg.get("init_from") and cfg.get("resume"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from utils.tensorboard import add_scalars
+from utils.tensorboard.writer import add_scalars
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def log_histograms(writer, model: torch.nn.Module, step: int) -> None:
     optimizer step and before zero_grad: GradScaler.step has already unscaled the gradients by then."""
     if writer is None:
         return
-    from utils.tensorboard import unwrap
+    from utils.tensorboard.writer import unwrap
 
     for name, param in unwrap(model).named_parameters():
         writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), step)

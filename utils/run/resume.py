@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
 from utils.config import ConfigError
 from utils.loaders import epoch_order
-from utils.resume_target import describe_resume, resume_target
-from utils.trust import stored_config
+from utils.run.checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
+from utils.run.resume_target import describe_resume, resume_target
+from utils.run.trust import stored_config
 
 log = logging.getLogger("train")
 
@@ -113,7 +113,7 @@ def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
             f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
         )
     state = load_checkpoint(path)
-    # Data, never code: allowed _target_s only, nothing resolved (utils/trust.py).
+    # Data, never code: allowed _target_s only, nothing resolved (utils/run/trust.py).
     saved = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
     check_own_run(saved, run_dir, path)
     for key in RESUME_OVERRIDES:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from utils.config import ConfigError
-from utils.rundir import is_run_dir
+from utils.run.rundir import is_run_dir
 
 LATEST = "latest"
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
@@ -97,7 +97,7 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
 def _in_use(run_dir: Path) -> bool:
     if not (run_dir / ".lock").exists():
         return False
-    from utils.runlock import RunLock
+    from utils.run.lock import RunLock
 
     return RunLock(run_dir)._owner_alive()
 

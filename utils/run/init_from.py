@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.run.checkpoint import CheckpointError, load_checkpoint
 
 SHOWN = 5  # names per log line before "... and N more"
 

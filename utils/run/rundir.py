@@ -183,7 +183,7 @@ def resumable_run_dir(resume, root: str, *parts: object) -> str:
     """`resume=` continues in the run it names (a run dir, a checkpoint in one, or `latest`); otherwise a new
     directory, as unique_run_dir makes it. A `resume` that names no run gets a new directory, where
     train.py then reports the mistake (and removes the directory)."""
-    from utils.resume_target import find_resume_target
+    from utils.run.resume_target import find_resume_target
 
     target = find_resume_target(resume, root) if resume else None
     return str(target.run_dir) if target else unique_run_dir(root, *parts)
@@ -192,7 +192,7 @@ def resumable_run_dir(resume, root: str, *parts: object) -> str:
 def unless_resuming(resume, root: str, value):
     """`value` for a new run, null when resuming: `${unless_resuming:${resume},${paths.output_root},.hydra}`
     keeps Hydra from writing the resumed run's fresh compose over the .hydra/ config it started with."""
-    from utils.resume_target import find_resume_target
+    from utils.run.resume_target import find_resume_target
 
     return None if resume and find_resume_target(resume, root) else value
 

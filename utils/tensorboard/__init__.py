@@ -1,0 +1,1 @@
+"""TensorBoard: the run's event file (writer.py) and what the template draws into it (dashboards.py)."""
