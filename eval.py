@@ -13,7 +13,7 @@ refused, unread.
 from __future__ import annotations
 
 # First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
-from utils.run.signals import interruption, stop_while_starting  # isort: skip
+from utils.run.signals import stop_while_starting  # isort: skip
 
 if __name__ == "__main__":
     stop_while_starting("eval.py")
@@ -26,8 +26,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from utils.cli import FULL_ERROR, is_user_error
 from utils.config import ConfigError, check_config
+from utils.run.life import RunLife
 from utils.run.rundir import register_resolvers
 
 log = logging.getLogger("eval")
@@ -36,25 +36,20 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
+    # One line for an error a user can fix (exit 2) or a signal (128 + N), as train.py.
+    with RunLife("eval.py", log) as life:
+        life.phase = "evaluate"
         evaluate_checkpoint(cfg)
-    except Exception as err:
-        if stopped := interruption(err):  # a signal inside OmegaConf's cleanup: utils/cli.py tells it
-            raise stopped from None
-        if FULL_ERROR or not is_user_error(err):
-            raise
-        # One line, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback.
-        log.error("%s", (str(err).strip().splitlines() or [type(err).__name__])[0])
-        sys.exit(2)
+    if life.exit_code:
+        sys.exit(life.exit_code)
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # torch is imported here, not at the top, so `eval.py --help` stays instant.
     from hydra.core.hydra_config import HydraConfig
 
-    from train import build, check_fit
     from utils.evaluation import evaluate
-    from utils.loaders import build_dataloaders
+    from utils.parts import build, build_loaders, check_fit
     from utils.run.checkpoint import load_checkpoint, load_model_state
     from utils.run.trust import stored_config
     from utils.runtime import pick_device
@@ -76,14 +71,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     task = build("task", run_cfg.task)
     model = build("model", run_cfg.model).to(device)
     splits = build("data", run_cfg.data.dataset)
-    loaders = build_dataloaders(
-        splits,
-        batch_size=run_cfg.data.batch_size,
-        num_workers=run_cfg.data.num_workers,
-        seed=run_cfg.trainer.seed,
-        pin_memory=device.type == "cuda",
-        device=device,
-    )
+    splits, loaders, _ = build_loaders(run_cfg, splits, device)
     check_fit(run_cfg, task, model, splits, loaders.test, device)  # lazy modules take their shapes first
     load_model_state(model, state, path)
     t = run_cfg.trainer

@@ -6,7 +6,7 @@
 
 What is measured, and how:
 - Throughput, paired (scripts/bench_paired.py). In one process, the template's own step code (train.set_up
-  once, then train.train_batch and train.report driven as train.fit drives them) and a hand-written loop
+  once, then train.step and the session's log line driven as train.fit drives them) and a hand-written loop
   (nanoGPT-style for the GPT) alternate in short blocks of steps, in random order per pair, on equal model
   copies and the same batches. Each case: the median of the per-pair ratios (raw seconds / template
   seconds, i.e. template throughput / raw throughput), its 95% bootstrap interval, and a verdict against
@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_paired import Paired, available, measure  # noqa: E402
+from bench_paired import Paired, available, compose, measure  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -80,28 +80,6 @@ def all_cases_for(device: str, quick: bool) -> dict[str, Paired]:
         "digits": Paired("digits (default run: mlp)", [], block=50, min_pairs=200),
         "lm": Paired("gpt (language modeling)", LM, block=10),
     }
-
-
-def compose(overrides: list[str], run_dir: Path):
-    """The config as `python train.py OVERRIDES hydra.run.dir=RUN_DIR` sees it (as tests/helpers does)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from utils.run.rundir import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("train", [*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def free_memory() -> None:
@@ -188,7 +166,7 @@ def bench_graph(model_name: str, reps: int, workdir: Path) -> dict:
     from utils.tensorboard.writer import log_graph_once, open_writer
 
     cfg = compose([f"model={model_name}", "data=fake"], workdir / "graph")
-    from train import build
+    from utils.parts import build
 
     model = build("model", cfg.model)
     example = torch.randn(2, cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)

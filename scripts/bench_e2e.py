@@ -98,8 +98,7 @@ def breakdown_handwritten(spec_path: Path, run_dir: Path) -> dict:
 
 
 def bench_e2e(reps: int, workdir: Path, quick: bool, only: list[str] | None = None) -> list[dict]:
-    from bench import compose
-    from bench_paired import available, bootstrap_median
+    from bench_paired import available, bootstrap_median, compose
 
     results = []
     for key, (label, overrides) in (QUICK if quick else RUNS).items():
@@ -220,13 +219,14 @@ def child(out: Path, launch: float, argv: list[str]) -> None:
     os.chdir(REPO)
     from torch.utils.tensorboard import SummaryWriter
 
+    import utils.session as session
     import utils.tensorboard.dashboards as dashboards
 
-    for name in ("train_batch", "report"):
-        wrap(train, name, "steps")
+    wrap(train, "step", "steps")
+    wrap(session.Session, "report", "steps")
     wrap(train, "validate", "validation")
     wrap(train, "save", "checkpoints")
-    wrap(train, "test_and_report", "test")
+    wrap(train, "test", "test")
     wrap(dashboards, "log_input_images", "pictures")
     for module, cls in (
         ("classification", "Classification"),

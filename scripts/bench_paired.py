@@ -1,7 +1,8 @@
 """Paired, interleaved throughput: the template's own step code against a hand-written loop, in one process.
 
-The template side is built by `train.set_up` and driven exactly as `train.fit` drives it: `train.train_batch`
-on each batch, `progress.advance`, `train.report` at every logging interval, `stop.agreed` after each step.
+The template side is built by `train.set_up` and driven as `train.fit` drives it: train.py's own `step`
+function on each batch, then the session's `stepped` (bar, log line at every logging interval) and
+`stop_reason`, after each step.
 Only the epoch ends (validation, checkpoints) are left out; `scripts/bench_e2e.py` times those, as whole
 runs. The raw side is a minimal loop written here (forward, the loss written out by hand, backward,
 optimizer and schedule step, `loss.item()` at each logging interval), nanoGPT-style for language modeling,
@@ -65,6 +66,28 @@ class Paired:
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def compose(overrides: list[str], run_dir: Path):
+    """The config as `python train.py OVERRIDES hydra.run.dir=RUN_DIR` sees it (as tests/helpers does)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from utils.run.rundir import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose("train", [*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def available(overrides: list[str], conf: Path = CONF) -> bool:
     """Whether every config a case names (`model=gpt`, `experiment=shapes_unet`, ...) is in this checkout:
     a project generated with only some models, datasets and tasks benchmarks those it has."""
@@ -117,64 +140,46 @@ def sync(device) -> None:
 
 
 class Template:
-    """train.py's side: set_up once, then blocks of steps as train.fit runs them."""
+    """train.py's side: its own set_up once, then blocks of steps through its own `step` function, with
+    what fit does around each step (the throughput count, the session's bar and log line, the stop check)."""
 
     def __init__(self, cfg, run_dir: Path) -> None:
         import torch
 
         import train
-        from utils.nonfinite import LossWindow
-        from utils.progress import Progress
-        from utils.run.signals import StopSignals
+        from utils.session import Session
+        from utils.tensorboard.dashboards import open_run_writer
 
         self.train = train
-        run = self.run = train.set_up(cfg, run_dir, None)
-        run.step, run.best, run.val, run.skipped = 0, None, None, 0
-        t, lc = run.tcfg, run.lcfg
-        run.losses = LossWindow(lc.every_n_steps * t.accumulate_grad_batches, run.device)
-        self.meter = train.Throughput(run.task.unit)
-        self.progress = Progress(lc.progress_bar, run.plan.total_steps)
-        self.stop = StopSignals()
-        self.profiler = None
-        if hasattr(t, "profile_steps"):  # train.fit's torch.profiler hook: a NoProfiler unless asked for
-            from utils.profiling import build_profiler
-
-            self.profiler = build_profiler(t.profile_steps, run.run_dir, run.device, None, run.ddp.rank)
-        run.stop_reason = None
-        self.batches = Batches(run.loaders.train, run.plan.batches_per_epoch)
-        run.train_model.train()
-        self.initial = copy.deepcopy(run.model.state_dict())
+        parts, state = train.set_up(cfg, run_dir)
+        parts.writer = open_run_writer(parts, None)
+        self.run, self.state = parts, state
+        self.session = Session(parts, state)
+        self.batches = Batches(parts.loaders.train, parts.plan.batches_per_epoch)
+        parts.train_model.train()
+        self.initial = copy.deepcopy(parts.model.state_dict())
         self.rng = torch.get_rng_state()
 
     def block(self, steps: int) -> int:
         """`steps` optimizer steps, each as train.fit takes it (its per-step calls, in its order; the
         validation and checkpoint branches, off by default, are left out); returns the steps taken."""
-        run, train, meter, progress, stop = self.run, self.train, self.meter, self.progress, self.stop
-        every, total, done, profiler = run.lcfg.every_n_steps, run.plan.total_steps, 0, self.profiler
-        stop_requested = getattr(train, "stop_requested", None)
+        parts, state, session, done = self.run, self.state, self.session, 0
         while done < steps:
-            epoch, i, batch = self.batches.next()
-            if not train.train_batch(run, batch, i, meter):
+            state.epoch, i, batch = self.batches.next()
+            stepped = self.train.step(parts, state, batch, i)
+            session.meter.count(parts.task.count(batch) * parts.ddp.world_size)
+            if not stepped:
                 continue
             done += 1
-            if profiler is not None:
-                profiler.step()
-            progress.advance()
-            synced = run.step % every == 0 or run.step == total
-            if synced:
-                train.report(run, meter, progress, epoch)
-            if stop_requested is not None:
-                run.stop_reason = run.stop_reason or stop_requested(run, stop, synced)
-            elif stop.agreed(synced, run.device):
-                run.stop_reason = "signal"
-            if run.stop_reason:
-                raise KeyboardInterrupt(run.stop_reason)
-        sync(run.device)
+            synced = session.stepped()
+            state.stop_reason = state.stop_reason or session.stop_reason(synced)
+            if state.stop_reason:
+                raise KeyboardInterrupt(state.stop_reason)
+        sync(parts.device)
         return done
 
     def close(self) -> None:
-        self.stop.restore()
-        self.progress.close()
+        self.session.__exit__(None, None, None)
         if self.run.writer:
             self.run.writer.close()
 
@@ -191,10 +196,10 @@ class Raw:
         from utils.runtime import fused_on_cuda
 
         run = tpl.run
-        t = run.tcfg
+        t = run.trainer
         assert t.accumulate_grad_batches == 1 and not t.grad_clip and not t.skip_nonfinite
         assert str(t.precision) in ("32", "bf16"), "the raw loop has no GradScaler"
-        self.device, self.every = run.device, run.lcfg.every_n_steps
+        self.device, self.every = run.device, run.logging.every_n_steps
         model = copy.deepcopy(run.model)
         model.load_state_dict(tpl.initial)
         model.train()

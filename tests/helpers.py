@@ -40,11 +40,18 @@ def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
 
 def train_in_process(overrides: list[str], run_dir: Path) -> float:
     """Train through Hydra's compose API (no subprocess): fast, and failures show a real traceback."""
+    import logging
+
     import train
+    from utils.run.life import RunLife
 
     cfg = compose_config(overrides, run_dir)
     write_run_config(cfg, run_dir)
-    return train.train(cfg)
+    life = RunLife("train.py", logging.getLogger("train"))  # entered by hand: errors keep their tracebacks
+    try:
+        return train.train(cfg, life).best
+    finally:
+        life.release()
 
 
 def write_run_config(cfg: DictConfig, run_dir: Path) -> None:

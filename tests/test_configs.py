@@ -38,13 +38,13 @@ def test_every_config_declares_what_it_takes_and_gives():
 @pytest.mark.parametrize(("task", "data", "model"), COMBOS)
 def test_model_output_fits_the_task_on_the_declared_input(task, data, model, tmp_path):
     """The model built for the data's declared input shape gives what the task checks, on a fake batch."""
-    import train
+    from utils.parts import build
 
     overrides = [f"task={task}", f"data={data}", f"model={model}"]
     if data == "imagefolder":
         overrides.append("data.num_classes=3")
     cfg = compose_config(overrides, tmp_path / "run")
-    net = train.build("model", cfg.model)
+    net = build("model", cfg.model)
     kind = cfg.data.input
     shape = (2, *cfg.data.input_shape)
     x = torch.randint(0, cfg.data.num_outputs, shape) if kind == "tokens" else torch.randn(shape)
@@ -85,10 +85,10 @@ def test_every_option_of_the_other_groups_composes(group, tmp_path):
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_optimizer_and_scheduler_build_and_step(optimizer, scheduler, tmp_path):
-    import train
+    from utils.parts import build
 
     cfg = compose_config([f"optimizer={optimizer}", f"scheduler={scheduler}"], tmp_path / "run")
-    net = train.build("model", cfg.model)
+    net = build("model", cfg.model)
     opt = instantiate(cfg.optimizer)(net.parameters())
     sched = instantiate(cfg.scheduler)(opt, total_steps=10)
     for _ in range(10):

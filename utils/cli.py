@@ -31,12 +31,41 @@ USER_ERRORS = {
 }
 
 
+def one_line(err: BaseException, limit: int = 2000) -> str:
+    """An error in one line: its first line, and the config key where OmegaConf names one (its errors span
+    several lines: message, full_key, object_type)."""
+    key = getattr(err, "full_key", None)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+    return f"{first} (config key: {key})" if key and key not in first else first
+
+
 def is_user_error(err: Exception) -> bool:
     """Whether err is one a user can fix. Its class is looked up only among modules already imported (an
     error can only come from one): importing data.splits to ask would import torch, and a bad value would
     then take 2.1 s to report instead of 0.5."""
     kinds = tuple(getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules)
     return isinstance(err, kinds)
+
+
+# Hydra's options that answer without running the task (help, the composed config, tab completion).
+QUICK_OPTIONS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+)
+
+
+def answers_at_once(argv: list[str]) -> bool:
+    """Whether this command line only asks Hydra a question (`--help`, `--cfg job`, tab completion): the
+    entry point then answers it before importing torch."""
+    return any(arg.split("=", 1)[0] in QUICK_OPTIONS for arg in argv[1:])
 
 
 def run(main, prog: str, config_name: str) -> None:

@@ -14,6 +14,8 @@ No torch here: this module is imported before Hydra parses the command line.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -169,8 +171,6 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} must be greater than 0")
     if cfg.trainer.seed > SEED_LIMIT:
         raise ConfigError(f"trainer.seed={cfg.trainer.seed} must be at most {SEED_LIMIT}")
-    from utils.run.timebudget import parse_max_time
-
     parse_max_time(cfg.trainer.max_time)  # one line for a malformed budget
     if cfg.get("init_from") and cfg.get("resume"):
         raise ConfigError("init_from starts a new run from weights, resume continues one: give only one")
@@ -182,6 +182,45 @@ def check_config(cfg: DictConfig) -> None:
     shape = cfg.data.input_shape
     if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
         raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")
+
+
+# trainer.max_time (utils/run/timebudget.py counts it down).
+ACCEPTED = 'HH:MM:SS, DD:HH:MM:SS or minutes (e.g. "02:30:00", "1:00:00:00", 90, 0.5); null: no limit'
+_CLOCK = re.compile(r"\d+(:\d+){2,3}", re.ASCII)
+
+
+def parse_max_time(value) -> float | None:
+    """Seconds of the budget, or None for no limit. Raises ConfigError naming trainer.max_time."""
+    if value is None:
+        return None
+
+    def bad(why: str = "") -> ConfigError:
+        return ConfigError(f"trainer.max_time={value!r}{why} must be {ACCEPTED}")
+
+    if isinstance(value, bool):
+        raise bad()
+    if isinstance(value, (int, float)):
+        minutes = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if _CLOCK.fullmatch(text):
+            parts = [int(p) for p in text.split(":")]
+            days, hours, minutes_, seconds = parts if len(parts) == 4 else [0, *parts]
+            if minutes_ >= 60 or seconds >= 60 or (len(parts) == 4 and hours >= 24):
+                raise bad(" (hours < 24 with days, minutes and seconds < 60)")
+            total = ((days * 24 + hours) * 60 + minutes_) * 60 + seconds
+            if total <= 0:
+                raise bad(" (zero)")
+            return float(total)
+        try:
+            minutes = float(text)
+        except ValueError:
+            raise bad() from None
+    else:
+        raise bad()
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise bad(" (minutes > 0)")
+    return minutes * 60.0
 
 
 def _missing_keys(node, prefix: str = ""):

@@ -9,9 +9,10 @@ from utils.runtime import autocast, to_device
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, device, precision: str, channels_last: bool = False, limit=None):
+def evaluate(model, loader, task, device, precision: str, channels_last: bool = False, limit=None, stop=None):
     """Returns (metrics, sums, first batch on the device): the task's numbers for the split, the summed
-    tensors they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from."""
+    tensors they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from.
+    `stop`, asked after each batch: when it says so, the evaluation ends at once and returns None."""
     was_training = model.training
     model.eval()
     sums = task.init_sums(device)
@@ -24,6 +25,9 @@ def evaluate(model, loader, task, device, precision: str, channels_last: bool = 
         with autocast(device, precision):
             output = task.forward(model, batch)
         task.update(sums, output, batch)
+        if stop is not None and stop():
+            model.train(was_training)
+            return None
     model.train(was_training)
     # Under DDP each rank saw its own shard of the split: sum over ranks (a no-op in a single process).
     keys = sorted(sums)

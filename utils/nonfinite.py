@@ -29,9 +29,14 @@ class LossWindow:
         self.device = device
         self.losses: list[torch.Tensor] = []  # 0-d, detached: the loss tensors themselves, not copies
         self.steps: list[int] = []  # the optimizer step each loss belongs to
-        if state:  # a resumed run goes on with the window it was interrupted in
+        self.load_state_dict(state)
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """A resumed run goes on with the window it was interrupted in (None: an empty one)."""
+        self.reset()
+        if state:
             for loss, step in zip(state["losses"], state["steps"], strict=True):
-                self.add(loss.to(device), step)
+                self.add(loss.to(self.device), int(step))
 
     def add(self, loss: torch.Tensor, step: int) -> None:
         # An append, not a write into a buffer: a buffer write is an indexing op (a kernel launch on a GPU)
@@ -67,7 +72,7 @@ class LossWindow:
     def reset(self) -> None:
         self.losses, self.steps = [], []
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"losses": self._stacked().cpu(), "steps": list(self.steps)}
 
     def _raise(self, last_good, writer) -> None:

@@ -1,11 +1,16 @@
-"""Checkpoints that survive a kill mid-write and load without running pickled code.
+"""Checkpoints: the one owner of their format, written so that they survive a kill mid-write, read without
+running pickled code.
 
-A checkpoint holds plain containers and tensors only, so `torch.load(weights_only=True)` reads it; a file
-carrying any other pickled object is refused before anything in it runs.
+A checkpoint is the parts' state dicts (PARTS), the loop's TrainState fields (utils/state.py), the RNG
+streams, the data order, the run's config and FORMAT_VERSION; `checkpoint_of` writes that dict and
+`restore` reads it back into freshly built parts, checking what a file could get wrong (its version, its
+position). It holds plain containers and tensors only, so `torch.load(weights_only=True)` reads it; a
+file carrying any other pickled object is refused before anything in it runs.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -30,6 +35,86 @@ FILE_MODE = _file_mode()
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, truncated, foreign or unsafe; the message names the file."""
+
+
+# The format this code writes. A file without the key is of format 1 (the same keys, before the version was
+# stored). A newer format is refused: an older template cannot know what it would leave out.
+FORMAT_VERSION = 1
+FORMAT_KEY = "format_version"
+# The parts whose own state_dict() a checkpoint holds, under these names (attributes of utils.state.Parts).
+PARTS = ("model", "optimizer", "scheduler", "scaler")
+
+
+def checkpoint_of(parts, state) -> dict:
+    """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
+    from omegaconf import OmegaConf
+
+    return {
+        FORMAT_KEY: FORMAT_VERSION,
+        **{name: getattr(parts, name).state_dict() for name in PARTS},
+        **state.state_dict(),
+        "monitor": parts.task.monitor,
+        "mode": parts.task.mode,
+        "rng": rng_state(),
+        "data_order": data_order_state(parts.loaders.train, state.epoch, state.batch_in_epoch),
+        "config": OmegaConf.to_container(parts.cfg, resolve=True),
+    }
+
+
+def restore(parts, state, saved: dict, path) -> None:
+    """Load a checkpoint into freshly built parts and state, and set the RNG streams: call it after
+    everything that draws random numbers at set-up (model init), right before the loop."""
+    load_model_state(parts.model, saved, path)
+    try:
+        for name in PARTS[1:]:
+            getattr(parts, name).load_state_dict(saved[name])
+        state.load_state_dict(saved)
+        check_position(state, parts.plan)
+        check_schedule_length(parts.scheduler, parts.plan.total_steps)
+        set_rng_state(saved["rng"])
+    except (CheckpointError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        what = err if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+        first = (str(what).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: {first}") from None
+
+
+def check_schedule_length(scheduler, total_steps: int) -> None:
+    """A schedule that stores its own length (OneCycleLR) cannot be stretched by a resume with more steps."""
+    from utils.config import ConfigError
+
+    stored = getattr(scheduler, "total_steps", None)
+    if stored is not None and stored != total_steps:
+        raise ConfigError(
+            f"the schedule {type(scheduler).__name__} was built for {stored} steps and cannot be resumed for "
+            f"{total_steps}; resume with the run's own length"
+        )
+
+
+def check_position(state, plan) -> None:
+    """A position the loop can go on from: inside the run's epochs, and no more steps than its batches."""
+    if state.batch_in_epoch > plan.batches_per_epoch:
+        raise CheckpointError(
+            f"its batch_in_epoch {state.batch_in_epoch} is past the epoch's {plan.batches_per_epoch} batches"
+        )
+    most = state.epoch * plan.steps_per_epoch + math.ceil(
+        state.batch_in_epoch * plan.steps_per_epoch / max(plan.batches_per_epoch, 1)
+    )
+    if state.step > most:
+        raise CheckpointError(
+            f"its step {state.step} is more than epoch {state.epoch} batch {state.batch_in_epoch} can have "
+            f"taken ({most})"
+        )
+
+
+def data_order_state(loader, epoch: int, batch: int) -> dict:
+    """The data order at this point: the (seed, epoch) permutation that utils/loaders.py draws, the batch
+    reached in it, and its first indices, by which a resume checks that the order is still the same."""
+    from utils.loaders import epoch_order
+
+    sampler = getattr(loader, "sampler", loader)
+    n = len(loader.dataset)
+    head = epoch_order(n, sampler.seed, epoch, sampler.shuffle)[:16].clone()
+    return {"seed": sampler.seed, "epoch": epoch, "batch": batch, "num_samples": n, "head": head}
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -136,17 +221,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text:
+        if "unsupported global" in str(err).lower():  # a class or function to import: code, not data
             raise CheckpointError(
                 f"checkpoint {path} holds pickled objects other than tensors and plain containers; "
                 "refused unread (it may run code). Only load files you trust with weights_only=False."
             ) from None
         raise CheckpointError(
-            f"checkpoint {path} is unreadable or truncated ({type(err).__name__})"
+            f"checkpoint {path} is unreadable or truncated, or not a checkpoint ({type(err).__name__})"
         ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is not a checkpoint of this template (no 'model' entry)")
+    version = state.get(FORMAT_KEY, 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}, which this code does not read (it reads 1 to "
+            f"{FORMAT_VERSION}); it was written by another version of the template"
+        )
     return state
 
 

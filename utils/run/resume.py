@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from utils.cli import one_line
 from utils.config import ConfigError
-from utils.loaders import epoch_order
-from utils.run.checkpoint import CheckpointError, load_checkpoint, load_model_state, set_rng_state
+from utils.run.checkpoint import CheckpointError, data_order_state, load_checkpoint
 from utils.run.resume_target import describe_resume, resume_target
 from utils.run.trust import stored_config
 
@@ -43,50 +43,13 @@ RESUME_OVERRIDES = (
 
 
 @dataclass
-class Position:
-    """Where the loop starts: epoch, batches of that epoch already done, optimizer steps done, and the
-    bookkeeping that continues across the interruption."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    best: float | None = None  # the best value of the task's monitored metric so far
-    val: dict | None = None
-    nonfinite_skipped: int = 0
-    window: dict | None = None  # the losses of the interrupted logging window (LossWindow.state())
-
-
-@dataclass
 class Resume:
+    """The run to continue: its directory, the checkpoint, what the checkpoint holds, and its config."""
+
     run_dir: Path
     path: Path
     state: dict
     cfg: DictConfig
-
-    def restore(self, model, optimizer, scheduler, scaler) -> Position:
-        """Load every saved state into the freshly built objects and set the RNG streams; call it after
-        everything that draws random numbers at set-up (model init), right before the loop."""
-        s = self.state
-        load_model_state(model, s, self.path)
-        try:
-            optimizer.load_state_dict(s["optimizer"])
-            scheduler.load_state_dict(s["scheduler"])
-            scaler.load_state_dict(s["scaler"])
-            set_rng_state(s["rng"])
-            return Position(
-                epoch=int(s["epoch"]),
-                batch=int(s.get("batch_in_epoch", 0)),
-                step=int(s["step"]),
-                best=None if s["best"] is None else float(s["best"]),
-                val=s.get("val_last"),
-                nonfinite_skipped=int(s.get("nonfinite_skipped", 0)),
-                window=s.get("window"),
-            )
-        except (KeyError, ValueError, RuntimeError, TypeError) as err:
-            first = (str(err).strip().splitlines() or [""])[0][:200]
-            raise CheckpointError(
-                f"checkpoint {self.path} cannot be resumed: {type(err).__name__}: {first}"
-            ) from None
 
 
 def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
@@ -113,6 +76,11 @@ def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
             f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
         )
     state = load_checkpoint(path)
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be resumed: its step is {step!r}, not a whole number >= 0"
+        )
     # Data, never code: allowed _target_s only, nothing resolved (utils/run/trust.py).
     saved = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
     check_own_run(saved, run_dir, path)
@@ -126,7 +94,7 @@ def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
         )
     saved.resume = str(run_dir)
     OmegaConf.set_struct(saved, True)
-    log.info("%s", describe_resume(str(cfg.resume), target, step=int(state.get("step", 0))))
+    log.info("%s", describe_resume(str(cfg.resume), target, step=step))
     return Resume(run_dir=run_dir, path=path, state=state, cfg=saved)
 
 
@@ -208,14 +176,10 @@ def check_own_run(saved: DictConfig, run_dir: Path, path: Path) -> None:
         )
 
 
-def one_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-
-
 def check_can_resume(resume: Resume, loader, total_steps: int, run_dir: Path) -> None:
     """Refuse a run that has nothing left to do, and one whose data order is no longer the saved one."""
-    step = int(resume.state["step"])
-    if step >= total_steps and (run_dir / "metrics.json").exists():
+    step = resume.state.get("step")
+    if isinstance(step, int) and step >= total_steps and (run_dir / "metrics.json").exists():
         raise ConfigError(
             f"{run_dir} already finished its {step} steps; to train on, resume it with a larger "
             "trainer.max_epochs or trainer.max_steps"
@@ -223,21 +187,18 @@ def check_can_resume(resume: Resume, loader, total_steps: int, run_dir: Path) ->
     saved = resume.state.get("data_order")
     if saved is None:
         return
-    now = data_order_state(loader, int(saved["epoch"]), int(saved["batch"]))
-    if now["num_samples"] != saved["num_samples"] or not torch.equal(now["head"], saved["head"]):
+    try:
+        now = data_order_state(loader, int(saved["epoch"]), int(saved["batch"]))
+        same = now["num_samples"] == saved["num_samples"] and torch.equal(now["head"], saved["head"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint {resume.path}: its data_order is malformed ({one_line(err)})"
+        ) from None
+    if not same:
         raise CheckpointError(
             f"checkpoint {resume.path}: the training data changed since it was saved ({saved['num_samples']} "
             f"samples then, {now['num_samples']} now, or another order); resuming would not be exact"
         )
-
-
-def data_order_state(loader, epoch: int, batch: int) -> dict:
-    """The data order at this point: the (seed, epoch) permutation that utils/loaders.py draws, the batch
-    reached in it, and its first indices, by which a resume checks that the order is still the same."""
-    sampler = getattr(loader, "sampler", loader)
-    n = len(loader.dataset)
-    head = epoch_order(n, sampler.seed, epoch, sampler.shuffle)[:16].clone()
-    return {"seed": sampler.seed, "epoch": epoch, "batch": batch, "num_samples": n, "head": head}
 
 
 def resume_command(run_dir: Path) -> str:

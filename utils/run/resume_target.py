@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from utils.config import ConfigError
-from utils.run.rundir import is_run_dir
+
+
+def is_run_dir(path) -> bool:
+    """A directory that a run wrote: it holds .hydra/ or checkpoints/."""
+    return bool(path) and any(
+        os.path.isdir(os.path.join(str(path), sub)) for sub in (".hydra", "checkpoints")
+    )
+
 
 LATEST = "latest"
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)

@@ -20,6 +20,8 @@ from datetime import datetime
 
 from omegaconf import OmegaConf
 
+from utils.run.resume_target import find_resume_target
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # One answer per (root, name) for the life of the process: Hydra resolves hydra.run.dir more than once.
 _reserved: dict[tuple[str, str], str] = {}
@@ -172,19 +174,10 @@ def _new_dir(root: str, name: str) -> str:
     return path
 
 
-def is_run_dir(path) -> bool:
-    """A directory that a run wrote: it holds .hydra/ or checkpoints/."""
-    return bool(path) and any(
-        os.path.isdir(os.path.join(str(path), sub)) for sub in (".hydra", "checkpoints")
-    )
-
-
 def resumable_run_dir(resume, root: str, *parts: object) -> str:
     """`resume=` continues in the run it names (a run dir, a checkpoint in one, or `latest`); otherwise a new
     directory, as unique_run_dir makes it. A `resume` that names no run gets a new directory, where
     train.py then reports the mistake (and removes the directory)."""
-    from utils.run.resume_target import find_resume_target
-
     target = find_resume_target(resume, root) if resume else None
     return str(target.run_dir) if target else unique_run_dir(root, *parts)
 
@@ -192,8 +185,6 @@ def resumable_run_dir(resume, root: str, *parts: object) -> str:
 def unless_resuming(resume, root: str, value):
     """`value` for a new run, null when resuming: `${unless_resuming:${resume},${paths.output_root},.hydra}`
     keeps Hydra from writing the resumed run's fresh compose over the .hydra/ config it started with."""
-    from utils.run.resume_target import find_resume_target
-
     return None if resume and find_resume_target(resume, root) else value
 
 

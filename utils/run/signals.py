@@ -52,8 +52,11 @@ def stop_while_starting(prog: str) -> None:
         print(
             f"{prog}: stopped by {signal.Signals(signum).name} while starting: nothing to save.",
             file=sys.stderr,
+            flush=True,
         )
-        raise SystemExit(128 + signum)
+        # At once, without unwinding: an exception raised here lands inside whatever import is running,
+        # whose library may catch and rewrap it (OmegaConf does) into a traceback. Nothing is open yet.
+        os._exit(128 + signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)

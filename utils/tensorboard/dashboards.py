@@ -407,3 +407,40 @@ def log_run_end(writer, metrics: dict, step: int, final_tags: list[str]) -> None
     *_, session_end = hparams_summaries({}, {})
     writer.file_writer.add_summary(session_end, step)
     writer.flush()
+
+
+# --- What the loop writes at its moments: the start, the first batch, the histogram epochs ------------------
+
+
+def open_run_writer(parts, resumed_step: int | None):
+    """The run's SummaryWriter on rank 0 (None elsewhere). A new run writes its config, environment and
+    HPARAMS row, and the task's reference numbers, first; a resumed one hides the events that the
+    interrupted run wrote after its checkpoint, so that no step shows twice."""
+    from utils.tensorboard.writer import open_writer
+
+    purge = None if resumed_step is None else resumed_step + 1
+    writer = open_writer(parts.run_dir / "tb", enabled=parts.ddp.is_main, purge_step=purge)
+    if writer and resumed_step is None:  # the interrupted run wrote these already
+        log_run_start(writer, parts.cfg, parts.run_dir, parts.device, metric_tags(parts.task)[0])
+        for name, value in parts.reference.items():
+            writer.add_scalar(f"reference/{name}", value, 0)
+    return writer
+
+
+def log_first_batch(parts, batch) -> None:
+    """At the first step: the model's graph (logging.graph) and the input images (logging.images)."""
+    from utils.tensorboard.writer import log_graph_once
+
+    if not parts.writer:
+        return
+    if parts.logging.graph:
+        log_graph_once(parts.writer, parts.model, parts.task.example_input(batch))
+    if parts.logging.images and (images := parts.task.images(batch)) is not None:
+        log_input_images(parts.writer, images, parts.cfg.data, 0)
+
+
+def log_histograms_when_due(parts, step: int) -> None:
+    """Weights and gradients at the last step of every N-th epoch (logging.histograms_every_n_epochs)."""
+    every = parts.logging.histograms_every_n_epochs
+    if parts.writer and histograms_due(every, step, parts.plan.steps_per_epoch):
+        log_histograms(parts.writer, parts.model, step)

@@ -1,0 +1,117 @@
+"""A run's life around the loop, in one context that train.py and eval.py enter: however the run ends, it
+ends in one line and the exit code that says why.
+
+    with RunLife("train.py", log) as life:
+        run_dir, cfg = life.open_run_dir(cfg)   # a requeued SLURM job resumes its own run
+        life.lock()                              # after the config checks: one process per run dir
+        ...                                      # life.phase = "train", "test" as the run goes on
+        life.stopped_by(signal)                  # the loop stopped for a signal: exit 128 + N
+    if life.exit_code:
+        sys.exit(life.exit_code)
+
+On the way out it releases the run lock, tells an error a user can fix in one line (exit 2; the traceback
+with HYDRA_FULL_ERROR=1), tells a signal in one line that says what was kept (exit 130 / 143 / 138),
+removes the directory of a run that was rejected before it started, and asks SLURM to queue the job again
+after its warning signal (SIGUSR1). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from utils.cli import FULL_ERROR, is_user_error, one_line
+from utils.run.signals import interruption
+
+# What a stop outside the loop kept, by the phase the run was in.
+KEPT = {
+    "start": "before training started: nothing to save.",
+    "train": "while training started or ended: checkpoints/ holds the last checkpoint written.",
+    "test": "during the final test: the test was skipped; checkpoints/ holds best.pt and last.pt.",
+    "evaluate": "while evaluating: nothing was written.",
+}
+
+
+class RunLife:
+    def __init__(self, prog: str, log: logging.Logger) -> None:
+        self.prog, self.log = prog, log
+        self.phase = "start"  # start, train, test, done (eval.py: start, evaluate, done)
+        self.run_dir: Path | None = None
+        self.fresh = True  # the run directory was made for this run: a rejected run removes it
+        self.requeued = False  # SLURM started this job again: it resumes its own run
+        self.exit_code = 0
+        self._signum: int | None = None
+        self._held = contextlib.ExitStack()
+
+    def __enter__(self) -> RunLife:
+        return self
+
+    def open_run_dir(self, cfg):
+        """This run's directory (Hydra made it). A SLURM job started again after a preemption or time
+        limit goes on from its last.pt. Returns (run_dir, cfg)."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from utils.run.resume_target import find_resume_target
+        from utils.run.rundir import requeued_slurm_task
+
+        self.run_dir = Path(HydraConfig.get().runtime.output_dir)
+        resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
+        self.requeued = (
+            not cfg.get("resume")
+            and requeued_slurm_task()
+            and (self.run_dir / "checkpoints/last.pt").is_file()
+        )
+        if self.requeued:  # its original command, whose overrides are the run's own
+            cfg.resume, resuming = str(self.run_dir), True
+        self.fresh = not resuming
+        return self.run_dir, cfg
+
+    def lock(self) -> None:
+        """One process trains in a run directory at a time (rank 0 holds it): a second resume is refused."""
+        from utils.run.lock import RunLock
+        from utils.run.rundir import process_rank
+
+        if process_rank() == 0:
+            self._held.enter_context(RunLock(self.run_dir))
+
+    def stopped_by(self, signum: int | None) -> None:
+        """The loop stopped for this signal (it saved last.pt and said so): exit 128 + N."""
+        if signum:
+            self._signum, self.exit_code = signum, 128 + signum
+
+    def release(self) -> None:
+        """Let go of the run lock (on the way out; a test that trains in-process calls it itself)."""
+        self._held.close()
+
+    def __exit__(self, kind, err, tb) -> bool:
+        self.release()  # the lock first: a requeued job or a resume may take it at once
+        if err is not None:
+            stopped = interruption(err)
+            if stopped:
+                # Plain, like the start-up stop of utils/cli.py: the last line the user sees.
+                print(f"{self.prog}: stopped by {stopped.name} {KEPT.get(self.phase, '')}", file=sys.stderr)
+                self._signum, self.exit_code = stopped.signum, stopped.exit_code
+            elif FULL_ERROR or not isinstance(err, Exception) or not is_user_error(err):
+                return False  # a bug, or the user asked for tracebacks: Python's own report
+            else:
+                self.log.error("%s", one_line(err))
+                self.exit_code = 2
+            if self.phase == "start" and self.fresh and self.run_dir is not None:
+                from utils.run.rundir import discard_run_dir
+
+                discard_run_dir(self.run_dir)  # a rejected run leaves no directory behind
+        if self._signum == signal.SIGUSR1:
+            self._requeue()
+        return True
+
+    def _requeue(self) -> None:
+        """SLURM's warning before a time limit or preemption: last.pt is saved and the lock released; the
+        job asks to be queued again, and the same command then continues this run."""
+        from utils.run.rundir import process_rank
+        from utils.run.slurm import requeue
+
+        if process_rank() == 0:
+            requeue(self.log)
