@@ -201,7 +201,7 @@ echo "$$" >"$tmp/pid"
   declare -f port_in_use http_answers tensorboard_answers # the same helpers as here (common.sh)
   cat "$SCRIPT_DIR/serve_tb_remote.sh"
   printf '\0'
-  [[ ! -r $PROJECT_DIR/utils/tbdoctor.py ]] || cat "$PROJECT_DIR/utils/tbdoctor.py"
+  [[ ! -r $SCRIPT_DIR/tbdoctor.py ]] || cat "$SCRIPT_DIR/tbdoctor.py"
   printf '\0'
 } >"$tmp/payload"
 

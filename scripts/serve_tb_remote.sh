@@ -4,7 +4,7 @@
 #
 # What serve_tb.sh writes to our stdin, in order:
 #   1. this program, preceded by the settings as hex (`*_hex=...`), then a NUL byte;
-#   2. the log doctor's source (utils/tbdoctor.py), then a NUL byte;
+#   2. the log doctor's source (scripts/tbdoctor.py), then a NUL byte;
 #   3. a heartbeat line every $heartbeat seconds until it goes away (EOF).
 # What we write to stdout: protocol lines "@@serve_tb NONCE WORD ...", where NONCE came with the settings
 # (a path cannot forge one), and any other line is for the user:

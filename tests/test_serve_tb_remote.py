@@ -95,9 +95,9 @@ def test_headline_command_without_env_then_sighup_leaves_nothing(sshd, training_
     # A checkout at ~/code/proj on the laptop and on the server (here the same directory: the test
     # sshd's HOME), its .venv holding TensorBoard, as `make install` leaves it.
     checkout = sshd.home / "code" / "proj"
-    (checkout / "utils").mkdir(parents=True)
+    checkout.mkdir(parents=True)
     shutil.copytree(ROOT / "scripts", checkout / "scripts", ignore=shutil.ignore_patterns("*.py"))
-    shutil.copy(ROOT / "utils" / "tbdoctor.py", checkout / "utils")
+    shutil.copy(ROOT / "scripts" / "tbdoctor.py", checkout / "scripts")
     (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
     copy_run(training_run, checkout / "outputs" / "run1")
     local_tmp = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))  # short: a socket path lives there

@@ -1,8 +1,9 @@
-"""utils/tbdoctor.py on real event files (written by the template's training run and by SummaryWriter),
+"""scripts/tbdoctor.py on real event files (written by the template's training run and by SummaryWriter),
 and against a real TensorBoard holding the port."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
@@ -26,7 +27,12 @@ from tests.remote_fixtures import (
     training_run,  # noqa: F401 (a fixture)
     wait_until,
 )
-from utils.tbdoctor import examine, list_runs, main, pick_runs
+
+# The log doctor is a script (scripts/tbdoctor.py), not a package module: loaded from its file.
+_spec = importlib.util.spec_from_file_location("tbdoctor", ROOT / "scripts" / "tbdoctor.py")
+tbdoctor = sys.modules["tbdoctor"] = importlib.util.module_from_spec(_spec)  # (dataclasses look it up)
+_spec.loader.exec_module(tbdoctor)
+examine, list_runs, main, pick_runs = tbdoctor.examine, tbdoctor.list_runs, tbdoctor.main, tbdoctor.pick_runs
 
 
 def report(directory, port=None, brief=False) -> tuple[int, str]:
@@ -215,13 +221,14 @@ def answers(port):
         return None
 
 
-@pytest.mark.parametrize("form", [["-m", "utils.tbdoctor"], ["utils/tbdoctor.py"]], ids=["module", "file"])
-def test_command_line_exit_status(form, tmp_path, training_run):  # noqa: F811
-    # Both ways of running it; as a file, utils/tensorboard.py must not shadow the tensorboard package.
+@pytest.mark.parametrize("cwd", [ROOT, ROOT / "scripts"], ids=["root", "scripts"])
+def test_command_line_exit_status(cwd, tmp_path, training_run):  # noqa: F811
+    # Run as a script, from the checkout and from scripts/: nothing there shadows the tensorboard package.
     def run(*args):
         return subprocess.run(
-            [sys.executable, *form, *args], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE
-        )
+            [sys.executable, str(ROOT / "scripts" / "tbdoctor.py"), *args],
+            cwd=cwd, capture_output=True, text=True, timeout=DEADLINE,
+        )  # fmt: skip
 
     good = run(str(training_run), "--port", str(free_port()))
     assert good.returncode == 0, good.stderr

@@ -1,8 +1,8 @@
 """Log doctor for TensorBoard: what a log directory holds, and why a dashboard would be empty.
 
-    python -m utils.tbdoctor [DIR] [--port N] [--brief]
-    python -m utils.tbdoctor --list-runs [DIR]      # the runs: name, date, size, event files
-    python -m utils.tbdoctor --pick latest|GLOB DIR  # run paths, NUL-separated (for serve_tb.sh)
+    python scripts/tbdoctor.py [DIR] [--port N] [--brief]
+    python scripts/tbdoctor.py --list-runs [DIR]      # the runs: name, date, size, event files
+    python scripts/tbdoctor.py --pick latest|GLOB DIR  # run paths, NUL-separated (for serve_tb.sh)
 
 For each run under DIR (a directory that holds event files, as TensorBoard counts runs) it lists the
 event files, the tags (scalars, graph, images, other plugins), the last step and the last write time,
@@ -15,8 +15,9 @@ a graph, another TensorBoard already on the port.
 Exit status: 0 when DIR holds data TensorBoard can show, 1 when it holds event files but no data yet,
 2 when DIR is missing or holds no event files.
 
-The module needs only the standard library and tensorboard, so that scripts/serve_tb.sh can run it on a
-server with `python -c` before it starts TensorBoard there.
+A command-line tool of scripts/tb.sh and scripts/serve_tb.sh, not a part of the training code. It needs
+only the standard library and tensorboard, so that serve_tb.sh can send its source to a server and run it
+there with `python -` before it starts TensorBoard.
 """
 
 from __future__ import annotations
@@ -38,12 +39,6 @@ EVENT_FILE_MARK = "events.out.tfevents."
 TENSORBOARD_DEFAULT_PORT = 6006
 RECORD_OVERHEAD = 16  # a TFRecord is: 8-byte length, 4-byte CRC, payload, 4-byte CRC
 RECENT_WRITE_SECONDS = 120  # an incomplete last record this fresh is taken for a writer at work
-
-# Run as a file (python utils/tbdoctor.py), Python puts utils/ first on sys.path, and there
-# utils/tensorboard.py would shadow the tensorboard package.
-_here = globals().get("__file__")
-if _here and sys.path and Path(sys.path[0] or ".").resolve() == Path(_here).resolve().parent:
-    sys.path.pop(0)
 
 
 @dataclass
@@ -444,7 +439,7 @@ def pick_runs(logdir: Path, selection: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.tbdoctor",
+        prog="scripts/tbdoctor.py",
         description="List what a TensorBoard log directory holds and explain why a dashboard would be empty.",
         epilog="Exit status: 0 data to show, 1 event files without data, 2 DIR missing or without event files.",
     )
