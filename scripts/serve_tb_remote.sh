@@ -162,7 +162,9 @@ fi
 if ((port_fixed == 1)) && port_in_use "$base_port"; then
   fail "remote port $base_port is already in use on the server (choose another --remote-port, or leave it out to take the next free one)"
 fi
-doctor --brief --port "$base_port" -- "$logdir"
+# No port check (--port 0): the loop below takes the next free port itself, and the doctor cannot know
+# which one it will be.
+doctor --brief --port 0 -- "$logdir"
 
 # owns_port PORT: true when TensorBoard's own process holds the listening socket of 127.0.0.1:PORT.
 # Without /proc (not Linux) it cannot tell, and says yes: the log directory check below still holds.

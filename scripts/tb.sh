@@ -95,7 +95,7 @@ fi
 
 # The log doctor's summary (runs, tags, last write) and any problem it sees; it never stops the start.
 if [[ -r $SCRIPT_DIR/tbdoctor.py ]]; then
-  "$python" "$SCRIPT_DIR/tbdoctor.py" --brief --port "$DEFAULT_PORT" -- "$logdir" >&2 2>/dev/null || true
+  "$python" "$SCRIPT_DIR/tbdoctor.py" --brief --port "$port" -- "$logdir" >&2 2>/dev/null || true
 fi
 
 printf 'TensorBoard for %s: http://localhost:%s/ (Ctrl-C stops it)\n' "$logdir" "$port"

@@ -27,7 +27,9 @@ from tests.remote_fixtures import (
     Served,
     children,
     descendants,
+    first_free_port,
     get_json,
+    port_listening,
     processes_in,
     processes_mentioning,
     serve_args,
@@ -274,6 +276,32 @@ def test_run_latest_and_run_pattern(sshd, dated_runs, tmp_path):  # noqa: F811
     wait_until(lambda: not leftovers(dated_runs), "the remote side to stop", 5)
     error = one_error_line(run_serve(serve_args(sshd, dated_runs, "--run", "nothing-like-it")))
     assert "no run under" in error and "matches --run nothing-like-it" in error
+
+
+def test_the_log_doctor_follows_the_run_links_and_no_default_port(sshd, dated_runs, tmp_path):  # noqa: F811
+    # Another user's real TensorBoard on the server's default port: serve_tb.sh moves on to the next
+    # port, so the log doctor must not say "a TensorBoard is already on port 6008"; and --run GLOB
+    # serves a directory of links, which the doctor must follow ("no event files" otherwise).
+    port = first_free_port(6008)
+    other = copy_run(dated_runs / "outputs" / "2026-01-01" / "10-00-00_old", tmp_path / "someone else")
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(other), "--host", "127.0.0.1"]
+    tensorboard = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: port_listening(port), "the other TensorBoard to listen", DEADLINE)
+        served = Served(serve_args(sshd, dated_runs, "--run", "2026-01-0[12]/*"), tmp_path)
+        try:
+            url = served.wait_for_url()
+            assert environment(url)["data_location"] != str(other)
+        finally:
+            assert served.stop() == 130
+    finally:
+        tensorboard.terminate()
+        tensorboard.wait(timeout=DEADLINE)
+    assert "2 run(s), 2 with data" in served.output  # the doctor's summary of the two linked runs
+    for false_alarm in ("problem:", "no event files", "already on port", "taken by another program"):
+        assert false_alarm not in served.output, served.output
 
 
 def test_tilde_means_the_remote_home(sshd, training_run):  # noqa: F811

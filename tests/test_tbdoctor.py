@@ -163,6 +163,19 @@ def test_a_relative_path_resolved_against_another_working_directory(tmp_path, mo
     assert f"{tmp_path / 'project' / 'outputs'} holds 1 event file(s)" in text
 
 
+def test_runs_behind_links_are_found_as_tensorboard_finds_them(tmp_path, training_run):  # noqa: F811
+    # serve_tb.sh's --run GLOB serves a directory of links to the runs it picked; TensorBoard follows them.
+    view = tmp_path / "view"
+    (view / "day1").mkdir(parents=True)
+    (view / "day1" / "run1").symlink_to(training_run)
+    (view / "loop").symlink_to(view)  # a link loop ends
+    status, text = report(view, brief=True)
+    assert status == 0, text
+    assert "1 run(s), 1 with data" in text and "problem" not in text
+    assert [line.split()[0] for line in list_runs(view)[1:]] == ["day1/run1"]
+    assert pick_runs(view, "run1") == [view / "day1" / "run1"]
+
+
 def test_another_tensorboard_already_on_the_port(tmp_path, training_run):  # noqa: F811
     port = free_port()
     other = tmp_path / "someone else's logs"
