@@ -27,6 +27,7 @@ EOF
 answers_http() { http_answers "$1" / 'HTTP/*'; }
 
 readonly SSH_REFUSED_FLAGS="fnNMOSsWGV"  # would break the forward (take_ssh_option, common.sh)
+readonly ACCEPT_NEW_OPTION="-o StrictHostKeyChecking=accept-new" # (explain_ssh_error, common.sh)
 ssh_opts=()
 positional=()
 
@@ -80,11 +81,13 @@ ssh_failed() {
   ssh_pid=""
   message=$(grep -v '^Warning: Permanently added' "$err" | grep -v '^ *$' | tail -n 1 || true)
   case $message in
-    *"Permission denied"*) die "authentication to $host failed: $message (key-based only: ssh-add your key)" ;;
-    *"Host key verification failed"*) die "the host key of $host is unknown or has changed: $message" ;;
     *"bind"* | *"forwarding"*) die "cannot bind local port 127.0.0.1:$local_port: $message" ;;
-    *) die "cannot reach $host: ${message:-ssh exited with status $rc}" ;;
+    "") die "cannot reach $host: ssh exited with status $rc" ;;
   esac
+  explain_ssh_error "$host" "$err" # (common.sh: the same lines as serve_tb.sh's)
+  ((${#ssh_error_details})) || die "$ssh_error"
+  printf '%s: error: %s\n%s\n' "$PROG" "$ssh_error" "$ssh_error_details" >&2
+  exit 1
 }
 
 until port_in_use "$local_port"; do

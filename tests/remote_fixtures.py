@@ -5,7 +5,8 @@
 - `sshd`: a throwaway OpenSSH server on 127.0.0.1 (Debian's /usr/sbin/sshd, keys from ssh-keygen, host
   key pinned in a known_hosts file), with an ssh client config whose aliases the scripts use as HOST.
   Its sessions get HOME=<its directory>/home (sshd's SetEnv), so that `~` on "the server" is a temporary
-  directory; a second host key (`other_host_key`) stands for a server whose key changed.
+  directory; a second host key (`other_host_key`) stands for a server whose key changed, and the alias
+  HOST_NEW reaches it with an empty known_hosts and ssh's default StrictHostKeyChecking (ask).
 - `training_run`: one short real training run per session, made by train.py.
 - `/proc` scans: which processes mention a path, which ports listen and on which address.
 """
@@ -36,6 +37,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 HOST = "stb-test"  # the test sshd, as an ssh config alias
 HOST_BAD_KEY = "stb-badkey"  # the same server, with a key it does not accept
 HOST_CLOSED = "stb-closed"  # a port where nothing listens
+HOST_NEW = "stb-new"  # the same server, unknown to its known_hosts, StrictHostKeyChecking at the default
 DEADLINE = 90  # seconds: a guard against hangs, not a timing assertion
 
 
@@ -306,20 +308,23 @@ SetEnv HOME={directory}/home
 
     host_key = (directory / "host_key.pub").read_text().split()
     (directory / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    (directory / "known_hosts_empty").touch()
     closed_port = free_port()
     common = f"""  HostName 127.0.0.1
   User {user}
   IdentitiesOnly yes
   IdentityAgent none
-  UserKnownHostsFile {directory}/known_hosts
   GlobalKnownHostsFile /dev/null
-  StrictHostKeyChecking yes
   UpdateHostKeys no
 """
+    pinned = f"  UserKnownHostsFile {directory}/known_hosts\n  StrictHostKeyChecking yes\n{common}"
+    # HOST_NEW: StrictHostKeyChecking left at ssh's default (ask), as in a user's ~/.ssh/config.
+    unknown = f"  UserKnownHostsFile {directory}/known_hosts_empty\n{common}"
     (directory / "ssh_config").write_text(
-        f"Host {HOST}\n  Port {port}\n  IdentityFile {directory}/client_key\n{common}"
-        f"Host {HOST_BAD_KEY}\n  Port {port}\n  IdentityFile {directory}/other_key\n{common}"
-        f"Host {HOST_CLOSED}\n  Port {closed_port}\n  IdentityFile {directory}/client_key\n{common}"
+        f"Host {HOST}\n  Port {port}\n  IdentityFile {directory}/client_key\n{pinned}"
+        f"Host {HOST_BAD_KEY}\n  Port {port}\n  IdentityFile {directory}/other_key\n{pinned}"
+        f"Host {HOST_CLOSED}\n  Port {closed_port}\n  IdentityFile {directory}/client_key\n{pinned}"
+        f"Host {HOST_NEW}\n  Port {port}\n  IdentityFile {directory}/client_key\n{unknown}"
     )
     server = SSHServer(port, directory / "ssh_config", directory)
     check = subprocess.run(

@@ -9,6 +9,7 @@ the same logic inside the 30 s that docs/remote_tensorboard.md promises.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,8 +23,10 @@ import pytest
 from tests.remote_fixtures import (
     DEADLINE,
     HOST,
+    HOST_NEW,
     ROOT,
     SERVE_TB,
+    TUNNEL,
     Served,
     children,
     descendants,
@@ -315,50 +318,55 @@ def test_tilde_means_the_remote_home(sshd, training_run):  # noqa: F811
 # ---- host keys ------------------------------------------------------------------------------------
 
 
-def test_unknown_and_changed_host_keys(sshd, project, tmp_path):  # noqa: F811
-    empty = tmp_path / "known_hosts_empty"
-    empty.touch()
-    unknown = one_error_line(
-        run_serve(
-            [
-                *sshd.ssh_args,
-                "-o",
-                f"UserKnownHostsFile={empty}",
-                "--list",
-                "--remote-dir",
-                str(project),
-                HOST,
-            ]
-        )
-    )
-    assert "unknown host key for stb-test" in unknown and "--accept-new" in unknown
+def test_unknown_host_key_with_ssh_default_checking_says_accept_new(sshd, project, tmp_path):  # noqa: F811
+    # HOST_NEW leaves StrictHostKeyChecking at ssh's default (ask): with no terminal to ask on, ssh says
+    # only "Host key verification failed.", and the scripts must still say what it means and what to do.
+    args = [*sshd.ssh_args, "--list", "--remote-dir", str(project), HOST_NEW]
+    unknown = one_error_line(run_serve(args))
+    assert "unknown host key for stb-new" in unknown and "--accept-new" in unknown
+    tunnel = subprocess.run(
+        [str(TUNNEL), *sshd.ssh_args, HOST_NEW], capture_output=True, text=True, timeout=DEADLINE,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert tunnel.returncode == 1
+    assert tunnel.stderr.splitlines() == [
+        "tunnel.sh: error: unknown host key for stb-new: ssh has never seen this server; check its fingerprint "
+        "and connect once with plain ssh, or pass -o StrictHostKeyChecking=accept-new to trust it on first use"
+    ]
 
-    # The server presents its host key; known_hosts pins the other one: "the key changed".
-    changed = tmp_path / "known_hosts_changed"
+    # --accept-new: trust on first use, and the key lands in known_hosts.
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.touch()
+    result = run_serve([*sshd.ssh_args, "-o", f"UserKnownHostsFile={known_hosts}", "--accept-new", *args[2:]])
+    assert result.returncode == 0, result.stderr
+    assert "run1" in result.stdout
+    assert "ssh-ed25519" in known_hosts.read_text()
+
+
+def test_changed_host_key_is_refused_with_the_command_that_removes_the_old_key(sshd, project, tmp_path):  # noqa: F811
+    # The server presents its host key; known_hosts pins the other one: "the key changed". HOST is an
+    # alias (HostName 127.0.0.1) on a port other than 22: known_hosts holds [127.0.0.1]:PORT, not HOST.
+    changed = tmp_path / "known_hosts"
     other = (sshd.directory / "other_host_key.pub").read_text().split()
     changed.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
     for extra in ([], ["--accept-new"]):
         args = [*sshd.ssh_args, "-o", f"UserKnownHostsFile={changed}", *extra, "--list", HOST]
         result = run_serve(args)
-        assert "host key of stb-test has CHANGED (possible man-in-the-middle)" in one_error_line(result)
+        error = one_error_line(result)
+        assert "host key of stb-test has CHANGED (possible man-in-the-middle)" in error
         assert "SHA256:" in result.stderr and "fingerprint" in result.stderr
+    remove = error.split("remove the old key with: ", 1)[1]
+    assert remove == f"ssh-keygen -R '[127.0.0.1]:{sshd.port}' -f {changed}"
 
-    # --accept-new: trust on first use, and the key lands in known_hosts.
-    result = run_serve(
-        [
-            *sshd.ssh_args,
-            "-o",
-            f"UserKnownHostsFile={empty}",
-            "--accept-new",
-            "--list",
-            "--remote-dir",
-            str(project),
-            HOST,
-        ]
-    )
+    # The command does what it says (run as the user would paste it, without a shell here), after which
+    # --accept-new trusts the server's key.
+    removed = subprocess.run(shlex.split(remove), capture_output=True, text=True, timeout=DEADLINE)
+    assert removed.returncode == 0, removed.stderr
+    assert other[1] not in changed.read_text()
+    args = [*sshd.ssh_args, "-o", f"UserKnownHostsFile={changed}", "--accept-new", "--list"]
+    result = run_serve([*args, "--remote-dir", str(project), HOST])
     assert result.returncode == 0, result.stderr
     assert "run1" in result.stdout
-    assert "ssh-ed25519" in empty.read_text()
 
 
 # ---- what must not be believed or run -------------------------------------------------------------
