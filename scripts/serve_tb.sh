@@ -55,7 +55,8 @@ A port given with --local-port or --remote-port is used as is: the script fails 
 Any other option starting with '-' goes to ssh (e.g. -J jump, -p 2222, -i key, -o Option=value);
 -f -n -N -t -M -O -S -s -W -G -V are refused because they would break the session.
 
-The URL is printed on a line that contains http://localhost:PORT; it runs until stopped. Exit status:
+The URL is printed on a line that contains http://127.0.0.1:PORT (not localhost, which may reach
+another program on [::1]:PORT); it runs until stopped. Exit status:
 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, 1 on an error (a line "$PROG: error: ...").
 More in docs/remote_tensorboard.md.
 EOF
@@ -218,7 +219,9 @@ if ! connect first; then
 fi
 [[ $mode == serve ]] || exit 0
 
-url="http://localhost:$local_port/"
+# 127.0.0.1, not localhost: the forward listens on 127.0.0.1 only, and a browser tries localhost on [::1]
+# first, where another program may listen on the same port.
+url="http://127.0.0.1:$local_port/"
 note "TensorBoard pid $remote_pid on $host:127.0.0.1:$remote_port serves $remote_logdir"
 printf 'TensorBoard: %s\n' "$url"
 note "press Ctrl-C to stop it"

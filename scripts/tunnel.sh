@@ -13,7 +13,7 @@ usage() {
   cat <<EOF
 Usage: $PROG [ssh options] HOST [REMOTE_PORT [LOCAL_PORT]]
 
-Forward http://localhost:LOCAL_PORT here to 127.0.0.1:REMOTE_PORT on HOST, until Ctrl-C.
+Forward http://127.0.0.1:LOCAL_PORT here to 127.0.0.1:REMOTE_PORT on HOST, until Ctrl-C.
 HOST is any ssh destination (an alias from ~/.ssh/config, or user@host; jump hosts with -J).
   REMOTE_PORT   the server's port (default: $DEFAULT_REMOTE_PORT)
   LOCAL_PORT    the local port, bound on 127.0.0.1 only (default: $DEFAULT_LOCAL_PORT, or the next free
@@ -94,7 +94,7 @@ until port_in_use "$local_port"; do
   kill -0 "$ssh_pid" 2>/dev/null || ssh_failed
   sleep 0.2
 done
-printf 'Tunnel: http://localhost:%s/ -> %s:127.0.0.1:%s\n' "$local_port" "$host" "$remote_port"
+printf 'Tunnel: http://127.0.0.1:%s/ -> %s:127.0.0.1:%s\n' "$local_port" "$host" "$remote_port"
 if ! answers_http "$local_port"; then
   printf '%s: note: nothing answers HTTP on %s:127.0.0.1:%s yet\n' "$PROG" "$host" "$remote_port" >&2
 fi

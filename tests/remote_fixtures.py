@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -38,6 +39,7 @@ HOST = "stb-test"  # the test sshd, as an ssh config alias
 HOST_BAD_KEY = "stb-badkey"  # the same server, with a key it does not accept
 HOST_CLOSED = "stb-closed"  # a port where nothing listens
 HOST_NEW = "stb-new"  # the same server, unknown to its known_hosts, StrictHostKeyChecking at the default
+URL = re.compile(r"http://[^\s/]+:[0-9]+/")  # what the scripts print for the browser
 DEADLINE = 90  # seconds: a guard against hangs, not a timing assertion
 
 
@@ -427,16 +429,17 @@ class Served:
         return self.stdout_path.read_text() + self.stderr_path.read_text()
 
     def wait_for_url(self) -> str:
-        def url_line():
-            for line in self.stdout_path.read_text().splitlines():
-                if "http://localhost:" in line:
-                    return line
+        """The first URL the script prints, as printed (the tests check which host it names)."""
+
+        def url():
+            found = URL.search(self.stdout_path.read_text())
+            if found:
+                return found[0]
             if self.process.poll() is not None:
                 pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.output}")
             return None
 
-        line = wait_until(url_line, f"{self.name} to print the URL", DEADLINE)
-        self.url = line[line.index("http://localhost:") :].split()[0].rstrip("/")
+        self.url = wait_until(url, f"{self.name} to print the URL", DEADLINE).rstrip("/")
         return self.url
 
     @property
