@@ -17,6 +17,28 @@ refuse_native_windows() {
   esac
 }
 
+# shown_line TEXT: prints TEXT, which came from the server, as one line for the terminal: control
+# characters (an escape sequence, a carriage return, a newline in a directory name) shown as ^X, as
+# `cat -v` does, so that nothing from the server drives the terminal; tabs and non-ASCII text stay.
+shown_line() {
+  local text=$1 out="" c code i carets='@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\]^_'
+  if [[ $text != *[[:cntrl:]]* ]]; then
+    printf '%s\n' "$text"
+    return
+  fi
+  for ((i = 0; i < ${#text}; i++)); do
+    c=${text:i:1}
+    case $c in
+      $'\t') out+=$c ;;
+      [[:cntrl:]])
+        code=$(printf '%d' "'$c")
+        if ((code < 32)); then out+="^${carets:code:1}"; else out+='^?'; fi ;;
+      *) out+=$c ;;
+    esac
+  done
+  printf '%s\n' "$out"
+}
+
 # is_port TEXT: true when TEXT is a decimal port number 1-65535. Checked as a string first (digits only,
 # at most 5 significant), so that no arithmetic ever sees a number that would overflow.
 is_port() {

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ HOST_CLOSED = "stb-closed"  # a port where nothing listens
 HOST_NEW = "stb-new"  # the same server, unknown to its known_hosts, StrictHostKeyChecking at the default
 URL = re.compile(r"http://[^\s/]+:[0-9]+/")  # what the scripts print for the browser
 DEADLINE = 90  # seconds: a guard against hangs, not a timing assertion
+
+# serve_tb.sh remembers the remote directory of each checkout and host in $XDG_STATE_HOME/serve_tb: the
+# scripts that the tests start keep that memory in a directory of the test run, not in the user's home.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="serve_tb_state-")
 
 
 def require(available: bool, what: str) -> None:

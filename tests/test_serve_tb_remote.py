@@ -45,9 +45,10 @@ pytestmark = pytest.mark.slow
 BOOTSTRAP = 'bash -c IFS= read -r -d "" p && eval "$p"'
 
 
-def run_serve(args, env=None) -> subprocess.CompletedProcess:
+def run_serve(args, env=None, script=SERVE_TB) -> subprocess.CompletedProcess:
+    """SCRIPT ARGS, or the command ARGS when script is None."""
     return subprocess.run(
-        [str(SERVE_TB), *args],
+        [str(script), *args] if script else args,
         capture_output=True,
         text=True,
         timeout=DEADLINE,
@@ -227,6 +228,44 @@ def test_session_killed_on_the_server_reconnects_and_serves_again(sshd, project,
     wait_until(lambda: not leftovers(project), "the remote side to stop", 5)
 
 
+# A slow network between the server and the laptop: every heartbeat line ("@@serve_tb NONCE alive")
+# arrives in two parts, the second SPLIT_GAP seconds after the first, longer than the laptop's heartbeat.
+# It runs on the server as a filter of the remote side's stdout (put there with --env), and counts the
+# lines it has split in a file, so that the test waits for a number of heartbeats, not for a time.
+SPLIT_GAP = 1.5
+SPLITTER = f"""
+import sys, time
+count, out = 0, sys.stdout.buffer
+for line in iter(sys.stdin.buffer.readline, b""):
+    if line.endswith(b" alive\\n"):
+        out.write(line[:1]); out.flush(); time.sleep({SPLIT_GAP}); out.write(line[1:]); out.flush()
+        count += 1
+        with open(sys.argv[1], "w") as counter:
+            counter.write(str(count))
+    else:
+        out.write(line); out.flush()
+"""
+
+
+def test_heartbeat_lines_cut_in_two_by_the_network_never_reach_the_terminal(sshd, project, tmp_path):  # noqa: F811
+    (tmp_path / "splitter.py").write_text(SPLITTER)
+    counter = tmp_path / "split_lines"
+    split = f"exec > >({shlex.quote(sys.executable)} -u {tmp_path / 'splitter.py'} {counter})"
+    args = serve_args(sshd, project, "--heartbeat", "1")
+    args[args.index("--env") + 1] += f"; {split}"
+    served = Served(args, tmp_path)
+    try:
+        served.wait_for_url()
+        wait_until(
+            lambda: counter.exists() and int(counter.read_text() or 0) >= 4, "4 split heartbeats", DEADLINE
+        )
+        assert "alive" not in served.output and "serve_tb " not in served.output, served.output
+        assert "reconnect" not in served.output, served.output  # a slow line is no dead connection
+    finally:
+        assert served.stop(signal.SIGINT) == 130, served.output
+    wait_until(lambda: not leftovers(project), "the remote side to stop", 5)
+
+
 # ---- choosing runs --------------------------------------------------------------------------------
 
 
@@ -313,6 +352,81 @@ def test_tilde_means_the_remote_home(sshd, training_run):  # noqa: F811
     assert result.returncode == 0, result.stderr
     assert f"runs under {sshd.home / 'logs'}" in result.stderr
     assert result.stdout.splitlines()[1].startswith("run1 ")
+
+
+# ---- the remote project directory ------------------------------------------------------------------
+
+
+def checkouts(sshd, tmp_path: Path, training_run: Path, laptop: str, *server: str) -> tuple[Path, dict]:  # noqa: F811
+    """The project checked out on the laptop at <laptop home>/LAPTOP and on the server at each of SERVER
+    (relative to the server's home; the first one holds a .venv with TensorBoard and a run). Returns the
+    laptop's checkout and the environment of a shell there (its own HOME, its own serve_tb memory)."""
+    home = tmp_path / "laptop home"
+    laptop_checkout = home / laptop
+    shutil.copytree(ROOT / "scripts", laptop_checkout / "scripts")
+    for i, place in enumerate(server):
+        checkout = sshd.home / place
+        shutil.copytree(ROOT / "scripts", checkout / "scripts")
+        if i == 0:
+            (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
+            copy_run(training_run, checkout / "outputs" / "run1")
+    local_tmp = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))  # short: a socket path lives there
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "TMPDIR": str(local_tmp),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    return laptop_checkout, env
+
+
+def test_no_remote_dir_finds_the_project_on_the_server_then_remembers_it(sshd, training_run, tmp_path):  # noqa: F811
+    # The laptop's checkout is ~/work/proj-x, the server's ~/srv/code/proj-x: not the same path under $HOME.
+    laptop, env = checkouts(sshd, tmp_path, training_run, "work/proj-x", "srv/code/proj-x")
+    script = laptop / "scripts" / "serve_tb.sh"
+    served = Served([*sshd.ssh_args, "--no-browser", HOST], tmp_path, script=script, env=env)
+    try:
+        url = served.wait_for_url()
+        assert environment(url)["data_location"] == str(sshd.home / "srv/code/proj-x/outputs")
+        assert f"remote directory {sshd.home / 'srv/code/proj-x'} (found on the server" in served.output
+    finally:
+        assert served.stop() == 130, served.output
+
+    # A second project of that name on the server: a search would not know which; the memory does.
+    shutil.copytree(ROOT / "scripts", sshd.home / "srv" / "old" / "proj-x" / "scripts")
+    listed = run_serve([str(script), *sshd.ssh_args, "--list", HOST], env=env, script=None)
+    assert listed.returncode == 0, listed.stderr
+    assert f"remote directory {sshd.home / 'srv/code/proj-x'} (remembered" in listed.stderr
+    assert listed.stdout.splitlines()[1].startswith("run1 ")
+
+    # Without the memory: one line that names both and says what to do.
+    env["XDG_STATE_HOME"] = str(tmp_path / "no memory")
+    error = one_error_line(run_serve([str(script), *sshd.ssh_args, "--list", HOST], env=env, script=None))
+    assert "several directories look like the project" in error and "--remote-dir" in error
+    assert str(sshd.home / "srv/code/proj-x") in error and str(sshd.home / "srv/old/proj-x") in error
+    (sshd.home / "srv").rename(sshd.home / ".srv")  # hidden directories are not searched
+    error = one_error_line(run_serve([str(script), *sshd.ssh_args, "--list", HOST], env=env, script=None))
+    assert "no directory named 'proj-x'" in error and "pass --remote-dir DIR once" in error
+
+
+def test_an_unquoted_tilde_gets_a_hint(sshd, project, tmp_path):  # noqa: F811
+    # `--remote-dir ~/proj` unquoted: the laptop's shell made it the laptop's home.
+    laptop_home = tmp_path / "laptop home"
+    env = {**os.environ, "HOME": str(laptop_home)}
+    error = one_error_line(
+        run_serve([*sshd.ssh_args, "--list", "--remote-dir", f"{laptop_home}/proj", HOST], env)
+    )
+    assert f"it starts with the laptop's home {laptop_home}" in error and "quote it ('~/proj')" in error
+    error = one_error_line(run_serve(serve_args(sshd, project, "--logdir", f"{laptop_home}/logs"), env))
+    assert "log directory" in error and "quote it ('~/logs')" in error
+
+
+def test_control_characters_from_the_server_never_reach_the_terminal_raw(sshd, project):  # noqa: F811
+    (project / "\x1b[31mred\x07").mkdir()  # listed by the server when the log directory is missing
+    result = run_serve(serve_args(sshd, project, "--logdir", "missing"))
+    one_error_line(result)
+    assert "^[[31mred^G" in result.stderr
+    assert not any(c in result.stderr + result.stdout for c in "\x1b\x07\r")
 
 
 # ---- host keys ------------------------------------------------------------------------------------

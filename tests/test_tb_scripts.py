@@ -392,7 +392,7 @@ def test_default_remote_dir_is_the_checkout_relative_to_home():
     def default_shown(home):
         env = {**os.environ, "HOME": str(home)}
         out = subprocess.run([str(SERVE_TB), "--help"], capture_output=True, text=True, env=env).stdout
-        return re.search(r"here: (.*)\)", out).group(1)
+        return re.search(r"here:\s+(\S+?);", out).group(1)
 
     assert default_shown(checkout.parent) == checkout.name  # ~/code/proj here means ~/code/proj there
     assert default_shown("/nonexistent-home") == str(checkout)  # outside $HOME: the same absolute path
