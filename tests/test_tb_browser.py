@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.remote_fixtures import (
     CHROMIUM,
@@ -127,3 +128,16 @@ def test_graphs_tab_draws_the_model_through_the_tunnel(sshd, training_run, tmp_p
         other.shutdown()
         other.server_close()
     assert not {pid for pid, cmd in processes_mentioning(str(project)).items() if "--logdir" in cmd}
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
+def test_every_mention_of_the_graphs_tab_says_how_to_fill_it(page):
+    # The default run logs no graph: a paragraph (or table row) that promises the GRAPHS tab must say
+    # that it takes logging.graph=true, or the user looks at an empty tab.
+    default = yaml.safe_load((ROOT / "conf" / "logging" / "default.yaml").read_text())["graph"]
+    if default:
+        pytest.skip("the graph is logged by default")
+    path = ROOT / page if page == "README.md" else ROOT / "docs" / page
+    for paragraph in re.split(r"\n\s*\n|\n(?=\|)", path.read_text()):
+        if "GRAPHS" in paragraph:
+            assert "graph=true" in paragraph or "graph: true" in paragraph, f"{page}: {paragraph}"
