@@ -328,6 +328,9 @@ def test_tb_makes_a_relative_logdir_absolute_and_takes_the_next_free_port(output
         assert served.local_port > start
         environment = wait_until(lambda: get_json_or_none(f"{url}/data/environment"), "TensorBoard to answer")
         assert environment["data_location"] == str(outputs / "old")
+        # The log doctor checks the port tb.sh chose, not the default one that it passed over.
+        assert "1 run(s), 1 with data" in served.output
+        assert "taken by another program" not in served.output and "already on port" not in served.output
         served.stop(signal.SIGTERM)
     wait_until(lambda: not tensorboards_for(outputs), "TensorBoard to exit")
 
