@@ -32,8 +32,10 @@ Options (each can also be set by the environment variable in brackets):
   --logdir DIR        remote log directory, absolute, relative to --remote-dir, or starting with
                       ~ or \$HOME for the remote home [SERVE_TB_LOGDIR] (default: outputs)
   --remote-dir DIR    remote project directory, absolute or relative to the remote home
-                      [SERVE_TB_REMOTE_DIR] (default: this checkout's path relative to \$HOME,
-                      here: $(default_remote_dir))
+                      [SERVE_TB_REMOTE_DIR] (default: the one that served this checkout on HOST
+                      last time, else this checkout's path relative to \$HOME, here:
+                      $(default_remote_dir); when that is missing, a directory of the same name
+                      under the remote home that holds scripts/serve_tb.sh). Quote a ~ ('~/proj').
   --env CMD           shell command run on HOST before tensorboard, in --remote-dir [SERVE_TB_ENV]
                       (default: none; tensorboard is taken from --remote-dir's .venv, else PATH)
   --run NAME          serve only run NAME under --logdir: 'latest' (the newest run), or a glob
@@ -55,7 +57,8 @@ A port given with --local-port or --remote-port is used as is: the script fails 
 Any other option starting with '-' goes to ssh (e.g. -J jump, -p 2222, -i key, -o Option=value);
 -f -n -N -t -M -O -S -s -W -G -V are refused because they would break the session.
 
-The URL is printed on a line that contains http://localhost:PORT; it runs until stopped. Exit status:
+The URL is printed on a line that contains http://127.0.0.1:PORT (not localhost, which may reach
+another program on [::1]:PORT); it runs until stopped. Exit status:
 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP, 1 on an error (a line "$PROG: error: ...").
 More in docs/remote_tensorboard.md.
 EOF
@@ -130,7 +133,6 @@ done
 
 [[ -n $host ]] || die "no HOST given (see --help)"
 [[ -n $logdir ]] || die "--logdir is empty"
-[[ -n $remote_dir ]] || remote_dir=$(default_remote_dir)
 [[ $mode == serve || -z $run_sel ]] || die "give either --list or --run, not both"
 case $no_browser in
   1 | true | yes) no_browser=1 ;;
@@ -169,6 +171,39 @@ base_remote_port=$remote_port
 # Every value travels as hex, so that no shell (the remote login shell, or bash itself) reads a path
 # as code, and the protocol lines carry a random nonce that no path or program output can forge.
 hex() { printf '%s' "$1" | od -An -v -tx1 | tr -d ' \n'; }
+
+# ---- the remote project directory -------------------------------------------------------------------
+# Given (--remote-dir), else the one that served this checkout on HOST last time (remembered here, as
+# hex, after each session that started), else this checkout's path relative to $HOME. A remembered or
+# default one that is missing on the server makes the server look for the project (serve_tb_remote.sh).
+state_file=${XDG_STATE_HOME:-${HOME:-/nonexistent}/.local/state}/serve_tb/remote_dirs
+state_key="$(hex "$PROJECT_DIR") $(hex "$host")"
+remote_dir_from=given
+if [[ -z $remote_dir ]]; then
+  remote_dir_hex=$(awk -v key="$state_key" '$1 " " $2 == key { dir = $3 } END { print dir }' "$state_file" 2>/dev/null || true)
+  if [[ -n $remote_dir_hex && $remote_dir_hex != *[!0-9a-f]* ]]; then
+    remote_dir_from=remembered
+  else
+    remote_dir_hex=$(hex "$(default_remote_dir)") remote_dir_from=default
+  fi
+else
+  remote_dir_hex=$(hex "$remote_dir")
+fi
+# remember_remote_dir: after a session started, the directory the server used (sent as hex) is the one
+# for this checkout and HOST next time. Best effort: a read-only home only loses the memory.
+served_dir_hex=""
+remember_remote_dir() {
+  local new
+  [[ -n $served_dir_hex && $served_dir_hex != *[!0-9a-f]* ]] || return 0
+  mkdir -p -- "${state_file%/*}" 2>/dev/null || return 0
+  new=$(mktemp "${state_file%/*}/remote_dirs.XXXXXX" 2>/dev/null) || return 0
+  if { awk -v key="$state_key" '$1 " " $2 != key' "$state_file" 2>/dev/null || true
+    printf '%s %s\n' "$state_key" "$served_dir_hex"; } >"$new"; then
+    mv -f -- "$new" "$state_file" 2>/dev/null || rm -f -- "$new"
+  else
+    rm -f -- "$new"
+  fi
+}
 nonce=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 tag="@@serve_tb $nonce"
 # shellcheck disable=SC2016 # the single quotes are for the remote shell
@@ -195,13 +230,15 @@ echo "$$" >"$tmp/pid"
 
 {
   printf 'remote_dir_hex=%s\nlogdir_hex=%s\nenv_cmd_hex=%s\nrun_sel_hex=%s\nnonce_hex=%s\n' \
-    "$(hex "$remote_dir")" "$(hex "$logdir")" "$(hex "$env_cmd")" "$(hex "$run_sel")" "$(hex "$nonce")"
+    "$remote_dir_hex" "$(hex "$logdir")" "$(hex "$env_cmd")" "$(hex "$run_sel")" "$(hex "$nonce")"
+  printf 'remote_dir_from=%s\nproject_name_hex=%s\nlaptop_home_hex=%s\n' \
+    "$remote_dir_from" "$(hex "${PROJECT_DIR##*/}")" "$(hex "${HOME:-}")"
   printf 'mode=%s\nbase_port=%s\nport_fixed=%s\nport_tries=%s\nheartbeat=%s\ndead_after=%s\n' \
     "$mode" "$base_remote_port" "$remote_port_fixed" "$PORT_TRIES" "$heartbeat" "$dead_after"
   declare -f port_in_use http_answers tensorboard_answers # the same helpers as here (common.sh)
   cat "$SCRIPT_DIR/serve_tb_remote.sh"
   printf '\0'
-  [[ ! -r $PROJECT_DIR/utils/tbdoctor.py ]] || cat "$PROJECT_DIR/utils/tbdoctor.py"
+  [[ ! -r $SCRIPT_DIR/tbdoctor.py ]] || cat "$SCRIPT_DIR/tbdoctor.py"
   printf '\0'
 } >"$tmp/payload"
 
@@ -216,9 +253,12 @@ if ! connect first; then
   printf '%s: error: %s\n%s\n' "$PROG" "$fail_msg" "$ssh_error_details" >&2
   exit 1
 fi
+remember_remote_dir
 [[ $mode == serve ]] || exit 0
 
-url="http://localhost:$local_port/"
+# 127.0.0.1, not localhost: the forward listens on 127.0.0.1 only, and a browser tries localhost on [::1]
+# first, where another program may listen on the same port.
+url="http://127.0.0.1:$local_port/"
 note "TensorBoard pid $remote_pid on $host:127.0.0.1:$remote_port serves $remote_logdir"
 printf 'TensorBoard: %s\n' "$url"
 note "press Ctrl-C to stop it"

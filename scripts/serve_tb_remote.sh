@@ -4,11 +4,12 @@
 #
 # What serve_tb.sh writes to our stdin, in order:
 #   1. this program, preceded by the settings as hex (`*_hex=...`), then a NUL byte;
-#   2. the log doctor's source (utils/tbdoctor.py), then a NUL byte;
+#   2. the log doctor's source (scripts/tbdoctor.py), then a NUL byte;
 #   3. a heartbeat line every $heartbeat seconds until it goes away (EOF).
 # What we write to stdout: protocol lines "@@serve_tb NONCE WORD ...", where NONCE came with the settings
 # (a path cannot forge one), and any other line is for the user:
-#   info TEXT | row TEXT (--list) | ready PORT PID | alive | error TEXT | done | stopped
+#   info TEXT | dir HEX (the project directory used) | row TEXT (--list) | ready PORT PID LOGDIR |
+#   alive | error TEXT | done | stopped
 # The server is Linux (bash >= 4, /proc); the laptop side is what must also run on macOS.
 # shellcheck shell=bash disable=SC2154  # the *_hex settings come before this text
 set -u
@@ -16,8 +17,10 @@ trap '' PIPE
 exec 2>&1
 
 unhex() { printf -v "$1" '%b' "$(printf '%s' "$2" | sed 's/../\\x&/g')"; }
-remote_dir="" logdir="" env_cmd="" run_sel="" nonce=""
+remote_dir="" logdir="" env_cmd="" run_sel="" nonce="" project_name="" laptop_home=""
 unhex remote_dir "$remote_dir_hex"
+unhex project_name "$project_name_hex"
+unhex laptop_home "$laptop_home_hex"
 unhex logdir "$logdir_hex"
 unhex env_cmd "$env_cmd_hex"
 unhex run_sel "$run_sel_hex"
@@ -66,9 +69,45 @@ expand_home() {
 }
 remote_dir=$(expand_home "$remote_dir")
 logdir=$(expand_home "$logdir")
+
+# A path that starts with the laptop's home (not this server's) is most often a ~ that the laptop's shell
+# expanded: say so, and how to quote it.
+laptop_home_hint() {
+  [[ -n $laptop_home && $laptop_home != "$HOME" && ($1 == "$laptop_home" || $1 == "$laptop_home"/*) ]] || return 0
+  printf "; it starts with the laptop's home %s: an unquoted ~ is expanded on the laptop, quote it ('~/%s') to mean the server's home" \
+    "$(shown "$laptop_home")" "$(shown "${1#"$laptop_home"/}")"
+}
+
+# The project when the remembered or default directory is missing here: a directory named like the
+# laptop's checkout under $HOME (4 levels at most, hidden ones skipped) that holds scripts/serve_tb.sh.
+# One: it is used (and the laptop remembers it for next time). None or several: an error that says so.
+find_project() {
+  local found=() dir pattern names="" missing
+  pattern=$(printf '%s' "$project_name" | sed 's/[][*?\\]/\\&/g') # the name, not a glob
+  while IFS= read -r -d '' dir; do
+    [[ ! -f $dir/scripts/serve_tb.sh ]] || found+=("$dir")
+  done < <(find "$HOME" -mindepth 1 -maxdepth 4 -name '.*' -prune -o -type d -name "$pattern" -print0 2>/dev/null)
+  missing="remote directory '$(shown "$remote_dir")' does not exist on the server"
+  if ((${#found[@]} == 1)); then
+    cd -- "${found[0]}" || fail "$missing, and '$(shown "${found[0]}")' cannot be entered"
+    say "info remote directory $(shown "$PWD") (found on the server: $missing; remembered for this checkout and host, --remote-dir to change it)"
+  elif ((${#found[@]} == 0)); then
+    fail "$missing, and no directory named '$(shown "$project_name")' under $(shown "$HOME") (4 levels) holds scripts/serve_tb.sh: pass --remote-dir DIR once (it is remembered for this checkout and host)"
+  else
+    for dir in "${found[@]}"; do names+=" $(shown "$dir")"; done
+    fail "$missing, and several directories look like the project:$names; choose one with --remote-dir (it is remembered for this checkout and host)"
+  fi
+}
+
 cd -- "$HOME" 2>/dev/null || true
-cd -- "$remote_dir" 2>/dev/null ||
-  fail "remote directory '$(shown "$remote_dir")' does not exist on the server (set --remote-dir; a relative one starts at $HOME)"
+if ! cd -- "$remote_dir" 2>/dev/null; then
+  [[ $remote_dir_from != given ]] ||
+    fail "remote directory '$(shown "$remote_dir")' does not exist on the server (set --remote-dir; a relative one starts at $(shown "$HOME"))$(laptop_home_hint "$remote_dir")"
+  find_project
+elif [[ $remote_dir_from == remembered ]]; then
+  say "info remote directory $(shown "$PWD") (remembered from the last session of this checkout on this host; --remote-dir to change it)"
+fi
+say "dir $(printf '%s' "$PWD" | od -An -v -tx1 | tr -d ' \n')" # for the laptop to remember
 
 if [[ -n $env_cmd ]]; then
   set +u
@@ -113,7 +152,7 @@ doctor() { [[ -n $py && -n $doctor_src ]] && (cd / && "$py" - "$@" <<<"$doctor_s
 if [[ ! -d $logdir ]]; then
   parent=$logdir
   while [[ ! -d $parent ]]; do parent=$(dirname -- "$parent"); done
-  say "error log directory '$(shown "$logdir")' does not exist on the server (--logdir is relative to --remote-dir $(shown "$PWD")); $(shown "$parent") holds:"
+  say "error log directory '$(shown "$logdir")' does not exist on the server (--logdir is relative to --remote-dir $(shown "$PWD"))$(laptop_home_hint "$logdir"); $(shown "$parent") holds:"
   list_dir "$parent"
   exit 3
 fi
@@ -162,7 +201,9 @@ fi
 if ((port_fixed == 1)) && port_in_use "$base_port"; then
   fail "remote port $base_port is already in use on the server (choose another --remote-port, or leave it out to take the next free one)"
 fi
-doctor --brief --port "$base_port" -- "$logdir"
+# No port check (--port 0): the loop below takes the next free port itself, and the doctor cannot know
+# which one it will be.
+doctor --brief --port 0 -- "$logdir"
 
 # owns_port PORT: true when TensorBoard's own process holds the listening socket of 127.0.0.1:PORT.
 # Without /proc (not Linux) it cannot tell, and says yes: the log directory check below still holds.

@@ -28,14 +28,16 @@ connect() {
     case $line in
       "$tag ready "*) ready=${line#"$tag ready "}; break ;;
       "$tag done") done=1; break ;;
+      # Everything the server sends is shown through shown_line (common.sh): no raw control characters.
       "$tag error "*)
-        remote_error=${line#"$tag error "}
+        remote_error=$(shown_line "${line#"$tag error "}")
         [[ $when == again ]] || printf '%s: error: %s\n' "$PROG" "$remote_error" >&2
         ;;
-      "$tag row "*) printf '%s\n' "${line#"$tag row "}" ;;
-      "$tag info "*) [[ $when == again ]] || note "${line#"$tag info "}" ;;
+      "$tag row "*) shown_line "${line#"$tag row "}" ;;
+      "$tag dir "*) served_dir_hex=${line#"$tag dir "} ;;
+      "$tag info "*) [[ $when == again ]] || note "$(shown_line "${line#"$tag info "}")" ;;
       "$tag "*) ;;
-      *) [[ $when == again ]] || printf '%s\n' "$line" >&2 ;;
+      *) [[ $when == again ]] || shown_line "$line" >&2 ;;
     esac
   done
   if ((done == 1)); then
@@ -54,7 +56,7 @@ connect() {
     teardown
     return 1
   fi
-  read -r remote_port remote_pid remote_logdir <<<"$ready"
+  read -r remote_port remote_pid remote_logdir <<<"$(shown_line "$ready")"
 
   # The forward, added to the open connection.
   while ! ssh "${ssh_common[@]}" -O forward -L "127.0.0.1:$local_port:127.0.0.1:$remote_port" "$host" \
@@ -85,26 +87,35 @@ connect() {
   return 1
 }
 
-# watch_session: returns when the connection is lost, with the reason in `lost`. Sends a heartbeat
-# every $heartbeat seconds and expects one (or any line) from the server at least every $dead_after.
+# watch_session: returns when the connection is lost, with the reason in `lost`. The server writes a line
+# at least every $heartbeat seconds; each line it writes wakes this loop, which then sends our heartbeat
+# when one is due. The read waits for a line, not for the next heartbeat: a `read -t` that times out in
+# the middle of a line returns the part it read (bash 4+; bash 3.2 drops it) and the rest would come as a
+# line of its own, without the marker, and reach the user's terminal ("@serve_tb NONCE alive"). Here a read
+# times out only after $dead_after silent seconds, when the connection is dead anyway; what a timeout
+# leaves is still joined to the rest of its line.
 watch_session() {
-  local line heard=$SECONDS sent=$SECONDS
+  local line partial="" heard=$SECONDS sent=$SECONDS
   lost=""
   while :; do
+    line=""
     # bash 3.2's read -t returns 1 both at EOF and on a timeout: EOF is when ssh has exited.
-    if IFS= read -r -t "$heartbeat" line <&4; then
+    if IFS= read -r -t "$dead_after" line <&4; then
       heard=$SECONDS
+      line=$partial$line partial=""
       case $line in
-        *"$tag error "*) lost="the server said: ${line#*"$tag error "}" ;;
+        *"$tag error "*) lost="the server said: $(shown_line "${line#*"$tag error "}")" ;;
         *"$tag "*) ;;
-        *) printf '%s\n' "$line" >&2 ;;
+        *) shown_line "$line" >&2 ;;
       esac
-    elif ! kill -0 "$ssh_pid" 2>/dev/null; then
-      lost="the connection closed: $(grep -v '^ *$' "$tmp/ssh.err" | tail -n 1 || true)"
-      lost=${lost%: }
-      return
     else
-      sleep 0.1 # at EOF, until ssh is gone: no busy loop
+      partial+=$line
+      if ! kill -0 "$ssh_pid" 2>/dev/null; then
+        lost="the connection closed: $(grep -v '^ *$' "$tmp/ssh.err" | tail -n 1 || true)"
+        lost=${lost%: }
+        return
+      fi
+      ((SECONDS - heard >= dead_after)) || sleep 0.1 # at EOF, until ssh is gone: no busy loop
     fi
     if ((SECONDS - sent >= heartbeat)); then
       if ! printf 'alive\n' >&3 2>/dev/null; then
@@ -154,15 +165,18 @@ teardown() {
 # stop_remote: closes the remote side's stdin, which makes it stop TensorBoard, and waits (at most 4 s)
 # for its word, then tears the session down.
 stop_remote() {
-  local line start=$SECONDS
+  local line partial="" start=$SECONDS
   if ((fds_open == 1)) && [[ -n $ssh_pid ]]; then
     exec 3>&-
     while ((SECONDS - start < 4)) && kill -0 "$ssh_pid" 2>/dev/null; do
-      IFS= read -r -t 1 line <&4 || continue
+      line=""
+      # (a 1 s timeout may cut a line: its start is kept and joined to the rest, see watch_session)
+      IFS= read -r -t 1 line <&4 || { partial+=$line; continue; }
+      line=$partial$line partial=""
       case $line in
         *"$tag stopped") note "stopped the remote TensorBoard"; break ;;
         *"$tag "*) ;; # (a signal may have cut a line short: the nonce still marks it)
-        *) printf '%s\n' "$line" >&2 ;;
+        *) shown_line "$line" >&2 ;;
       esac
     done
   fi

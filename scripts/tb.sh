@@ -15,7 +15,7 @@ usage() {
   cat <<EOF
 Usage: $PROG [--port N] [--all] [LOGDIR]
 
-Start TensorBoard on http://localhost:PORT (127.0.0.1 only) until Ctrl-C. It serves
+Start TensorBoard on http://127.0.0.1:PORT (127.0.0.1 only) until Ctrl-C. It serves
   LOGDIR        when given (made absolute);
   --all         the whole outputs/ tree, every run side by side;
   otherwise     the newest run under outputs/ (the run that holds the newest event file).
@@ -94,9 +94,9 @@ else
 fi
 
 # The log doctor's summary (runs, tags, last write) and any problem it sees; it never stops the start.
-if [[ -r $PROJECT_DIR/utils/tbdoctor.py ]]; then
-  "$python" "$PROJECT_DIR/utils/tbdoctor.py" --brief --port "$DEFAULT_PORT" -- "$logdir" >&2 2>/dev/null || true
+if [[ -r $SCRIPT_DIR/tbdoctor.py ]]; then
+  "$python" "$SCRIPT_DIR/tbdoctor.py" --brief --port "$port" -- "$logdir" >&2 2>/dev/null || true
 fi
 
-printf 'TensorBoard for %s: http://localhost:%s/ (Ctrl-C stops it)\n' "$logdir" "$port"
+printf 'TensorBoard for %s: http://127.0.0.1:%s/ (Ctrl-C stops it)\n' "$logdir" "$port"
 exec "$tensorboard" --logdir "$logdir" --host 127.0.0.1 --port "$port"

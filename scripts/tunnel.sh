@@ -13,7 +13,7 @@ usage() {
   cat <<EOF
 Usage: $PROG [ssh options] HOST [REMOTE_PORT [LOCAL_PORT]]
 
-Forward http://localhost:LOCAL_PORT here to 127.0.0.1:REMOTE_PORT on HOST, until Ctrl-C.
+Forward http://127.0.0.1:LOCAL_PORT here to 127.0.0.1:REMOTE_PORT on HOST, until Ctrl-C.
 HOST is any ssh destination (an alias from ~/.ssh/config, or user@host; jump hosts with -J).
   REMOTE_PORT   the server's port (default: $DEFAULT_REMOTE_PORT)
   LOCAL_PORT    the local port, bound on 127.0.0.1 only (default: $DEFAULT_LOCAL_PORT, or the next free
@@ -27,6 +27,7 @@ EOF
 answers_http() { http_answers "$1" / 'HTTP/*'; }
 
 readonly SSH_REFUSED_FLAGS="fnNMOSsWGV"  # would break the forward (take_ssh_option, common.sh)
+readonly ACCEPT_NEW_OPTION="-o StrictHostKeyChecking=accept-new" # (explain_ssh_error, common.sh)
 ssh_opts=()
 positional=()
 
@@ -80,18 +81,20 @@ ssh_failed() {
   ssh_pid=""
   message=$(grep -v '^Warning: Permanently added' "$err" | grep -v '^ *$' | tail -n 1 || true)
   case $message in
-    *"Permission denied"*) die "authentication to $host failed: $message (key-based only: ssh-add your key)" ;;
-    *"Host key verification failed"*) die "the host key of $host is unknown or has changed: $message" ;;
     *"bind"* | *"forwarding"*) die "cannot bind local port 127.0.0.1:$local_port: $message" ;;
-    *) die "cannot reach $host: ${message:-ssh exited with status $rc}" ;;
+    "") die "cannot reach $host: ssh exited with status $rc" ;;
   esac
+  explain_ssh_error "$host" "$err" # (common.sh: the same lines as serve_tb.sh's)
+  ((${#ssh_error_details})) || die "$ssh_error"
+  printf '%s: error: %s\n%s\n' "$PROG" "$ssh_error" "$ssh_error_details" >&2
+  exit 1
 }
 
 until port_in_use "$local_port"; do
   kill -0 "$ssh_pid" 2>/dev/null || ssh_failed
   sleep 0.2
 done
-printf 'Tunnel: http://localhost:%s/ -> %s:127.0.0.1:%s\n' "$local_port" "$host" "$remote_port"
+printf 'Tunnel: http://127.0.0.1:%s/ -> %s:127.0.0.1:%s\n' "$local_port" "$host" "$remote_port"
 if ! answers_http "$local_port"; then
   printf '%s: note: nothing answers HTTP on %s:127.0.0.1:%s yet\n' "$PROG" "$host" "$remote_port" >&2
 fi

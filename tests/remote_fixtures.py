@@ -5,7 +5,8 @@
 - `sshd`: a throwaway OpenSSH server on 127.0.0.1 (Debian's /usr/sbin/sshd, keys from ssh-keygen, host
   key pinned in a known_hosts file), with an ssh client config whose aliases the scripts use as HOST.
   Its sessions get HOME=<its directory>/home (sshd's SetEnv), so that `~` on "the server" is a temporary
-  directory; a second host key (`other_host_key`) stands for a server whose key changed.
+  directory; a second host key (`other_host_key`) stands for a server whose key changed, and the alias
+  HOST_NEW reaches it with an empty known_hosts and ssh's default StrictHostKeyChecking (ask).
 - `training_run`: one short real training run per session, made by train.py.
 - `/proc` scans: which processes mention a path, which ports listen and on which address.
 """
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -36,7 +39,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 HOST = "stb-test"  # the test sshd, as an ssh config alias
 HOST_BAD_KEY = "stb-badkey"  # the same server, with a key it does not accept
 HOST_CLOSED = "stb-closed"  # a port where nothing listens
+HOST_NEW = "stb-new"  # the same server, unknown to its known_hosts, StrictHostKeyChecking at the default
+URL = re.compile(r"http://[^\s/]+:[0-9]+/")  # what the scripts print for the browser
 DEADLINE = 90  # seconds: a guard against hangs, not a timing assertion
+
+# serve_tb.sh remembers the remote directory of each checkout and host in $XDG_STATE_HOME/serve_tb: the
+# scripts that the tests start keep that memory in a directory of the test run, not in the user's home.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="serve_tb_state-")
 
 
 def require(available: bool, what: str) -> None:
@@ -306,20 +315,23 @@ SetEnv HOME={directory}/home
 
     host_key = (directory / "host_key.pub").read_text().split()
     (directory / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    (directory / "known_hosts_empty").touch()
     closed_port = free_port()
     common = f"""  HostName 127.0.0.1
   User {user}
   IdentitiesOnly yes
   IdentityAgent none
-  UserKnownHostsFile {directory}/known_hosts
   GlobalKnownHostsFile /dev/null
-  StrictHostKeyChecking yes
   UpdateHostKeys no
 """
+    pinned = f"  UserKnownHostsFile {directory}/known_hosts\n  StrictHostKeyChecking yes\n{common}"
+    # HOST_NEW: StrictHostKeyChecking left at ssh's default (ask), as in a user's ~/.ssh/config.
+    unknown = f"  UserKnownHostsFile {directory}/known_hosts_empty\n{common}"
     (directory / "ssh_config").write_text(
-        f"Host {HOST}\n  Port {port}\n  IdentityFile {directory}/client_key\n{common}"
-        f"Host {HOST_BAD_KEY}\n  Port {port}\n  IdentityFile {directory}/other_key\n{common}"
-        f"Host {HOST_CLOSED}\n  Port {closed_port}\n  IdentityFile {directory}/client_key\n{common}"
+        f"Host {HOST}\n  Port {port}\n  IdentityFile {directory}/client_key\n{pinned}"
+        f"Host {HOST_BAD_KEY}\n  Port {port}\n  IdentityFile {directory}/other_key\n{pinned}"
+        f"Host {HOST_CLOSED}\n  Port {closed_port}\n  IdentityFile {directory}/client_key\n{pinned}"
+        f"Host {HOST_NEW}\n  Port {port}\n  IdentityFile {directory}/client_key\n{unknown}"
     )
     server = SSHServer(port, directory / "ssh_config", directory)
     check = subprocess.run(
@@ -422,16 +434,17 @@ class Served:
         return self.stdout_path.read_text() + self.stderr_path.read_text()
 
     def wait_for_url(self) -> str:
-        def url_line():
-            for line in self.stdout_path.read_text().splitlines():
-                if "http://localhost:" in line:
-                    return line
+        """The first URL the script prints, as printed (the tests check which host it names)."""
+
+        def url():
+            found = URL.search(self.stdout_path.read_text())
+            if found:
+                return found[0]
             if self.process.poll() is not None:
                 pytest.fail(f"{self.name} exited with {self.process.returncode}:\n{self.output}")
             return None
 
-        line = wait_until(url_line, f"{self.name} to print the URL", DEADLINE)
-        self.url = line[line.index("http://localhost:") :].split()[0].rstrip("/")
+        self.url = wait_until(url, f"{self.name} to print the URL", DEADLINE).rstrip("/")
         return self.url
 
     @property

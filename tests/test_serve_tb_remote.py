@@ -9,6 +9,7 @@ the same logic inside the 30 s that docs/remote_tensorboard.md promises.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,12 +23,16 @@ import pytest
 from tests.remote_fixtures import (
     DEADLINE,
     HOST,
+    HOST_NEW,
     ROOT,
     SERVE_TB,
+    TUNNEL,
     Served,
     children,
     descendants,
+    first_free_port,
     get_json,
+    port_listening,
     processes_in,
     processes_mentioning,
     serve_args,
@@ -40,9 +45,10 @@ pytestmark = pytest.mark.slow
 BOOTSTRAP = 'bash -c IFS= read -r -d "" p && eval "$p"'
 
 
-def run_serve(args, env=None) -> subprocess.CompletedProcess:
+def run_serve(args, env=None, script=SERVE_TB) -> subprocess.CompletedProcess:
+    """SCRIPT ARGS, or the command ARGS when script is None."""
     return subprocess.run(
-        [str(SERVE_TB), *args],
+        [str(script), *args] if script else args,
         capture_output=True,
         text=True,
         timeout=DEADLINE,
@@ -55,7 +61,7 @@ def one_error_line(result) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("serve_tb.sh: error: ")]
     assert len(errors) == 1, result.stderr
-    assert "http://localhost" not in result.stdout
+    assert "http://" not in result.stdout
     return errors[0]
 
 
@@ -95,9 +101,9 @@ def test_headline_command_without_env_then_sighup_leaves_nothing(sshd, training_
     # A checkout at ~/code/proj on the laptop and on the server (here the same directory: the test
     # sshd's HOME), its .venv holding TensorBoard, as `make install` leaves it.
     checkout = sshd.home / "code" / "proj"
-    (checkout / "utils").mkdir(parents=True)
+    checkout.mkdir(parents=True)
     shutil.copytree(ROOT / "scripts", checkout / "scripts", ignore=shutil.ignore_patterns("*.py"))
-    shutil.copy(ROOT / "utils" / "tbdoctor.py", checkout / "utils")
+    shutil.copy(ROOT / "scripts" / "tbdoctor.py", checkout / "scripts")
     (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
     copy_run(training_run, checkout / "outputs" / "run1")
     local_tmp = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))  # short: a socket path lives there
@@ -222,6 +228,44 @@ def test_session_killed_on_the_server_reconnects_and_serves_again(sshd, project,
     wait_until(lambda: not leftovers(project), "the remote side to stop", 5)
 
 
+# A slow network between the server and the laptop: every heartbeat line ("@@serve_tb NONCE alive")
+# arrives in two parts, the second SPLIT_GAP seconds after the first, longer than the laptop's heartbeat.
+# It runs on the server as a filter of the remote side's stdout (put there with --env), and counts the
+# lines it has split in a file, so that the test waits for a number of heartbeats, not for a time.
+SPLIT_GAP = 1.5
+SPLITTER = f"""
+import sys, time
+count, out = 0, sys.stdout.buffer
+for line in iter(sys.stdin.buffer.readline, b""):
+    if line.endswith(b" alive\\n"):
+        out.write(line[:1]); out.flush(); time.sleep({SPLIT_GAP}); out.write(line[1:]); out.flush()
+        count += 1
+        with open(sys.argv[1], "w") as counter:
+            counter.write(str(count))
+    else:
+        out.write(line); out.flush()
+"""
+
+
+def test_heartbeat_lines_cut_in_two_by_the_network_never_reach_the_terminal(sshd, project, tmp_path):  # noqa: F811
+    (tmp_path / "splitter.py").write_text(SPLITTER)
+    counter = tmp_path / "split_lines"
+    split = f"exec > >({shlex.quote(sys.executable)} -u {tmp_path / 'splitter.py'} {counter})"
+    args = serve_args(sshd, project, "--heartbeat", "1")
+    args[args.index("--env") + 1] += f"; {split}"
+    served = Served(args, tmp_path)
+    try:
+        served.wait_for_url()
+        wait_until(
+            lambda: counter.exists() and int(counter.read_text() or 0) >= 4, "4 split heartbeats", DEADLINE
+        )
+        assert "alive" not in served.output and "serve_tb " not in served.output, served.output
+        assert "reconnect" not in served.output, served.output  # a slow line is no dead connection
+    finally:
+        assert served.stop(signal.SIGINT) == 130, served.output
+    wait_until(lambda: not leftovers(project), "the remote side to stop", 5)
+
+
 # ---- choosing runs --------------------------------------------------------------------------------
 
 
@@ -276,6 +320,32 @@ def test_run_latest_and_run_pattern(sshd, dated_runs, tmp_path):  # noqa: F811
     assert "no run under" in error and "matches --run nothing-like-it" in error
 
 
+def test_the_log_doctor_follows_the_run_links_and_no_default_port(sshd, dated_runs, tmp_path):  # noqa: F811
+    # Another user's real TensorBoard on the server's default port: serve_tb.sh moves on to the next
+    # port, so the log doctor must not say "a TensorBoard is already on port 6008"; and --run GLOB
+    # serves a directory of links, which the doctor must follow ("no event files" otherwise).
+    port = first_free_port(6008)
+    other = copy_run(dated_runs / "outputs" / "2026-01-01" / "10-00-00_old", tmp_path / "someone else")
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(other), "--host", "127.0.0.1"]
+    tensorboard = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: port_listening(port), "the other TensorBoard to listen", DEADLINE)
+        served = Served(serve_args(sshd, dated_runs, "--run", "2026-01-0[12]/*"), tmp_path)
+        try:
+            url = served.wait_for_url()
+            assert environment(url)["data_location"] != str(other)
+        finally:
+            assert served.stop() == 130
+    finally:
+        tensorboard.terminate()
+        tensorboard.wait(timeout=DEADLINE)
+    assert "2 run(s), 2 with data" in served.output  # the doctor's summary of the two linked runs
+    for false_alarm in ("problem:", "no event files", "already on port", "taken by another program"):
+        assert false_alarm not in served.output, served.output
+
+
 def test_tilde_means_the_remote_home(sshd, training_run):  # noqa: F811
     copy_run(training_run, sshd.home / "logs" / "run1")
     result = run_serve([*sshd.ssh_args, "--remote-dir", "$HOME", "--logdir", "~/logs", "--list", HOST])
@@ -284,53 +354,133 @@ def test_tilde_means_the_remote_home(sshd, training_run):  # noqa: F811
     assert result.stdout.splitlines()[1].startswith("run1 ")
 
 
+# ---- the remote project directory ------------------------------------------------------------------
+
+
+def checkouts(sshd, tmp_path: Path, training_run: Path, laptop: str, *server: str) -> tuple[Path, dict]:  # noqa: F811
+    """The project checked out on the laptop at <laptop home>/LAPTOP and on the server at each of SERVER
+    (relative to the server's home; the first one holds a .venv with TensorBoard and a run). Returns the
+    laptop's checkout and the environment of a shell there (its own HOME, its own serve_tb memory)."""
+    home = tmp_path / "laptop home"
+    laptop_checkout = home / laptop
+    shutil.copytree(ROOT / "scripts", laptop_checkout / "scripts")
+    for i, place in enumerate(server):
+        checkout = sshd.home / place
+        shutil.copytree(ROOT / "scripts", checkout / "scripts")
+        if i == 0:
+            (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
+            copy_run(training_run, checkout / "outputs" / "run1")
+    local_tmp = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))  # short: a socket path lives there
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "TMPDIR": str(local_tmp),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    return laptop_checkout, env
+
+
+def test_no_remote_dir_finds_the_project_on_the_server_then_remembers_it(sshd, training_run, tmp_path):  # noqa: F811
+    # The laptop's checkout is ~/work/proj-x, the server's ~/srv/code/proj-x: not the same path under $HOME.
+    laptop, env = checkouts(sshd, tmp_path, training_run, "work/proj-x", "srv/code/proj-x")
+    script = laptop / "scripts" / "serve_tb.sh"
+    served = Served([*sshd.ssh_args, "--no-browser", HOST], tmp_path, script=script, env=env)
+    try:
+        url = served.wait_for_url()
+        assert environment(url)["data_location"] == str(sshd.home / "srv/code/proj-x/outputs")
+        assert f"remote directory {sshd.home / 'srv/code/proj-x'} (found on the server" in served.output
+    finally:
+        assert served.stop() == 130, served.output
+
+    # A second project of that name on the server: a search would not know which; the memory does.
+    shutil.copytree(ROOT / "scripts", sshd.home / "srv" / "old" / "proj-x" / "scripts")
+    listed = run_serve([str(script), *sshd.ssh_args, "--list", HOST], env=env, script=None)
+    assert listed.returncode == 0, listed.stderr
+    assert f"remote directory {sshd.home / 'srv/code/proj-x'} (remembered" in listed.stderr
+    assert listed.stdout.splitlines()[1].startswith("run1 ")
+
+    # Without the memory: one line that names both and says what to do.
+    env["XDG_STATE_HOME"] = str(tmp_path / "no memory")
+    error = one_error_line(run_serve([str(script), *sshd.ssh_args, "--list", HOST], env=env, script=None))
+    assert "several directories look like the project" in error and "--remote-dir" in error
+    assert str(sshd.home / "srv/code/proj-x") in error and str(sshd.home / "srv/old/proj-x") in error
+    (sshd.home / "srv").rename(sshd.home / ".srv")  # hidden directories are not searched
+    error = one_error_line(run_serve([str(script), *sshd.ssh_args, "--list", HOST], env=env, script=None))
+    assert "no directory named 'proj-x'" in error and "pass --remote-dir DIR once" in error
+
+
+def test_an_unquoted_tilde_gets_a_hint(sshd, project, tmp_path):  # noqa: F811
+    # `--remote-dir ~/proj` unquoted: the laptop's shell made it the laptop's home.
+    laptop_home = tmp_path / "laptop home"
+    env = {**os.environ, "HOME": str(laptop_home)}
+    error = one_error_line(
+        run_serve([*sshd.ssh_args, "--list", "--remote-dir", f"{laptop_home}/proj", HOST], env)
+    )
+    assert f"it starts with the laptop's home {laptop_home}" in error and "quote it ('~/proj')" in error
+    error = one_error_line(run_serve(serve_args(sshd, project, "--logdir", f"{laptop_home}/logs"), env))
+    assert "log directory" in error and "quote it ('~/logs')" in error
+
+
+def test_control_characters_from_the_server_never_reach_the_terminal_raw(sshd, project):  # noqa: F811
+    (project / "\x1b[31mred\x07").mkdir()  # listed by the server when the log directory is missing
+    result = run_serve(serve_args(sshd, project, "--logdir", "missing"))
+    one_error_line(result)
+    assert "^[[31mred^G" in result.stderr
+    assert not any(c in result.stderr + result.stdout for c in "\x1b\x07\r")
+
+
 # ---- host keys ------------------------------------------------------------------------------------
 
 
-def test_unknown_and_changed_host_keys(sshd, project, tmp_path):  # noqa: F811
-    empty = tmp_path / "known_hosts_empty"
-    empty.touch()
-    unknown = one_error_line(
-        run_serve(
-            [
-                *sshd.ssh_args,
-                "-o",
-                f"UserKnownHostsFile={empty}",
-                "--list",
-                "--remote-dir",
-                str(project),
-                HOST,
-            ]
-        )
-    )
-    assert "unknown host key for stb-test" in unknown and "--accept-new" in unknown
+def test_unknown_host_key_with_ssh_default_checking_says_accept_new(sshd, project, tmp_path):  # noqa: F811
+    # HOST_NEW leaves StrictHostKeyChecking at ssh's default (ask): with no terminal to ask on, ssh says
+    # only "Host key verification failed.", and the scripts must still say what it means and what to do.
+    args = [*sshd.ssh_args, "--list", "--remote-dir", str(project), HOST_NEW]
+    unknown = one_error_line(run_serve(args))
+    assert "unknown host key for stb-new" in unknown and "--accept-new" in unknown
+    tunnel = subprocess.run(
+        [str(TUNNEL), *sshd.ssh_args, HOST_NEW], capture_output=True, text=True, timeout=DEADLINE,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert tunnel.returncode == 1
+    assert tunnel.stderr.splitlines() == [
+        "tunnel.sh: error: unknown host key for stb-new: ssh has never seen this server; check its fingerprint "
+        "and connect once with plain ssh, or pass -o StrictHostKeyChecking=accept-new to trust it on first use"
+    ]
 
-    # The server presents its host key; known_hosts pins the other one: "the key changed".
-    changed = tmp_path / "known_hosts_changed"
+    # --accept-new: trust on first use, and the key lands in known_hosts.
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.touch()
+    result = run_serve([*sshd.ssh_args, "-o", f"UserKnownHostsFile={known_hosts}", "--accept-new", *args[2:]])
+    assert result.returncode == 0, result.stderr
+    assert "run1" in result.stdout
+    assert "ssh-ed25519" in known_hosts.read_text()
+
+
+def test_changed_host_key_is_refused_with_the_command_that_removes_the_old_key(sshd, project, tmp_path):  # noqa: F811
+    # The server presents its host key; known_hosts pins the other one: "the key changed". HOST is an
+    # alias (HostName 127.0.0.1) on a port other than 22: known_hosts holds [127.0.0.1]:PORT, not HOST.
+    changed = tmp_path / "known_hosts"
     other = (sshd.directory / "other_host_key.pub").read_text().split()
     changed.write_text(f"[127.0.0.1]:{sshd.port} {other[0]} {other[1]}\n")
     for extra in ([], ["--accept-new"]):
         args = [*sshd.ssh_args, "-o", f"UserKnownHostsFile={changed}", *extra, "--list", HOST]
         result = run_serve(args)
-        assert "host key of stb-test has CHANGED (possible man-in-the-middle)" in one_error_line(result)
+        error = one_error_line(result)
+        assert "host key of stb-test has CHANGED (possible man-in-the-middle)" in error
         assert "SHA256:" in result.stderr and "fingerprint" in result.stderr
+    remove = error.split("remove the old key with: ", 1)[1]
+    assert remove == f"ssh-keygen -R '[127.0.0.1]:{sshd.port}' -f {changed}"
 
-    # --accept-new: trust on first use, and the key lands in known_hosts.
-    result = run_serve(
-        [
-            *sshd.ssh_args,
-            "-o",
-            f"UserKnownHostsFile={empty}",
-            "--accept-new",
-            "--list",
-            "--remote-dir",
-            str(project),
-            HOST,
-        ]
-    )
+    # The command does what it says (run as the user would paste it, without a shell here), after which
+    # --accept-new trusts the server's key.
+    removed = subprocess.run(shlex.split(remove), capture_output=True, text=True, timeout=DEADLINE)
+    assert removed.returncode == 0, removed.stderr
+    assert other[1] not in changed.read_text()
+    args = [*sshd.ssh_args, "-o", f"UserKnownHostsFile={changed}", "--accept-new", "--list"]
+    result = run_serve([*args, "--remote-dir", str(project), HOST])
     assert result.returncode == 0, result.stderr
     assert "run1" in result.stdout
-    assert "ssh-ed25519" in empty.read_text()
 
 
 # ---- what must not be believed or run -------------------------------------------------------------

@@ -12,11 +12,15 @@ import os
 import re
 import shutil
 import signal
+import socket
+import threading
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.remote_fixtures import (
     CHROMIUM,
@@ -43,6 +47,25 @@ CHROMIUM_FLAGS = [
 ]
 
 
+class NotTensorBoard(BaseHTTPRequestHandler):
+    """Another program's web page."""
+
+    def do_GET(self):
+        body = b"<html><head><title>someone else's server</title></head><body>not TensorBoard</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class HTTPServerOnIPv6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def model_node(url: str, run: str) -> str:
     """The model's top-level node in the graph TensorBoard serves (the traced module's class name)."""
     query = urllib.parse.urlencode(
@@ -64,9 +87,15 @@ def test_graphs_tab_draws_the_model_through_the_tunnel(sshd, training_run, tmp_p
 
     project = tmp_path / "project"
     shutil.copytree(training_run, project / "outputs" / "run1")
-    served = Served(serve_args(sshd, project), tmp_path)
+    # Another program on [::1] at the local port that the tunnel takes on 127.0.0.1: the URL printed must
+    # reach the tunnel, not it (a browser tries "localhost" on [::1] first).
+    other = HTTPServerOnIPv6(("::1", 0), NotTensorBoard)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    local_port = other.server_address[1]
+    served = Served(serve_args(sshd, project, "--local-port", str(local_port)), tmp_path)
     try:
         url = served.wait_for_url()
+        assert served.local_port == local_port
         node = model_node(url, "run1/tb")
         artifacts = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -77,6 +106,7 @@ def test_graphs_tab_draws_the_model_through_the_tunnel(sshd, training_run, tmp_p
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(f"{url}/#graphs", wait_until="domcontentloaded")
+                expect(page).to_have_title("TensorBoard", timeout=30_000)  # not the program on [::1]
                 label = page.locator("text.nodelabel", has_text=re.compile(rf"^{re.escape(node)}"))
                 expect(label.first).to_be_visible(timeout=90_000)
                 expect(page.locator("text.nodelabel", has_text="input").first).to_be_visible()
@@ -95,4 +125,19 @@ def test_graphs_tab_draws_the_model_through_the_tunnel(sshd, training_run, tmp_p
         assert (artifacts / "tensorboard_graphs.png").stat().st_size > 0
     finally:
         assert served.stop(signal.SIGINT) == 130, served.output
+        other.shutdown()
+        other.server_close()
     assert not {pid for pid, cmd in processes_mentioning(str(project)).items() if "--logdir" in cmd}
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
+def test_every_mention_of_the_graphs_tab_says_how_to_fill_it(page):
+    # The default run logs no graph: a paragraph (or table row) that promises the GRAPHS tab must say
+    # that it takes logging.graph=true, or the user looks at an empty tab.
+    default = yaml.safe_load((ROOT / "conf" / "logging" / "default.yaml").read_text())["graph"]
+    if default:
+        pytest.skip("the graph is logged by default")
+    path = ROOT / page if page == "README.md" else ROOT / "docs" / page
+    for paragraph in re.split(r"\n\s*\n|\n(?=\|)", path.read_text()):
+        if "GRAPHS" in paragraph:
+            assert "graph=true" in paragraph or "graph: true" in paragraph, f"{page}: {paragraph}"

@@ -144,7 +144,7 @@ def test_serve_tb_help_is_true_to_the_code():
         "--help and the code name other variables"
     )
     assert len(variables) == 8
-    assert "http://localhost:PORT" in result.stdout
+    assert "http://127.0.0.1:PORT" in result.stdout
 
 
 @REMOTE
@@ -235,6 +235,7 @@ def test_tunnel_forwards_to_a_server_already_running(sshd, tmp_path):  # noqa: F
         wait_until(lambda: port_listening(remote_port), "the web server to listen")
         tunnel = Served([*sshd.ssh_args, HOST, str(remote_port)], tmp_path, script=TUNNEL)
         url = tunnel.wait_for_url()
+        assert url.startswith("http://127.0.0.1:")  # what is forwarded: not localhost, which may be [::1]
         with urllib.request.urlopen(f"{url}/hello.txt", timeout=30) as response:
             assert response.read() == b"through the tunnel\n"
         assert listen_addresses(tunnel.local_port) == {"127.0.0.1"}
@@ -303,6 +304,7 @@ def outputs(tmp_path, training_run):  # noqa: F811
 def test_tb_serves_the_newest_run_on_localhost(outputs, tmp_path):
     served = Served([], tmp_path, script=TB, cwd=tmp_path)
     url = served.wait_for_url()
+    assert url.startswith("http://127.0.0.1:")  # what TensorBoard binds: not localhost, which may be [::1]
     wait_until(lambda: port_listening(served.local_port), "TensorBoard to listen")
     environment = wait_until(lambda: get_json_or_none(f"{url}/data/environment"), "TensorBoard to answer")
     assert environment["data_location"] == str(outputs / "new")
@@ -326,6 +328,9 @@ def test_tb_makes_a_relative_logdir_absolute_and_takes_the_next_free_port(output
         assert served.local_port > start
         environment = wait_until(lambda: get_json_or_none(f"{url}/data/environment"), "TensorBoard to answer")
         assert environment["data_location"] == str(outputs / "old")
+        # The log doctor checks the port tb.sh chose, not the default one that it passed over.
+        assert "1 run(s), 1 with data" in served.output
+        assert "taken by another program" not in served.output and "already on port" not in served.output
         served.stop(signal.SIGTERM)
     wait_until(lambda: not tensorboards_for(outputs), "TensorBoard to exit")
 
@@ -390,7 +395,7 @@ def test_default_remote_dir_is_the_checkout_relative_to_home():
     def default_shown(home):
         env = {**os.environ, "HOME": str(home)}
         out = subprocess.run([str(SERVE_TB), "--help"], capture_output=True, text=True, env=env).stdout
-        return re.search(r"here: (.*)\)", out).group(1)
+        return re.search(r"here:\s+(\S+?);", out).group(1)
 
     assert default_shown(checkout.parent) == checkout.name  # ~/code/proj here means ~/code/proj there
     assert default_shown("/nonexistent-home") == str(checkout)  # outside $HOME: the same absolute path

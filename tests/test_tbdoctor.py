@@ -1,8 +1,9 @@
-"""utils/tbdoctor.py on real event files (written by the template's training run and by SummaryWriter),
+"""scripts/tbdoctor.py on real event files (written by the template's training run and by SummaryWriter),
 and against a real TensorBoard holding the port."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
@@ -26,7 +27,12 @@ from tests.remote_fixtures import (
     training_run,  # noqa: F401 (a fixture)
     wait_until,
 )
-from utils.tbdoctor import examine, list_runs, main, pick_runs
+
+# The log doctor is a script (scripts/tbdoctor.py), not a package module: loaded from its file.
+_spec = importlib.util.spec_from_file_location("tbdoctor", ROOT / "scripts" / "tbdoctor.py")
+tbdoctor = sys.modules["tbdoctor"] = importlib.util.module_from_spec(_spec)  # (dataclasses look it up)
+_spec.loader.exec_module(tbdoctor)
+examine, list_runs, main, pick_runs = tbdoctor.examine, tbdoctor.list_runs, tbdoctor.main, tbdoctor.pick_runs
 
 
 def report(directory, port=None, brief=False) -> tuple[int, str]:
@@ -157,6 +163,19 @@ def test_a_relative_path_resolved_against_another_working_directory(tmp_path, mo
     assert f"{tmp_path / 'project' / 'outputs'} holds 1 event file(s)" in text
 
 
+def test_runs_behind_links_are_found_as_tensorboard_finds_them(tmp_path, training_run):  # noqa: F811
+    # serve_tb.sh's --run GLOB serves a directory of links to the runs it picked; TensorBoard follows them.
+    view = tmp_path / "view"
+    (view / "day1").mkdir(parents=True)
+    (view / "day1" / "run1").symlink_to(training_run)
+    (view / "loop").symlink_to(view)  # a link loop ends
+    status, text = report(view, brief=True)
+    assert status == 0, text
+    assert "1 run(s), 1 with data" in text and "problem" not in text
+    assert [line.split()[0] for line in list_runs(view)[1:]] == ["day1/run1"]
+    assert pick_runs(view, "run1") == [view / "day1" / "run1"]
+
+
 def test_another_tensorboard_already_on_the_port(tmp_path, training_run):  # noqa: F811
     port = free_port()
     other = tmp_path / "someone else's logs"
@@ -215,13 +234,14 @@ def answers(port):
         return None
 
 
-@pytest.mark.parametrize("form", [["-m", "utils.tbdoctor"], ["utils/tbdoctor.py"]], ids=["module", "file"])
-def test_command_line_exit_status(form, tmp_path, training_run):  # noqa: F811
-    # Both ways of running it; as a file, utils/tensorboard/writer.py must not shadow the tensorboard package.
+@pytest.mark.parametrize("cwd", [ROOT, ROOT / "scripts"], ids=["root", "scripts"])
+def test_command_line_exit_status(cwd, tmp_path, training_run):  # noqa: F811
+    # Run as a script, from the checkout and from scripts/: nothing there shadows the tensorboard package.
     def run(*args):
         return subprocess.run(
-            [sys.executable, *form, *args], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE
-        )
+            [sys.executable, str(ROOT / "scripts" / "tbdoctor.py"), *args],
+            cwd=cwd, capture_output=True, text=True, timeout=DEADLINE,
+        )  # fmt: skip
 
     good = run(str(training_run), "--port", str(free_port()))
     assert good.returncode == 0, good.stderr

@@ -1,8 +1,8 @@
 """Log doctor for TensorBoard: what a log directory holds, and why a dashboard would be empty.
 
-    python -m utils.tbdoctor [DIR] [--port N] [--brief]
-    python -m utils.tbdoctor --list-runs [DIR]      # the runs: name, date, size, event files
-    python -m utils.tbdoctor --pick latest|GLOB DIR  # run paths, NUL-separated (for serve_tb.sh)
+    python scripts/tbdoctor.py [DIR] [--port N|0] [--brief]
+    python scripts/tbdoctor.py --list-runs [DIR]      # the runs: name, date, size, event files
+    python scripts/tbdoctor.py --pick latest|GLOB DIR  # run paths, NUL-separated (for serve_tb.sh)
 
 For each run under DIR (a directory that holds event files, as TensorBoard counts runs) it lists the
 event files, the tags (scalars, graph, images, other plugins), the last step and the last write time,
@@ -15,8 +15,9 @@ a graph, another TensorBoard already on the port.
 Exit status: 0 when DIR holds data TensorBoard can show, 1 when it holds event files but no data yet,
 2 when DIR is missing or holds no event files.
 
-The module needs only the standard library and tensorboard, so that scripts/serve_tb.sh can run it on a
-server with `python -c` before it starts TensorBoard there.
+A command-line tool of scripts/tb.sh and scripts/serve_tb.sh, not a part of the training code. It needs
+only the standard library and tensorboard, so that serve_tb.sh can send its source to a server and run it
+there with `python -` before it starts TensorBoard.
 """
 
 from __future__ import annotations
@@ -38,12 +39,6 @@ EVENT_FILE_MARK = "events.out.tfevents."
 TENSORBOARD_DEFAULT_PORT = 6006
 RECORD_OVERHEAD = 16  # a TFRecord is: 8-byte length, 4-byte CRC, payload, 4-byte CRC
 RECENT_WRITE_SECONDS = 120  # an incomplete last record this fresh is taken for a writer at work
-
-# Run as a file (python utils/tbdoctor.py), Python puts utils/ first on sys.path, and there
-# utils/tensorboard.py would shadow the tensorboard package.
-_here = globals().get("__file__")
-if _here and sys.path and Path(sys.path[0] or ".").resolve() == Path(_here).resolve().parent:
-    sys.path.pop(0)
 
 
 @dataclass
@@ -80,11 +75,24 @@ def is_event_file(name: str) -> bool:
     return EVENT_FILE_MARK in name
 
 
+def walk(top: Path):
+    """os.walk that follows links to directories, as TensorBoard does (serve_tb.sh's --run GLOB serves a
+    directory of links to the runs), and enters each real directory once, so a link loop ends."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        yield dirpath, dirnames, filenames
+
+
 def find_runs(logdir: Path) -> list[Run]:
     """Every directory under logdir that directly holds event files, as TensorBoard finds runs."""
     runs = []
-    for dirpath, dirnames, filenames in os.walk(logdir):
-        dirnames.sort()
+    for dirpath, _, filenames in walk(logdir):
         names = sorted(name for name in filenames if is_event_file(name))
         if names:
             run = Run(Path(dirpath))
@@ -227,7 +235,7 @@ def listing(directory: Path, limit: int = 30) -> list[str]:
 
 def count_event_files(directory: Path, limit: int = 1000) -> int:
     count = 0
-    for _, _, filenames in os.walk(directory):
+    for _, _, filenames in walk(directory):
         count += sum(is_event_file(name) for name in filenames)
         if count >= limit:
             break
@@ -389,8 +397,7 @@ class RunDir:
 def run_directories(logdir: Path) -> list[RunDir]:
     """Every run under logdir, newest first (by its newest event file, else its own mtime)."""
     found: dict[Path, list[float]] = {}
-    for dirpath, dirnames, filenames in os.walk(logdir):
-        dirnames.sort()
+    for dirpath, dirnames, filenames in walk(logdir):
         directory = Path(dirpath)
         events = [directory / name for name in filenames if is_event_file(name)]
         if events:
@@ -401,7 +408,7 @@ def run_directories(logdir: Path) -> list[RunDir]:
     runs = []
     for path, stamps in found.items():
         size = 0
-        for dirpath, _, filenames in os.walk(path):
+        for dirpath, _, filenames in walk(path):
             for name in filenames:
                 with contextlib.suppress(OSError):  # a file removed while we walk
                     size += (Path(dirpath) / name).lstat().st_size
@@ -444,7 +451,7 @@ def pick_runs(logdir: Path, selection: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m utils.tbdoctor",
+        prog="scripts/tbdoctor.py",
         description="List what a TensorBoard log directory holds and explain why a dashboard would be empty.",
         epilog="Exit status: 0 data to show, 1 event files without data, 2 DIR missing or without event files.",
     )
@@ -453,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         "--port",
         type=int,
         default=TENSORBOARD_DEFAULT_PORT,
-        help=f"check whether a TensorBoard already runs on this port of 127.0.0.1 (default: {TENSORBOARD_DEFAULT_PORT})",
+        help="check whether a TensorBoard already runs on this port of 127.0.0.1; 0: no check, for a "
+        f"caller that picks a free port itself (default: {TENSORBOARD_DEFAULT_PORT})",
     )
     parser.add_argument(
         "--brief", action="store_true", help="only the summary and the problems, not every run"
@@ -476,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         picked = pick_runs(logdir, args.pick)
         sys.stdout.write("".join(f"{path}\0" for path in picked))
         return 0 if picked else 2
-    status, lines = examine(args.dir, args.port, args.brief)
+    status, lines = examine(args.dir, args.port or None, args.brief)
     print("\n".join(lines), flush=True)
     return status
 
