@@ -53,6 +53,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from utils.run.checkpoint import load_checkpoint, load_model_state
     from utils.run.trust import stored_config
     from utils.runtime import pick_device
+    from utils.state import TrainState
     from utils.tensorboard.writer import open_writer
 
     path = Path(str(cfg.ckpt))
@@ -73,7 +74,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     splits = build("data", run_cfg.data.dataset)
     splits, loaders, _ = build_loaders(run_cfg, splits, device)
     check_fit(run_cfg, task, model, splits, loaders.test, device)  # lazy modules take their shapes first
-    load_model_state(model, state, path)
+    load_model_state(model, {"model": TrainState.evaluated_weights(state)}, path)
     t = run_cfg.trainer
     test, sums, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last)
 

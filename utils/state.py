@@ -112,9 +112,14 @@ class TrainState:
         return cls(EarlyStopping(es.patience, es.min_delta, task.mode, f"val/{task.monitor}"), window)
 
     def evaluated_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model that validation and the test evaluate: the trained one (a state with averaged
-        weights would return those)."""
+        """The model that validation and the test evaluate: the trained one (a state that keeps averaged
+        weights returns those)."""
         return model
+
+    @staticmethod
+    def evaluated_weights(saved: dict) -> dict:
+        """The model weights that a checkpoint's evaluation uses (eval.py), as `evaluated_model` for a run."""
+        return saved["model"]
 
     def state_dict(self) -> dict:
         return {f.name: _saved(getattr(self, f.name)) for f in _saved_fields(self)}
