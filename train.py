@@ -223,6 +223,8 @@ def step(parts: Parts, state: TrainState, batch, i: int) -> bool:
         clip_grad_norm_(parts.model.parameters(), t.grad_clip)
     parts.scaler.step(parts.optimizer)
     parts.scaler.update()
+    if state.ema is not None:  # trainer.ema_decay: the moving average follows every step
+        state.ema.update_parameters(parts.model)
     if parts.logging.histograms_every_n_epochs:  # they read the gradients, before zero_grad
         dashboards.log_histograms_when_due(parts, state.step + 1)
     parts.optimizer.zero_grad(set_to_none=True)

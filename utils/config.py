@@ -60,6 +60,7 @@ class TrainerSchema:
     overfit_batches: Optional[int] = None
     profile_steps: Optional[int] = None
     detect_anomaly: bool = False
+    ema_decay: Optional[float] = None
 
 
 @dataclass
@@ -169,6 +170,9 @@ def check_config(cfg: DictConfig) -> None:
         value = _number(cfg, key)
         if value is not None and not value > 0:
             raise ConfigError(f"{key}={value} must be greater than 0")
+    ema = cfg.trainer.get("ema_decay")
+    if ema is not None and not 0 < ema < 1:
+        raise ConfigError(f"trainer.ema_decay={ema} must be between 0 and 1, e.g. 0.999 (null: off)")
     if cfg.trainer.seed > SEED_LIMIT:
         raise ConfigError(f"trainer.seed={cfg.trainer.seed} must be at most {SEED_LIMIT}")
     parse_max_time(cfg.trainer.max_time)  # one line for a malformed budget

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from utils.config import LoggingSchema, TrainerSchema
 from utils.distributed import Distributed
@@ -100,6 +101,7 @@ class TrainState:
     best: float | None = None  # the best value of the task's monitored metric so far
     val_last: dict | None = None  # the last validation's metrics
     nonfinite_skipped: int = 0  # batches dropped by trainer.skip_nonfinite
+    ema: AveragedModel | None = None  # trainer.ema_decay: the weights' moving average, what is evaluated
     stop_reason: str | None = field(default=None, metadata=NOT_SAVED)  # signal, max_time, early_stopping
     last_good: Path | None = field(default=None, metadata=NOT_SAVED)  # the newest checkpoint written
     train_sample: tuple | None = field(default=None, metadata=NOT_SAVED)  # (output, batch) for train metrics
@@ -109,17 +111,23 @@ class TrainState:
         t, task = parts.trainer, parts.task
         es = t.early_stopping
         window = LossWindow(parts.logging.every_n_steps * t.accumulate_grad_batches, parts.device)
-        return cls(EarlyStopping(es.patience, es.min_delta, task.mode, f"val/{task.monitor}"), window)
+        ema = None
+        if t.ema_decay:  # a copy of the model (uncompiled, outside DDP): every rank averages equal weights
+            ema = AveragedModel(parts.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+        return cls(
+            EarlyStopping(es.patience, es.min_delta, task.mode, f"val/{task.monitor}"), window, ema=ema
+        )
 
     def evaluated_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model that validation and the test evaluate: the trained one (a state that keeps averaged
-        weights returns those)."""
-        return model
+        """The model that validation and the test evaluate: the moving average when there is one."""
+        return model if self.ema is None else self.ema.module
 
     @staticmethod
     def evaluated_weights(saved: dict) -> dict:
-        """The model weights that a checkpoint's evaluation uses (eval.py), as `evaluated_model` for a run."""
-        return saved["model"]
+        """The model weights that a checkpoint's evaluation uses (eval.py): its moving average, if it kept one."""
+        if not saved.get("ema"):
+            return saved["model"]
+        return {k.removeprefix("module."): v for k, v in saved["ema"].items() if k.startswith("module.")}
 
     def state_dict(self) -> dict:
         return {f.name: _saved(getattr(self, f.name)) for f in _saved_fields(self)}
