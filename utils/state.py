@@ -111,12 +111,12 @@ class TrainState:
         t, task = parts.trainer, parts.task
         es = t.early_stopping
         window = LossWindow(parts.logging.every_n_steps * t.accumulate_grad_batches, parts.device)
-        ema = None
+        state = cls(EarlyStopping(es.patience, es.min_delta, task.mode, f"val/{task.monitor}"), window)
         if t.ema_decay:  # a copy of the model (uncompiled, outside DDP): every rank averages equal weights
-            ema = AveragedModel(parts.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-        return cls(
-            EarlyStopping(es.patience, es.min_delta, task.mode, f"val/{task.monitor}"), window, ema=ema
-        )
+            state.ema = AveragedModel(
+                parts.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True
+            )
+        return state
 
     def evaluated_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model that validation and the test evaluate: the moving average when there is one."""
