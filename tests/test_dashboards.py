@@ -23,10 +23,10 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from tasks.classification import Classification
 from tests.helpers import FAST, REPO, compose_config, event_accumulator, read_metrics, train_in_process
-from utils import dashboards
 from utils.config import ConfigError, check_config
 from utils.evaluation import evaluate
-from utils.tensorboard.dashboards import (
+from utils.tensorboard import dashboards, pictures
+from utils.tensorboard.pictures import (
     colormap,
     confusion_matrix_image,
     input_image_grid,
@@ -95,7 +95,7 @@ def test_add_png_stores_the_image_pixel_for_pixel(tmp_path):
 
     image = confusion_matrix_image(torch.tensor([[5, 1, 0], [2, 7, 1], [0, 0, 9]]))
     with SummaryWriter(tmp_path / "tb") as writer:
-        dashboards.add_png(writer, "val/confusion_matrix", image, 3)
+        pictures.add_png(writer, "val/confusion_matrix", image, 3)
     (event,) = event_accumulator(tmp_path).Images("val/confusion_matrix")
     assert (event.step, event.height, event.width) == (3, image.shape[1], image.shape[2])
     assert np.array_equal(decode(event), image.permute(1, 2, 0).numpy())
