@@ -47,7 +47,6 @@ class Outcome:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra's entry point; returns the best monitored value (what sweeps optimize)."""
-    outcome = Outcome(None)
     with RunLife("train.py", log) as life:
         outcome = train(cfg, life)
         life.stopped_by(outcome.signal)
