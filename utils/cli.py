@@ -39,11 +39,12 @@ def one_line(err: BaseException, limit: int = 2000) -> str:
     return f"{first} (config key: {key})" if key and key not in first else first
 
 
-def is_user_error(err: Exception) -> bool:
-    """Whether err is one a user can fix. Its class is looked up only among modules already imported (an
-    error can only come from one): importing data.splits to ask would import torch, and a bad value would
-    then take 2.1 s to report instead of 0.5."""
-    kinds = tuple(getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules)
+def is_user_error(err: BaseException, *modules: str) -> bool:
+    """Whether err is one a user can fix (of one of `modules`, when given). Its class is looked up only
+    among modules already imported (an error can only come from one): importing data.splits to ask would
+    import torch, and utils/ would depend on tasks/ and data/."""
+    wanted = modules or tuple(USER_ERRORS)
+    kinds = tuple(getattr(sys.modules[m], USER_ERRORS[m]) for m in wanted if m in sys.modules)
     return isinstance(err, kinds)
 
 

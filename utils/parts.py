@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from utils.cli import one_line
+from utils.cli import is_user_error, one_line
 from utils.config import ConfigError
 
 # Keys of a group's config that say what it takes and gives (the tests pair task, data and model by
@@ -24,9 +24,6 @@ def build(group: str, node: DictConfig, *args, **kwargs):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from data.splits import DatasetError
-    from tasks.base import TaskError
-
     if group in DECLARATIONS:
         kept = {
             k: v
@@ -37,11 +34,9 @@ def build(group: str, node: DictConfig, *args, **kwargs):
     try:
         obj = instantiate(node)
         return obj(*args, **kwargs) if args or kwargs else obj
-    except (DatasetError, TaskError):
-        raise
     except (InstantiationException, TypeError, ValueError) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        if isinstance(cause, (DatasetError, TaskError)):
+        if is_user_error(cause, "data.splits", "tasks.base"):  # the data's or the task's own one line
             raise cause from None
         target = node.get("_target_", "?")
         raise ConfigError(
@@ -113,7 +108,6 @@ def check_fit(cfg, task, model, splits, loader, device) -> None:
     Lazy modules take their shapes here, before any optimizer, DDP or graph sees the model."""
     import torch
 
-    from tasks.base import TaskError
     from utils.runtime import slice_batch, to_device
 
     try:
@@ -130,10 +124,10 @@ def check_fit(cfg, task, model, splits, loader, device) -> None:
             for module, training in flags:
                 module.training = training
         task.check(output, batch)
-    except TaskError as err:
-        raise ConfigError(f"{choices(cfg)}: {err}") from None
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:  # the model itself cannot take the batch
-        raise ConfigError(
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        if is_user_error(err, "tasks.base"):  # the task's own check
+            raise ConfigError(f"{choices(cfg)}: {err}") from None
+        raise ConfigError(  # the model itself cannot take the batch
             f"{choices(cfg)}: the model fails on a batch of the data: {type(err).__name__}: {one_line(err)}"
         ) from None
 
