@@ -6,7 +6,6 @@ project its user changed; bad input is refused in one line, with nothing written
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -44,16 +43,22 @@ OPTIONAL = {
 QUESTIONS = yaml.safe_load((REPO / "copier.yml").read_text())
 
 
-def answers_of(name: str) -> dict:
-    """Every question's answer for a project of PROJECTS: its own, else copier.yml's default. (The models'
-    and datasets' defaults are those that fit the chosen tasks: with every task, every one.)"""
-    defaults = {
+def plain_defaults() -> dict:
+    """copier.yml's defaults that are plain values (not computed from other answers)."""
+    return {
         k: q["default"]
         for k, q in QUESTIONS.items()
         if not k.startswith("_") and q.get("when") is not False and "{%" not in str(q["default"])
     }
+
+
+def answers_of(name: str) -> dict:
+    """Every question's answer for a project of PROJECTS: its own, else copier.yml's default. (The tasks'
+    default is every task on disk; the models' and datasets' are those that fit the chosen tasks: with
+    every task, every one.)"""
+    defaults = plain_defaults()
     if "tasks" not in PROJECTS[name]:
-        defaults |= {"models": shipped()["model"], "datasets": shipped()["data"]}
+        defaults |= {"tasks": shipped()["task"], "models": shipped()["model"], "datasets": shipped()["data"]}
     return {**defaults, **PROJECTS[name]}
 
 
@@ -76,17 +81,30 @@ def module_of(root: Path, group: str, name: str) -> str:
     return target.rsplit(".", 1)[0].replace(".", "/") + ".py"
 
 
-def shipped() -> dict:
-    """.copier/parts.jinja's SHIPPED lists, as copier's Jinja sees them."""
-    import jinja2
+def parts_jinja(expression: str, root: Path = REPO):
+    """A macro or variable of .copier/parts.jinja for the template at root, as copier's Jinja sees it
+    (sandboxed, with the ansible filters, _copier_conf.src_path the template), read back as YAML."""
+    import jinja2.sandbox
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(REPO),
+    env = jinja2.sandbox.SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(root),
         extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
     )
-    return json.loads(
-        env.from_string("{% from '.copier/parts.jinja' import SHIPPED %}{{ SHIPPED | tojson }}").render()
-    )
+    name = re.split(r"[( ]", expression)[0]
+    text = env.from_string(
+        f"{{% from '.copier/parts.jinja' import {name} with context %}}{{{{ {expression} }}}}"
+    ).render(_copier_conf={"src_path": str(root)})
+    return yaml.safe_load(text)
+
+
+def shipped(root: Path = REPO) -> dict:
+    """The parts copier offers, by group (task, model, data, experiment), in its order of preference."""
+    return parts_jinja("SHIPPED | tojson", root)
+
+
+def offered(root: Path = REPO) -> dict:
+    """copier.yml's choices for the tasks, models and datasets questions, as {label: value}."""
+    return {group: dict(parts_jinja(f"choices('{group}')", root)) for group in ("task", "model", "data")}
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +132,21 @@ def projects(template, tmp_path_factory):
 # --- copier.yml against the files on disk -----------------------------------------------------------------
 
 
-def test_the_choices_are_the_shipped_parts_in_the_order_of_preference():
+def test_the_choices_are_the_parts_on_disk_the_template_s_default_first():
+    """copier.yml offers what conf/ holds (no list of parts anywhere): each group's files on disk, the
+    one conf/train.yaml uses first, then alphabetical."""
     from tests.helpers import default_run, options
 
-    lists = shipped()
-    for group, question in (("task", "tasks"), ("model", "models"), ("data", "datasets")):
-        choices = list(QUESTIONS[question]["choices"].values())
-        assert choices == lists[group], question
-        assert sorted(choices) == options(group), f"copier.yml's {question} are not conf/{group}/ on disk"
-        # The first of each is the template's own default run: a project that keeps it defaults to it.
-        assert choices[0] == default_run()[group]
-    assert sorted(lists["experiment"]) == options("experiment")
-    assert QUESTIONS["tasks"]["default"] == lists["task"]
+    lists, choices = shipped(), offered()
+    for group in ("task", "model", "data", "experiment"):
+        assert sorted(lists[group]) == options(group), f"copier offers {group}s that are not conf/{group}/"
+    for group in ("task", "model", "data"):
+        first = default_run()[group]
+        assert lists[group] == [first, *sorted(set(options(group)) - {first})], group
+        assert list(choices[group].values()) == lists[group], group
+        assert all(label.startswith(f"{name}: ") for label, name in choices[group].items()), group
+    for question in ("tasks", "models", "datasets"):
+        assert "choices" in QUESTIONS[question] and "{%" in QUESTIONS[question]["choices"], question
 
 
 def test_the_models_and_datasets_offered_are_those_that_fit_the_tasks(template, tmp_path):
@@ -177,8 +198,13 @@ def without_test_generated(makefile: str) -> str:
 
 
 @pytest.mark.parametrize("name", PROJECTS)
-def test_a_project_has_what_was_chosen_and_nothing_else(projects, template, name):
-    project, answers = projects(name), answers_of(name)
+def test_a_project_has_what_was_chosen_and_nothing_else(projects, name):
+    assert_has_what_was_chosen(projects(name), answers_of(name))
+
+
+def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
+    """The project holds the parts answered and nothing else, a default run that fits, experiments that
+    name only its parts, the optional files answered, and the answers recorded for `copier update`."""
     from_disk = {}
     for group, question in (("task", "tasks"), ("model", "models"), ("data", "datasets")):
         from_disk[group] = sorted(p.stem for p in (project / "conf" / group).glob("*.yaml"))
@@ -221,7 +247,12 @@ def test_a_project_has_what_was_chosen_and_nothing_else(projects, template, name
         text = (project / rendered).read_text() if (project / rendered).exists() else ""
         assert not re.search(r"\{\{|\{%|\{#", text), rendered
     recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
-    assert {k: recorded[k] for k in answers} == answers and recorded["_commit"]
+
+    def unordered(d: dict) -> dict:  # copier records a selection in the order of its choices
+        return {k: sorted(d[k]) if isinstance(d[k], list) else d[k] for k in answers}
+
+    assert unordered(recorded) == unordered(answers)
+    assert recorded["_commit"]
 
 
 @pytest.mark.parametrize("name", PROJECTS)
@@ -264,6 +295,107 @@ def test_a_project_lints_collects_its_tests_and_trains_its_default_run(projects,
     (and nothing is skipped at collection), and the default run end to end. `make test-generated` runs
     each project's whole `make test`."""
     assert_quick_checks_pass(projects(name), tmp_path, "tests/test_configs.py")
+
+
+# A model and a dataset that a clone of the template adds beside tests/user_task/'s multi-label task: one
+# .py and one .yaml each.
+LINEAR_PY = '''"""A linear map over the flattened input: the least model there is."""
+
+import math
+
+from torch import nn
+
+
+class Linear(nn.Sequential):
+    def __init__(self, input_shape: list[int], num_outputs: int):
+        super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), num_outputs))
+'''
+LINEAR_YAML = """# A linear map over the flattened input: the least model there is.
+_target_: models.linear.Linear
+input: [image, vector]
+output: vector
+input_shape: ${data.input_shape}
+num_outputs: ${data.num_outputs}
+"""
+SIGNS_PY = '''"""Random feature vectors labelled with the signs of their first four features: multi-label data."""
+
+import torch
+from torch.utils.data import TensorDataset
+
+from data.splits import Splits
+
+
+def signs(num_samples: int, seed: int) -> Splits:
+    x = torch.randn(num_samples, 8, generator=torch.Generator().manual_seed(seed))
+    y = (x[:, :4] > 0).float()
+    n = num_samples // 5
+    train, val, test = (TensorDataset(x[i], y[i]) for i in (slice(2 * n, None), slice(n), slice(n, 2 * n)))
+    return Splits(train, val, test)
+'''
+SIGNS_YAML = """# Random feature vectors labelled with the signs of their first four features; no download.
+dataset:
+  _target_: data.signs.signs
+  num_samples: 1000
+  seed: ${trainer.seed}
+input: vector
+target: multilabel
+input_shape: [8]
+num_labels: 4
+num_outputs: ${data.num_labels}
+batch_size: 32
+num_workers: 0
+"""
+
+
+@pytest.mark.slow
+def test_a_task_model_and_dataset_added_to_a_clone_are_offered_and_generated(tmp_path):
+    """A clone that adds a task, a model and a dataset (one .py and one .yaml each, no list edited)
+    offers them in copier's questions, keeps them by default, and generates a project of only them that
+    holds what was chosen and trains its default run."""
+    clone = template_repo(tmp_path / "clone")
+    user_task = REPO / "tests" / "user_task"
+    added = {
+        "tasks/multilabel.py": (user_task / "multilabel.py").read_text(),
+        "conf/task/multilabel.yaml": (user_task / "multilabel.yaml").read_text(),
+        "data/signs.py": SIGNS_PY,
+        "conf/data/signs.yaml": SIGNS_YAML,
+        "models/linear.py": LINEAR_PY,
+        "conf/model/linear.yaml": LINEAR_YAML,
+    }
+    for path, text in added.items():
+        assert not (clone / path).exists(), f"{path} ships already: this proves nothing"
+        (clone / path).write_text(text)
+    git(clone, "add", "-A")
+    git(clone, "commit", "-q", "-m", "a new task, model and dataset")
+
+    choices = offered(clone)
+    for group, name in (("task", "multilabel"), ("model", "linear"), ("data", "signs")):
+        assert name in choices[group].values(), (group, choices[group])
+        assert shipped(clone)[group][0] == shipped()[group][0], group  # the template's default stays first
+
+    # Every default: the new parts are kept beside the shipped ones.
+    everything = tmp_path / "everything"
+    made = generate(clone, everything, {"project_name": "everything"})
+    assert made.returncode == 0, made.stdout + made.stderr
+    recorded = yaml.safe_load((everything / ".copier-answers.yml").read_text())
+    assert "multilabel" in recorded["tasks"] and "linear" in recorded["models"], recorded
+    assert "signs" in recorded["datasets"], recorded
+    assert_has_what_was_chosen(everything, {**plain_defaults(), **recorded})
+
+    # Only the new parts: a project of them alone, whose default run they are.
+    answers = {
+        **plain_defaults(),
+        "project_name": "multilabel",
+        "tasks": ["multilabel"],
+        "models": ["linear"],
+        "datasets": ["signs"],
+    }
+    project = tmp_path / "multilabel"
+    made = generate(clone, project, answers)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert_has_what_was_chosen(project, answers)
+    link_venv(project)
+    assert_quick_checks_pass(project, tmp_path / "runs", "tests/test_configs.py")
 
 
 # --- copier update -----------------------------------------------------------------------------------------
