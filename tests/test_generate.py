@@ -456,6 +456,15 @@ def test_update_merges_a_later_template_into_a_project_its_user_changed(template
     assert conflicting.returncode == 0, conflicting.stdout + conflicting.stderr
     text = cnn_yaml.read_text()
     assert re.search(r"^<<<<<<< .*\nwidth: 48\n=======\nwidth: 64\n>>>>>>> ", text, re.M), text
+    # copier says nothing of it (exit 0): the project's own check lists the file, and train.py stops in one
+    # line instead of YAML's traceback.
+    check = run([PYTHON, "-m", "utils.conflicts"], project)
+    assert check.returncode == 1 and "conf/model/simple_cnn.yaml:" in check.stdout, (
+        check.stdout + check.stderr
+    )
+    stopped = run([PYTHON, "train.py"], project)
+    assert stopped.returncode == 2 and len(stopped.stderr.splitlines()) == 1, stopped.stderr
+    assert "conf/model/simple_cnn.yaml:" in stopped.stderr and "unresolved merge conflict" in stopped.stderr
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
