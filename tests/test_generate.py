@@ -23,6 +23,7 @@ TEMPLATE_ONLY = (
     "scripts/new_project.py",
     "tests/test_generate.py",
     "tests/generated.py",
+    "CHANGELOG.md",
 )
 # Files that a project keeps or leaves out by a yes/no question.
 OPTIONAL = {
@@ -465,6 +466,51 @@ def test_update_merges_a_later_template_into_a_project_its_user_changed(template
     stopped = run([PYTHON, "train.py"], project)
     assert stopped.returncode == 2 and len(stopped.stderr.splitlines()) == 1, stopped.stderr
     assert "conf/model/simple_cnn.yaml:" in stopped.stderr and "unresolved merge conflict" in stopped.stderr
+
+
+@pytest.mark.slow
+def test_update_takes_the_template_s_newest_version_tag(template, tmp_path):
+    """`copier update` with no --vcs-ref brings a project to the template's newest vX.Y.Z tag, not to a
+    later untagged commit. (A template repository of its own, tagged here: a fresh clone of this one in
+    CI has no tags.)"""
+    source = tmp_path / "template"
+    git(tmp_path, "clone", "-q", str(template), str(source))
+    git(source, "tag", "-a", "v0.1.0", "-m", "v0.1.0")
+    adamw = source / "conf" / "optimizer" / "adamw.yaml"
+    adamw.write_text(adamw.read_text() + "# Released in v0.2.0.\n")
+    git(source, "commit", "-q", "-am", "a change released in v0.2.0")
+    git(source, "tag", "-a", "v0.2.0", "-m", "v0.2.0")
+    adamw.write_text(adamw.read_text() + "# Not released yet.\n")
+    git(source, "commit", "-q", "-am", "a change not released yet")
+
+    project = tmp_path / "project"
+    made = generate(source, project, PROJECTS["minimum"], ref="v0.1.0")
+    assert made.returncode == 0, made.stdout + made.stderr
+    answers = project / ".copier-answers.yml"
+    assert yaml.safe_load(answers.read_text())["_commit"] == "v0.1.0"
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "generated")
+
+    updated = copier("update", "--defaults", "--quiet", cwd=project)
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert yaml.safe_load(answers.read_text())["_commit"] == "v0.2.0"
+    text = (project / "conf" / "optimizer" / "adamw.yaml").read_text()
+    assert text.endswith("# Released in v0.2.0.\n"), text
+
+
+def test_the_changelog_has_dated_versions_newest_first():
+    """CHANGELOG.md: one `## X.Y.Z — DATE` heading a version (the next one may say unreleased), newest
+    first, and the release step (a vX.Y.Z tag) written down."""
+    text = (REPO / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## (\d+)\.(\d+)\.(\d+) — (?:unreleased \()?(\d{4}-\d{2}-\d{2})\)?$", text, re.M)
+    headings = re.findall(r"^## .*$", text, re.M)
+    assert len(versions) == len(headings) >= 2, headings
+    numbers = [tuple(map(int, v[:3])) for v in versions]
+    assert numbers == sorted(numbers, reverse=True) and [v[3] for v in versions] == sorted(
+        (v[3] for v in versions), reverse=True
+    )
+    assert "git tag -a vX.Y.Z" in text
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
