@@ -7,12 +7,26 @@ project its user changed; bad input is refused in one line, with nothing written
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.generated import PROJECTS, PYTHON, copier, generate, git, link_venv, make, run, template_repo
+from tests.generated import (
+    PROJECTS,
+    PYTHON,
+    VENV,
+    copier,
+    data_args,
+    generate,
+    git,
+    link_venv,
+    make,
+    run,
+    template_repo,
+)
 from tests.helpers import REPO
 
 # In the template only: the generator, the template's CI entry point, and these tests.
@@ -535,8 +549,6 @@ BAD_ANSWERS = {
 
 def new_project(template: Path, dst: Path, answers: dict):
     """scripts/new_project.py of the template (copier, plus the checks copier lacks), non-interactive."""
-    from tests.generated import data_args
-
     script = template / "scripts" / "new_project.py"
     return run([PYTHON, str(script), str(dst), "--defaults", *data_args(answers)], dst.parent)
 
@@ -551,6 +563,64 @@ def test_bad_answers_are_refused_in_one_line_with_nothing_written(template, tmp_
     direct = generate(template, tmp_path / "direct", answers)
     assert direct.returncode != 0 and message in direct.stderr.splitlines()[-1]
     assert not (tmp_path / "direct").exists()
+
+
+# What copier itself takes wrongly (a yes/no of "maybe", a question that does not exist) or ends in its
+# traceback (a selection that is not a list): new_project.py refuses each in one line.
+BAD_DATA = {
+    "a selection that is not a list": ({"tasks": "classification"}, "give a YAML list, e.g. tasks='[a, b]'"),
+    "a list cut short": ({"tasks": "[classification"}, "give a YAML list"),
+    "no such question": ({"colour": "red"}, "--data colour: copier.yml asks no such question"),
+    "a yes/no that is neither": ({"slurm": "maybe"}, "--data slurm='maybe': give true or false"),
+}
+
+
+@pytest.mark.parametrize("answers, message", BAD_DATA.values(), ids=BAD_DATA)
+def test_bad_data_is_refused_in_one_line_with_nothing_written(template, tmp_path, answers, message):
+    proc = new_project(template, tmp_path / "new", answers)
+    assert proc.returncode == 2 and not proc.stdout, proc.stdout + proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_unicode_answers_and_folder_name_give_a_valid_pyproject(template, tmp_path):
+    """An emoji, quotes, a backslash and DEL in the answers: pyproject.toml still reads back (tomllib, as pip
+    reads it) with the very text answered; a folder named in another script gives an ASCII default name."""
+    import tomllib
+
+    answers = {k: v for k, v in PROJECTS["minimum"].items() if k != "project_name"}
+    answers |= {"author": "Jo 🚀 Smith", "description": 'Ünïcode "quoted" \\ back\x7f slash 𝄞'}
+    dst = tmp_path / "ünï"
+    proc = new_project(template, dst, answers)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    project = tomllib.loads((dst / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["name"] == "uni"
+    assert project["authors"] == [{"name": "Jo 🚀 Smith"}]
+    assert project["description"] == answers["description"]
+
+
+def test_new_project_runs_with_a_plain_python3(template, tmp_path):
+    """A python3 without copier: with no .venv in the checkout, one line says how to get copier; with the
+    .venv that `make install` leaves (copier in its dev extra), the script runs itself with that."""
+    python = getattr(sys, "_base_executable", None) or sys.executable
+    script = template / "scripts" / "new_project.py"
+    args = [python, "-S", str(script), str(tmp_path / "new"), "--defaults", *data_args(PROJECTS["minimum"])]
+    assert run([python, "-S", "-c", "import copier"], tmp_path).returncode == 1  # no copier there
+    proc = run(args, tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stdout + proc.stderr
+    assert "copier is not installed for this python: `make install` here" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # The checkout's .venv/bin/python (ignored by git: copier never sees it), here a stand-in for this venv's.
+    venv_python = template / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(f'#!/bin/sh\nexec "{VENV / "bin" / "python"}" "$@"\n')
+    venv_python.chmod(0o755)
+    try:
+        proc = run(args, tmp_path)
+    finally:
+        shutil.rmtree(template / ".venv")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "new" / "pyproject.toml").exists()
 
 
 def test_a_destination_that_is_not_empty_is_refused_and_left_as_it_was(template, tmp_path):
