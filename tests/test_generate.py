@@ -191,12 +191,16 @@ def test_the_template_s_own_answers_give_back_the_template(projects, template):
     assert files(project) == ours | {".copier-answers.yml"}
     differ = sorted(
         f
-        for f in ours - {"README.md", "Makefile"}
+        for f in ours - {"README.md", "Makefile", "docs/testing.md"}
         if (project / f).read_bytes() != (template / f).read_bytes()
     )
     assert not differ, f"generated with the template's answers, these differ from the template's: {differ}"
     # The Makefile but for its test-generated target, which runs this generator.
     assert (project / "Makefile").read_text() == without_test_generated((template / "Makefile").read_text())
+    # docs/testing.md but for its section on the generator's own tests.
+    testing = (template / "docs" / "testing.md").read_text()
+    generator = testing.index("\n## Generating projects (the template only)\n")
+    assert (project / "docs" / "testing.md").read_text() == testing[:generator].rstrip("\n") + "\n"
 
 
 def without_test_generated(makefile: str) -> str:
@@ -312,6 +316,67 @@ def test_a_project_s_default_run_is_as_short_as_the_template_s(projects, name):
     more optimizer steps than the template's own (a segmentation-only project trained 15 U-Net epochs, 945
     steps and some 7 minutes on 2 cores)."""
     assert default_run_steps(projects(name)) <= default_run_steps(REPO)
+
+
+# What names the generator itself (a project has none of it), and each tool's commands.
+GENERATOR_NAMES = ("make test-generated", "tests/generated.py", "test_generate.py", ".ci/run", "copier.yml")
+TOOL_COMMANDS = {"optuna": ["hparams_search="], "slurm": ["hydra/launcher=slurm"], "remote_tensorboard": []}
+
+
+@pytest.mark.parametrize("name", PROJECTS)
+def test_a_project_s_docs_cover_only_its_parts(projects, template, name):
+    """A project's docs/ name no file of a tool it left out and no command of one, nothing of the generator;
+    testing.md lists only the test files it has; every relative link resolves; and unless it is the
+    template itself, benchmarks.md and quality.md carry none of the template's measured numbers."""
+    project, answers = projects(name), answers_of(name)
+    pages = {p.name: p.read_text() for p in sorted((project / "docs").glob("*.md"))}
+    lacking = [path for question, paths in OPTIONAL.items() if not answers[question] for path in paths]
+    for page, text in pages.items():
+        for path in lacking:
+            assert path not in text and f"`{Path(path).name}`" not in text, (page, path)
+        for question, commands in TOOL_COMMANDS.items():
+            for command in commands if not answers[question] else []:
+                assert command not in text, (page, command)
+        for generator in GENERATOR_NAMES:
+            assert generator not in text, (page, generator)
+        for link in re.findall(r"\]\(([^)#\s]+)\)", text):
+            assert "://" in link or (project / "docs" / link).exists(), (page, link)
+    named = set(re.findall(r"`(test_\w+\.py)`", pages["testing.md"]))
+    assert named and named <= {p.name for p in (project / "tests").glob("test_*.py")}
+    assert "test_configs.py" in named
+    for page in ("benchmarks.md", "quality.md"):
+        ours = (template / "docs" / page).read_text()
+        if answers["project_name"] == PROJECTS["everything"]["project_name"]:
+            assert pages[page] == ours  # the template itself
+        else:
+            assert pages[page].splitlines()[2].startswith(f"Not measured for {answers['project_name']} yet.")
+            numbers = set(re.findall(r"\d+\.\d+", ours))
+            assert not numbers & set(re.findall(r"\d+\.\d+", pages[page])), page
+
+
+@pytest.mark.parametrize("name", [n for n in PROJECTS if n != "everything"])
+def test_a_project_s_bench_labels_name_what_they_run(projects, name):
+    """The benchmark's default-run case names the project's own default model and data."""
+    project = projects(name)
+    defaults = {}
+    for entry in yaml.safe_load((project / "conf" / "train.yaml").read_text())["defaults"]:
+        defaults |= entry if isinstance(entry, dict) else {}
+    code = "import sys; sys.path.insert(0, 'scripts'); import bench; print(*(c.name for c in bench.cases_for('cpu', False).values()), sep='\\n')"
+    proc = run([PYTHON, "-c", code], project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"default run: {defaults['model']} on {defaults['data']}" in proc.stdout.splitlines(), proc.stdout
+
+
+def test_make_quality_without_its_experiments_says_so(projects):
+    """The in-between project keeps neither experiment that has a quality target: `make quality` says so in
+    one line and leaves its quality.md as generated."""
+    project = projects("in_between")
+    before = (project / "docs" / "quality.md").read_text()
+    proc = make(project, "quality")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = [line for line in proc.stdout.splitlines() if not line.startswith(".venv/bin/python")]
+    assert said == ["quality.py: neither shapes_unet nor pytext_gpt is in conf/experiment/: nothing to do"]
+    assert (project / "docs" / "quality.md").read_text() == before
 
 
 # A quick run: a few validation and test batches.
