@@ -1,8 +1,10 @@
-"""Project generation with copier (copier.yml), from a throwaway git copy of this checkout: the template's
-own answers give back the template itself; each set of answers CI tries (tests/generated.py) gives a
-project with only what was chosen, whose lint, test collection, config tests and default run pass here
-(its whole `make test`: `make test-generated`); `copier update` brings a later template version into a
-project its user changed; bad input is refused in one line, with nothing written."""
+"""Project generation with copier (copier.yml), from a throwaway git copy of this checkout: copier offers
+the parts on disk (a clone that adds one is offered it); the template's own answers give back the template
+itself; each set of answers CI tries (tests/generated.py) gives a project with only what was chosen, docs
+about only that, a short default run, and lint, test collection, config tests and default run that pass
+here (its whole `make test`: `make test-generated`); `copier update` brings a later template version (its
+newest tag) into a project its user changed, and a conflict is named; bad input is refused in one line,
+with nothing written."""
 
 from __future__ import annotations
 
