@@ -343,6 +343,17 @@ def test_a_project_s_docs_cover_only_its_parts(projects, template, name):
             assert generator not in text, (page, generator)
         for link in re.findall(r"\]\(([^)#\s]+)\)", text):
             assert "://" in link or (project / "docs" / link).exists(), (page, link)
+    # The parts it lacks: no table row or list item starts with one, no command in a code block (but for
+    # tasks.md's worked example) chooses one.
+    have = {g: {p.stem for p in (project / "conf" / g).glob("*.yaml")} for g in shipped()}
+    gone = {g: set(names) - have[g] for g, names in shipped().items()}
+    for page, text in pages.items():
+        for group, names in gone.items():
+            for part in names:
+                assert not re.search(rf"^(\| |- )`{part}`", text, re.M), (page, part)
+                code = "\n".join(re.findall(r"^```.*?^```", text, re.M | re.S))
+                if page != "tasks.md":
+                    assert not re.search(rf"(^|[^\w./]){group}={part}($|[^\w])", code, re.M), (page, part)
     named = set(re.findall(r"`(test_\w+\.py)`", pages["testing.md"]))
     assert named and named <= {p.name for p in (project / "tests").glob("test_*.py")}
     assert "test_configs.py" in named
