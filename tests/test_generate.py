@@ -412,10 +412,10 @@ def assert_quick_checks_pass(project: Path, runs: Path, tests: str, *overrides: 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in PROJECTS if n != "everything"])  # that one is this checkout
 def test_a_project_lints_collects_its_tests_and_trains_its_default_run(projects, name, tmp_path):
-    """What `make test` checks of a project in seconds: lint, its config tests, every test module imports
+    """What `make test` checks of a project in seconds: lint, its config and docs-link tests, every test module imports
     (and nothing is skipped at collection), and the default run end to end. `make test-generated` runs
     each project's whole `make test`."""
-    assert_quick_checks_pass(projects(name), tmp_path, "tests/test_configs.py")
+    assert_quick_checks_pass(projects(name), tmp_path, "tests/test_configs.py tests/test_docs.py")
 
 
 # A model and a dataset that a clone of the template adds beside tests/user_task/'s multi-label task: one
