@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_paired import Paired, available, compose, measure  # noqa: E402
+from default_run import label as default_run_label  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -68,7 +69,7 @@ def all_cases_for(device: str, quick: bool) -> dict[str, Paired]:
     if device == "cuda":
         bf16_cl = ["trainer.precision=bf16", "trainer.channels_last=true"]
         return {
-            "digits": Paired("digits (default run: mlp)", [], block=50, max_seconds=120),
+            "digits": Paired(f"default run: {default_run_label()}", [], block=50, max_seconds=120),
             "resnet18-bf16-cl": Paired("resnet18 bf16+channels_last", ["model=resnet18", *bf16_cl], 50, 128),
             "lm": Paired("gpt (language modeling) bf16", [*LM, "trainer.precision=bf16"], block=50),
         }
@@ -77,7 +78,7 @@ def all_cases_for(device: str, quick: bool) -> dict[str, Paired]:
         "simple_cnn": Paired("simple_cnn", ["model=simple_cnn"], block=10, batch=128),
         "resnet18": Paired("resnet18", ["model=resnet18"], block=10, batch=32, epoch_blocks=2),
         # Its pairs take a tenth of a second: many of them narrow the interval well below +-0.02.
-        "digits": Paired("digits (default run: mlp)", [], block=50, min_pairs=200),
+        "digits": Paired(f"default run: {default_run_label()}", [], block=50, min_pairs=200),
         "lm": Paired("gpt (language modeling)", LM, block=10),
     }
 

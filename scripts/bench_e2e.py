@@ -25,11 +25,14 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from default_run import label as default_run_label  # noqa: E402
+
 PYTHON = sys.executable
 LM = ["task=language_modeling", "data=pytext", "model=gpt"]
 
 RUNS = {
-    "default": ("`python train.py` (mlp on digits, 15 epochs)", []),
+    "default": (f"`python train.py` ({default_run_label(epochs=True)})", []),
     "regression": (
         "`python train.py experiment=diabetes_regression` (50 epochs)",
         ["experiment=diabetes_regression"],

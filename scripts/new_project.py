@@ -1,27 +1,36 @@
 """Start a new project from this checkout of the template: copier copy, with bad input refused in one line.
 
-    python scripts/new_project.py ../my-project            # copier asks each question
-    python scripts/new_project.py ../my-project --defaults --data tasks='[segmentation]' \\
+    python3 scripts/new_project.py ../my-project            # copier asks each question
+    python3 scripts/new_project.py ../my-project --defaults --data tasks='[segmentation]' \\
         --data models='[unet]' --data datasets='[shapes]'
+
+Any python3 will do: without copier it runs itself again with this checkout's .venv (`make install`
+puts copier there), or says in one line how to get copier.
 
 It runs `copier copy --vcs-ref HEAD <this checkout> DEST` (this checkout's files, committed or not; the
 questions are in copier.yml), and adds what copier alone does not do. copier renders into a destination
 that exists: it writes its files beside what is there and asks before overwriting each file that differs
 (with --defaults and no terminal it stops at the first one, leaving the files before it written). Here:
 - a DEST that exists and is not empty is refused before anything is asked;
-- an answer that copier.yml refuses (an invalid project name, an empty selection, parts that do not fit)
-  is one line, not copier's traceback (asked interactively, copier shows that line and asks again);
-- the project is rendered into a temporary directory beside DEST and moved into place once complete:
-  whatever fails, nothing half-written is left.
+- an answer that copier.yml refuses (an invalid project name, an empty selection, parts that do not fit),
+  one that is not a question of copier.yml, not a YAML list where one is asked, or not a yes/no is one
+  line, not copier's traceback (asked interactively, copier shows that line and asks again);
+- the project name's default is DEST's folder name in ASCII (accents dropped: `ünï` gives `uni`);
+- the project is rendered into a temporary directory beside DEST, its pyproject.toml read back (a
+  Unicode answer must give valid TOML), and moved into place once complete: whatever fails, nothing
+  half-written is left.
 Exit status: 0 done, 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import sys
 import tempfile
+import unicodedata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +40,73 @@ PROG = "new_project.py"
 def fail(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
+
+
+def find_copier(argv: list[str]) -> int | None:
+    """None when copier can be imported here; else this script runs again with the checkout's .venv python
+    (which `make install` gives copier), or an exit status after one line that says how to get it."""
+    try:
+        import copier  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return None
+    venv = REPO / ".venv" / "bin" / "python"
+    if venv.exists() and not os.environ.get("NEW_PROJECT_VENV"):  # once: that python may lack copier too
+        os.environ["NEW_PROJECT_VENV"] = str(venv)
+        os.execv(venv, [str(venv), __file__, *argv])  # does not return
+    return fail(
+        "copier is not installed for this python: `make install` here (this checkout's .venv gets it), "
+        "or `pipx install copier`, or `python3 -m pip install copier`"
+    )
+
+
+def ascii_name(folder: str) -> str:
+    """A project name from a folder's name: accents dropped (NFKD), other characters to '-'."""
+    plain = unicodedata.normalize("NFKD", folder).encode("ascii", "ignore").decode()
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "-", plain)
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", plain) or "my-project"
+
+
+def check_data(data: dict[str, str]) -> None:
+    """An answer that copier would take wrongly or end in a traceback: a key that is no question, a
+    selection that is not a YAML list, a yes/no that is neither. Raises ValueError with the line to show."""
+    import yaml
+
+    questions = {
+        k: q for k, q in yaml.safe_load((REPO / "copier.yml").read_text()).items() if not k.startswith("_")
+    }
+    asked = sorted(k for k, q in questions.items() if q.get("when") is not False)
+    for key, value in data.items():
+        question = questions.get(key)
+        if question is None or question.get("when") is False:
+            raise ValueError(
+                f"--data {key}: copier.yml asks no such question (its questions: {', '.join(asked)})"
+            )
+        if question.get("multiselect"):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = None
+            if not isinstance(parsed, list):
+                raise ValueError(f"--data {key}='{value}': give a YAML list, e.g. {key}='[a, b]'")
+        if question.get("type") == "bool" and value.strip().lower() not in BOOLEANS:
+            raise ValueError(f"--data {key}='{value}': give true or false")
+
+
+BOOLEANS = {"true", "false", "yes", "no", "y", "n", "on", "off", "1", "0"}
+
+
+def check_written(project: Path) -> None:
+    """Read the rendered pyproject.toml back, as pip would: a TOML error raises ValueError."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the same parser, as pip vendors it
+        from pip._vendor import tomli as tomllib
+    try:
+        tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"the rendered pyproject.toml is not valid TOML ({err}): a template bug") from None
 
 
 def parse_data(pairs: list[str]) -> dict[str, str]:
@@ -67,9 +143,14 @@ def main(argv: list[str]) -> int:
         data = parse_data(args.data)
     except ValueError as err:
         return fail(str(err))
+    if (status := find_copier(argv)) is not None:
+        return status
+    try:
+        check_data(data)
+    except ValueError as err:
+        return fail(f"{err} (nothing was written)")
 
     from copier import run_copy
-    from copier.errors import UserMessageError
 
     # Beside DEST (same filesystem: the final move is a rename), in a folder of DEST's name, which copier
     # offers as the project name.
@@ -79,21 +160,22 @@ def main(argv: list[str]) -> int:
             str(REPO),
             staging / dest.name,
             data=data,
+            user_defaults={"project_name": ascii_name(dest.name)},
             defaults=args.defaults,
             vcs_ref=args.vcs_ref,
             cleanup_on_error=True,
         )
+        check_written(staging / dest.name)
         if dest.is_dir():
             dest.rmdir()  # empty, as checked; it fails (and nothing moves) if something appeared meanwhile
         (staging / dest.name).rename(dest)
-    except (ValueError, UserMessageError) as err:
-        # copier's messages start with what failed ("Validation error for question 'tasks': ...").
-        return fail(str(err).strip().splitlines()[-1] + " (nothing was written)")
-    except OSError as err:
-        return fail(f"{err} (nothing was written)")
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted: nothing was written", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - whatever copier raises on an answer, one line
+        # copier's messages end with what failed ("Validation error for question 'tasks': ...").
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        return fail(f"{lines[-1]} (nothing was written)")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"{PROG}: created {dest}")

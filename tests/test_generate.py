@@ -1,19 +1,34 @@
-"""Project generation with copier (copier.yml), from a throwaway git copy of this checkout: the template's
-own answers give back the template itself; each set of answers CI tries (tests/generated.py) gives a
-project with only what was chosen, whose lint, test collection, config tests and default run pass here
-(its whole `make test`: `make test-generated`); `copier update` brings a later template version into a
-project its user changed; bad input is refused in one line, with nothing written."""
+"""Project generation with copier (copier.yml), from a throwaway git copy of this checkout: copier offers
+the parts on disk (a clone that adds one is offered it); the template's own answers give back the template
+itself; each set of answers CI tries (tests/generated.py) gives a project with only what was chosen, docs
+about only that, a short default run, and lint, test collection, config tests and default run that pass
+here (its whole `make test`: `make test-generated`); `copier update` brings a later template version (its
+newest tag) into a project its user changed, and a conflict is named; bad input is refused in one line,
+with nothing written."""
 
 from __future__ import annotations
 
-import json
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.generated import PROJECTS, PYTHON, copier, generate, git, link_venv, make, run, template_repo
+from tests.generated import (
+    PROJECTS,
+    PYTHON,
+    VENV,
+    copier,
+    data_args,
+    generate,
+    git,
+    link_venv,
+    make,
+    run,
+    template_repo,
+)
 from tests.helpers import REPO
 
 # In the template only: the generator, the template's CI entry point, and these tests.
@@ -24,6 +39,7 @@ TEMPLATE_ONLY = (
     "scripts/new_project.py",
     "tests/test_generate.py",
     "tests/generated.py",
+    "CHANGELOG.md",
 )
 # Files that a project keeps or leaves out by a yes/no question.
 OPTIONAL = {
@@ -44,16 +60,22 @@ OPTIONAL = {
 QUESTIONS = yaml.safe_load((REPO / "copier.yml").read_text())
 
 
-def answers_of(name: str) -> dict:
-    """Every question's answer for a project of PROJECTS: its own, else copier.yml's default. (The models'
-    and datasets' defaults are those that fit the chosen tasks: with every task, every one.)"""
-    defaults = {
+def plain_defaults() -> dict:
+    """copier.yml's defaults that are plain values (not computed from other answers)."""
+    return {
         k: q["default"]
         for k, q in QUESTIONS.items()
         if not k.startswith("_") and q.get("when") is not False and "{%" not in str(q["default"])
     }
+
+
+def answers_of(name: str) -> dict:
+    """Every question's answer for a project of PROJECTS: its own, else copier.yml's default. (The tasks'
+    default is every task on disk; the models' and datasets' are those that fit the chosen tasks: with
+    every task, every one.)"""
+    defaults = plain_defaults()
     if "tasks" not in PROJECTS[name]:
-        defaults |= {"models": shipped()["model"], "datasets": shipped()["data"]}
+        defaults |= {"tasks": shipped()["task"], "models": shipped()["model"], "datasets": shipped()["data"]}
     return {**defaults, **PROJECTS[name]}
 
 
@@ -76,17 +98,30 @@ def module_of(root: Path, group: str, name: str) -> str:
     return target.rsplit(".", 1)[0].replace(".", "/") + ".py"
 
 
-def shipped() -> dict:
-    """.copier/parts.jinja's SHIPPED lists, as copier's Jinja sees them."""
-    import jinja2
+def parts_jinja(expression: str, root: Path = REPO):
+    """A macro or variable of .copier/parts.jinja for the template at root, as copier's Jinja sees it
+    (sandboxed, with the ansible filters, _copier_conf.src_path the template), read back as YAML."""
+    import jinja2.sandbox
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(REPO),
+    env = jinja2.sandbox.SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(root),
         extensions=["jinja2_ansible_filters.AnsibleCoreFiltersExtension"],
     )
-    return json.loads(
-        env.from_string("{% from '.copier/parts.jinja' import SHIPPED %}{{ SHIPPED | tojson }}").render()
-    )
+    name = re.split(r"[( ]", expression)[0]
+    text = env.from_string(
+        f"{{% from '.copier/parts.jinja' import {name} with context %}}{{{{ {expression} }}}}"
+    ).render(_copier_conf={"src_path": str(root)})
+    return yaml.safe_load(text)
+
+
+def shipped(root: Path = REPO) -> dict:
+    """The parts copier offers, by group (task, model, data, experiment), in its order of preference."""
+    return parts_jinja("SHIPPED | tojson", root)
+
+
+def offered(root: Path = REPO) -> dict:
+    """copier.yml's choices for the tasks, models and datasets questions, as {label: value}."""
+    return {group: dict(parts_jinja(f"choices('{group}')", root)) for group in ("task", "model", "data")}
 
 
 @pytest.fixture(scope="module")
@@ -114,18 +149,21 @@ def projects(template, tmp_path_factory):
 # --- copier.yml against the files on disk -----------------------------------------------------------------
 
 
-def test_the_choices_are_the_shipped_parts_in_the_order_of_preference():
+def test_the_choices_are_the_parts_on_disk_the_template_s_default_first():
+    """copier.yml offers what conf/ holds (no list of parts anywhere): each group's files on disk, the
+    one conf/train.yaml uses first, then alphabetical."""
     from tests.helpers import default_run, options
 
-    lists = shipped()
-    for group, question in (("task", "tasks"), ("model", "models"), ("data", "datasets")):
-        choices = list(QUESTIONS[question]["choices"].values())
-        assert choices == lists[group], question
-        assert sorted(choices) == options(group), f"copier.yml's {question} are not conf/{group}/ on disk"
-        # The first of each is the template's own default run: a project that keeps it defaults to it.
-        assert choices[0] == default_run()[group]
-    assert sorted(lists["experiment"]) == options("experiment")
-    assert QUESTIONS["tasks"]["default"] == lists["task"]
+    lists, choices = shipped(), offered()
+    for group in ("task", "model", "data", "experiment"):
+        assert sorted(lists[group]) == options(group), f"copier offers {group}s that are not conf/{group}/"
+    for group in ("task", "model", "data"):
+        first = default_run()[group]
+        assert lists[group] == [first, *sorted(set(options(group)) - {first})], group
+        assert list(choices[group].values()) == lists[group], group
+        assert all(label.startswith(f"{name}: ") for label, name in choices[group].items()), group
+    for question in ("tasks", "models", "datasets"):
+        assert "choices" in QUESTIONS[question] and "{%" in QUESTIONS[question]["choices"], question
 
 
 def test_the_models_and_datasets_offered_are_those_that_fit_the_tasks(template, tmp_path):
@@ -155,12 +193,16 @@ def test_the_template_s_own_answers_give_back_the_template(projects, template):
     assert files(project) == ours | {".copier-answers.yml"}
     differ = sorted(
         f
-        for f in ours - {"README.md", "Makefile"}
+        for f in ours - {"README.md", "Makefile", "docs/testing.md"}
         if (project / f).read_bytes() != (template / f).read_bytes()
     )
     assert not differ, f"generated with the template's answers, these differ from the template's: {differ}"
     # The Makefile but for its test-generated target, which runs this generator.
     assert (project / "Makefile").read_text() == without_test_generated((template / "Makefile").read_text())
+    # docs/testing.md but for its section on the generator's own tests.
+    testing = (template / "docs" / "testing.md").read_text()
+    generator = testing.index("\n## Generating projects (the template only)\n")
+    assert (project / "docs" / "testing.md").read_text() == testing[:generator].rstrip("\n") + "\n"
 
 
 def without_test_generated(makefile: str) -> str:
@@ -177,8 +219,13 @@ def without_test_generated(makefile: str) -> str:
 
 
 @pytest.mark.parametrize("name", PROJECTS)
-def test_a_project_has_what_was_chosen_and_nothing_else(projects, template, name):
-    project, answers = projects(name), answers_of(name)
+def test_a_project_has_what_was_chosen_and_nothing_else(projects, name):
+    assert_has_what_was_chosen(projects(name), answers_of(name))
+
+
+def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
+    """The project holds the parts answered and nothing else, a default run that fits, experiments that
+    name only its parts, the optional files answered, and the answers recorded for `copier update`."""
     from_disk = {}
     for group, question in (("task", "tasks"), ("model", "models"), ("data", "datasets")):
         from_disk[group] = sorted(p.stem for p in (project / "conf" / group).glob("*.yaml"))
@@ -221,7 +268,12 @@ def test_a_project_has_what_was_chosen_and_nothing_else(projects, template, name
         text = (project / rendered).read_text() if (project / rendered).exists() else ""
         assert not re.search(r"\{\{|\{%|\{#", text), rendered
     recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
-    assert {k: recorded[k] for k in answers} == answers and recorded["_commit"]
+
+    def unordered(d: dict) -> dict:  # copier records a selection in the order of its choices
+        return {k: sorted(d[k]) if isinstance(d[k], list) else d[k] for k in answers}
+
+    assert unordered(recorded) == unordered(answers)
+    assert recorded["_commit"]
 
 
 @pytest.mark.parametrize("name", PROJECTS)
@@ -238,6 +290,106 @@ def test_a_project_s_readme_is_about_it(projects, name):
     )
     missing = [link for link in links if "://" not in link and not (project / link).exists()]
     assert not missing, missing
+
+
+# The optimizer steps of the default run (`python train.py`, `make train`) of the project in the current
+# directory: its composed config, and the length of the training split its data config builds.
+DEFAULT_RUN_STEPS = """
+import math
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+with initialize_config_dir(config_dir=str(Path("conf").absolute()), version_base="1.3"):
+    cfg = compose("train")
+per_epoch = math.ceil(len(instantiate(cfg.data.dataset).train) / cfg.data.batch_size)
+print(cfg.trainer.max_steps or cfg.trainer.max_epochs * per_epoch)
+"""
+
+
+def default_run_steps(root: Path) -> int:
+    proc = run([PYTHON, "-c", DEFAULT_RUN_STEPS], root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return int(proc.stdout.split()[-1])
+
+
+@pytest.mark.parametrize("name", [n for n in PROJECTS if n != "everything"])  # that one is this checkout
+def test_a_project_s_default_run_is_as_short_as_the_template_s(projects, name):
+    """`make train` in a generated project takes about a minute, as the template's: its default run is no
+    more optimizer steps than the template's own (a segmentation-only project trained 15 U-Net epochs, 945
+    steps and some 7 minutes on 2 cores)."""
+    assert default_run_steps(projects(name)) <= default_run_steps(REPO)
+
+
+# What names the generator itself (a project has none of it), and each tool's commands.
+GENERATOR_NAMES = ("make test-generated", "tests/generated.py", "test_generate.py", ".ci/run", "copier.yml")
+TOOL_COMMANDS = {"optuna": ["hparams_search="], "slurm": ["hydra/launcher=slurm"], "remote_tensorboard": []}
+
+
+@pytest.mark.parametrize("name", PROJECTS)
+def test_a_project_s_docs_cover_only_its_parts(projects, template, name):
+    """A project's docs/ name no file of a tool it left out and no command of one, nothing of the generator;
+    testing.md lists only the test files it has; every relative link resolves; and unless it is the
+    template itself, benchmarks.md and quality.md carry none of the template's measured numbers."""
+    project, answers = projects(name), answers_of(name)
+    pages = {p.name: p.read_text() for p in sorted((project / "docs").glob("*.md"))}
+    lacking = [path for question, paths in OPTIONAL.items() if not answers[question] for path in paths]
+    for page, text in pages.items():
+        for path in lacking:
+            assert path not in text and f"`{Path(path).name}`" not in text, (page, path)
+        for question, commands in TOOL_COMMANDS.items():
+            for command in commands if not answers[question] else []:
+                assert command not in text, (page, command)
+        for generator in GENERATOR_NAMES:
+            assert generator not in text, (page, generator)
+        for link in re.findall(r"\]\(([^)#\s]+)\)", text):
+            assert "://" in link or (project / "docs" / link).exists(), (page, link)
+    # The parts it lacks: no table row or list item starts with one, no command in a code block (but for
+    # tasks.md's worked example) chooses one.
+    have = {g: {p.stem for p in (project / "conf" / g).glob("*.yaml")} for g in shipped()}
+    gone = {g: set(names) - have[g] for g, names in shipped().items()}
+    for page, text in pages.items():
+        for group, names in gone.items():
+            for part in names:
+                assert not re.search(rf"^(\| |- )`{part}`", text, re.M), (page, part)
+                code = "\n".join(re.findall(r"^```.*?^```", text, re.M | re.S))
+                if page != "tasks.md":
+                    assert not re.search(rf"(^|[^\w./]){group}={part}($|[^\w])", code, re.M), (page, part)
+    named = set(re.findall(r"`(test_\w+\.py)`", pages["testing.md"]))
+    assert named and named <= {p.name for p in (project / "tests").glob("test_*.py")}
+    assert "test_configs.py" in named
+    for page in ("benchmarks.md", "quality.md"):
+        ours = (template / "docs" / page).read_text()
+        if answers["project_name"] == PROJECTS["everything"]["project_name"]:
+            assert pages[page] == ours  # the template itself
+        else:
+            assert pages[page].splitlines()[2].startswith(f"Not measured for {answers['project_name']} yet.")
+            numbers = set(re.findall(r"\d+\.\d+", ours))
+            assert not numbers & set(re.findall(r"\d+\.\d+", pages[page])), page
+
+
+@pytest.mark.parametrize("name", [n for n in PROJECTS if n != "everything"])
+def test_a_project_s_bench_labels_name_what_they_run(projects, name):
+    """The benchmark's default-run case names the project's own default model and data."""
+    project = projects(name)
+    defaults = {}
+    for entry in yaml.safe_load((project / "conf" / "train.yaml").read_text())["defaults"]:
+        defaults |= entry if isinstance(entry, dict) else {}
+    code = "import sys; sys.path.insert(0, 'scripts'); import bench; print(*(c.name for c in bench.cases_for('cpu', False).values()), sep='\\n')"
+    proc = run([PYTHON, "-c", code], project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"default run: {defaults['model']} on {defaults['data']}" in proc.stdout.splitlines(), proc.stdout
+
+
+def test_make_quality_without_its_experiments_says_so(projects):
+    """The in-between project keeps neither experiment that has a quality target: `make quality` says so in
+    one line and leaves its quality.md as generated."""
+    project = projects("in_between")
+    before = (project / "docs" / "quality.md").read_text()
+    proc = make(project, "quality")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = [line for line in proc.stdout.splitlines() if not line.startswith(".venv/bin/python")]
+    assert said == ["quality.py: neither shapes_unet nor pytext_gpt is in conf/experiment/: nothing to do"]
+    assert (project / "docs" / "quality.md").read_text() == before
 
 
 # A quick run: a few validation and test batches.
@@ -260,10 +412,111 @@ def assert_quick_checks_pass(project: Path, runs: Path, tests: str, *overrides: 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in PROJECTS if n != "everything"])  # that one is this checkout
 def test_a_project_lints_collects_its_tests_and_trains_its_default_run(projects, name, tmp_path):
-    """What `make test` checks of a project in seconds: lint, its config tests, every test module imports
+    """What `make test` checks of a project in seconds: lint, its config and docs-link tests, every test module imports
     (and nothing is skipped at collection), and the default run end to end. `make test-generated` runs
     each project's whole `make test`."""
-    assert_quick_checks_pass(projects(name), tmp_path, "tests/test_configs.py")
+    assert_quick_checks_pass(projects(name), tmp_path, "tests/test_configs.py tests/test_docs.py")
+
+
+# A model and a dataset that a clone of the template adds beside tests/user_task/'s multi-label task: one
+# .py and one .yaml each.
+LINEAR_PY = '''"""A linear map over the flattened input: the least model there is."""
+
+import math
+
+from torch import nn
+
+
+class Linear(nn.Sequential):
+    def __init__(self, input_shape: list[int], num_outputs: int):
+        super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), num_outputs))
+'''
+LINEAR_YAML = """# A linear map over the flattened input: the least model there is.
+_target_: models.linear.Linear
+input: [image, vector]
+output: vector
+input_shape: ${data.input_shape}
+num_outputs: ${data.num_outputs}
+"""
+SIGNS_PY = '''"""Random feature vectors labelled with the signs of their first four features: multi-label data."""
+
+import torch
+from torch.utils.data import TensorDataset
+
+from data.splits import Splits
+
+
+def signs(num_samples: int, seed: int) -> Splits:
+    x = torch.randn(num_samples, 8, generator=torch.Generator().manual_seed(seed))
+    y = (x[:, :4] > 0).float()
+    n = num_samples // 5
+    train, val, test = (TensorDataset(x[i], y[i]) for i in (slice(2 * n, None), slice(n), slice(n, 2 * n)))
+    return Splits(train, val, test)
+'''
+SIGNS_YAML = """# Random feature vectors labelled with the signs of their first four features; no download.
+dataset:
+  _target_: data.signs.signs
+  num_samples: 1000
+  seed: ${trainer.seed}
+input: vector
+target: multilabel
+input_shape: [8]
+num_labels: 4
+num_outputs: ${data.num_labels}
+batch_size: 32
+num_workers: 0
+"""
+
+
+@pytest.mark.slow
+def test_a_task_model_and_dataset_added_to_a_clone_are_offered_and_generated(tmp_path):
+    """A clone that adds a task, a model and a dataset (one .py and one .yaml each, no list edited)
+    offers them in copier's questions, keeps them by default, and generates a project of only them that
+    holds what was chosen and trains its default run."""
+    clone = template_repo(tmp_path / "clone")
+    user_task = REPO / "tests" / "user_task"
+    added = {
+        "tasks/multilabel.py": (user_task / "multilabel.py").read_text(),
+        "conf/task/multilabel.yaml": (user_task / "multilabel.yaml").read_text(),
+        "data/signs.py": SIGNS_PY,
+        "conf/data/signs.yaml": SIGNS_YAML,
+        "models/linear.py": LINEAR_PY,
+        "conf/model/linear.yaml": LINEAR_YAML,
+    }
+    for path, text in added.items():
+        assert not (clone / path).exists(), f"{path} ships already: this proves nothing"
+        (clone / path).write_text(text)
+    git(clone, "add", "-A")
+    git(clone, "commit", "-q", "-m", "a new task, model and dataset")
+
+    choices = offered(clone)
+    for group, name in (("task", "multilabel"), ("model", "linear"), ("data", "signs")):
+        assert name in choices[group].values(), (group, choices[group])
+        assert shipped(clone)[group][0] == shipped()[group][0], group  # the template's default stays first
+
+    # Every default: the new parts are kept beside the shipped ones.
+    everything = tmp_path / "everything"
+    made = generate(clone, everything, {"project_name": "everything"})
+    assert made.returncode == 0, made.stdout + made.stderr
+    recorded = yaml.safe_load((everything / ".copier-answers.yml").read_text())
+    assert "multilabel" in recorded["tasks"] and "linear" in recorded["models"], recorded
+    assert "signs" in recorded["datasets"], recorded
+    assert_has_what_was_chosen(everything, {**plain_defaults(), **recorded})
+
+    # Only the new parts: a project of them alone, whose default run they are.
+    answers = {
+        **plain_defaults(),
+        "project_name": "multilabel",
+        "tasks": ["multilabel"],
+        "models": ["linear"],
+        "datasets": ["signs"],
+    }
+    project = tmp_path / "multilabel"
+    made = generate(clone, project, answers)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert_has_what_was_chosen(project, answers)
+    link_venv(project)
+    assert_quick_checks_pass(project, tmp_path / "runs", "tests/test_configs.py")
 
 
 # --- copier update -----------------------------------------------------------------------------------------
@@ -324,6 +577,60 @@ def test_update_merges_a_later_template_into_a_project_its_user_changed(template
     assert conflicting.returncode == 0, conflicting.stdout + conflicting.stderr
     text = cnn_yaml.read_text()
     assert re.search(r"^<<<<<<< .*\nwidth: 48\n=======\nwidth: 64\n>>>>>>> ", text, re.M), text
+    # copier says nothing of it (exit 0): the project's own check lists the file, and train.py stops in one
+    # line instead of YAML's traceback.
+    check = run([PYTHON, "-m", "utils.conflicts"], project)
+    assert check.returncode == 1 and "conf/model/simple_cnn.yaml:" in check.stdout, (
+        check.stdout + check.stderr
+    )
+    stopped = run([PYTHON, "train.py"], project)
+    assert stopped.returncode == 2 and len(stopped.stderr.splitlines()) == 1, stopped.stderr
+    assert "conf/model/simple_cnn.yaml:" in stopped.stderr and "unresolved merge conflict" in stopped.stderr
+
+
+@pytest.mark.slow
+def test_update_takes_the_template_s_newest_version_tag(template, tmp_path):
+    """`copier update` with no --vcs-ref brings a project to the template's newest vX.Y.Z tag, not to a
+    later untagged commit. (A template repository of its own, tagged here: a fresh clone of this one in
+    CI has no tags.)"""
+    source = tmp_path / "template"
+    git(tmp_path, "clone", "-q", str(template), str(source))
+    git(source, "tag", "-a", "v0.1.0", "-m", "v0.1.0")
+    adamw = source / "conf" / "optimizer" / "adamw.yaml"
+    adamw.write_text(adamw.read_text() + "# Released in v0.2.0.\n")
+    git(source, "commit", "-q", "-am", "a change released in v0.2.0")
+    git(source, "tag", "-a", "v0.2.0", "-m", "v0.2.0")
+    adamw.write_text(adamw.read_text() + "# Not released yet.\n")
+    git(source, "commit", "-q", "-am", "a change not released yet")
+
+    project = tmp_path / "project"
+    made = generate(source, project, PROJECTS["minimum"], ref="v0.1.0")
+    assert made.returncode == 0, made.stdout + made.stderr
+    answers = project / ".copier-answers.yml"
+    assert yaml.safe_load(answers.read_text())["_commit"] == "v0.1.0"
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "generated")
+
+    updated = copier("update", "--defaults", "--quiet", cwd=project)
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert yaml.safe_load(answers.read_text())["_commit"] == "v0.2.0"
+    text = (project / "conf" / "optimizer" / "adamw.yaml").read_text()
+    assert text.endswith("# Released in v0.2.0.\n"), text
+
+
+def test_the_changelog_has_dated_versions_newest_first():
+    """CHANGELOG.md: one `## X.Y.Z — DATE` heading a version (the next one may say unreleased), newest
+    first, and the release step (a vX.Y.Z tag) written down."""
+    text = (REPO / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## (\d+)\.(\d+)\.(\d+) — (?:unreleased \()?(\d{4}-\d{2}-\d{2})\)?$", text, re.M)
+    headings = re.findall(r"^## .*$", text, re.M)
+    assert len(versions) == len(headings) >= 2, headings
+    numbers = [tuple(map(int, v[:3])) for v in versions]
+    assert numbers == sorted(numbers, reverse=True) and [v[3] for v in versions] == sorted(
+        (v[3] for v in versions), reverse=True
+    )
+    assert "git tag -a vX.Y.Z" in text
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
@@ -348,8 +655,6 @@ BAD_ANSWERS = {
 
 def new_project(template: Path, dst: Path, answers: dict):
     """scripts/new_project.py of the template (copier, plus the checks copier lacks), non-interactive."""
-    from tests.generated import data_args
-
     script = template / "scripts" / "new_project.py"
     return run([PYTHON, str(script), str(dst), "--defaults", *data_args(answers)], dst.parent)
 
@@ -364,6 +669,64 @@ def test_bad_answers_are_refused_in_one_line_with_nothing_written(template, tmp_
     direct = generate(template, tmp_path / "direct", answers)
     assert direct.returncode != 0 and message in direct.stderr.splitlines()[-1]
     assert not (tmp_path / "direct").exists()
+
+
+# What copier itself takes wrongly (a yes/no of "maybe", a question that does not exist) or ends in its
+# traceback (a selection that is not a list): new_project.py refuses each in one line.
+BAD_DATA = {
+    "a selection that is not a list": ({"tasks": "classification"}, "give a YAML list, e.g. tasks='[a, b]'"),
+    "a list cut short": ({"tasks": "[classification"}, "give a YAML list"),
+    "no such question": ({"colour": "red"}, "--data colour: copier.yml asks no such question"),
+    "a yes/no that is neither": ({"slurm": "maybe"}, "--data slurm='maybe': give true or false"),
+}
+
+
+@pytest.mark.parametrize("answers, message", BAD_DATA.values(), ids=BAD_DATA)
+def test_bad_data_is_refused_in_one_line_with_nothing_written(template, tmp_path, answers, message):
+    proc = new_project(template, tmp_path / "new", answers)
+    assert proc.returncode == 2 and not proc.stdout, proc.stdout + proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_unicode_answers_and_folder_name_give_a_valid_pyproject(template, tmp_path):
+    """An emoji, quotes, a backslash and DEL in the answers: pyproject.toml still reads back (tomllib, as pip
+    reads it) with the very text answered; a folder named in another script gives an ASCII default name."""
+    import tomllib
+
+    answers = {k: v for k, v in PROJECTS["minimum"].items() if k != "project_name"}
+    answers |= {"author": "Jo 🚀 Smith", "description": 'Ünïcode "quoted" \\ back\x7f slash 𝄞'}
+    dst = tmp_path / "ünï"
+    proc = new_project(template, dst, answers)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    project = tomllib.loads((dst / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["name"] == "uni"
+    assert project["authors"] == [{"name": "Jo 🚀 Smith"}]
+    assert project["description"] == answers["description"]
+
+
+def test_new_project_runs_with_a_plain_python3(template, tmp_path):
+    """A python3 without copier: with no .venv in the checkout, one line says how to get copier; with the
+    .venv that `make install` leaves (copier in its dev extra), the script runs itself with that."""
+    python = getattr(sys, "_base_executable", None) or sys.executable
+    script = template / "scripts" / "new_project.py"
+    args = [python, "-S", str(script), str(tmp_path / "new"), "--defaults", *data_args(PROJECTS["minimum"])]
+    assert run([python, "-S", "-c", "import copier"], tmp_path).returncode == 1  # no copier there
+    proc = run(args, tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stdout + proc.stderr
+    assert "copier is not installed for this python: `make install` here" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # The checkout's .venv/bin/python (ignored by git: copier never sees it), here a stand-in for this venv's.
+    venv_python = template / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text(f'#!/bin/sh\nexec "{VENV / "bin" / "python"}" "$@"\n')
+    venv_python.chmod(0o755)
+    try:
+        proc = run(args, tmp_path)
+    finally:
+        shutil.rmtree(template / ".venv")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "new" / "pyproject.toml").exists()
 
 
 def test_a_destination_that_is_not_empty_is_refused_and_left_as_it_was(template, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from utils.config import _nearest
+from utils.conflicts import conflict_line
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Read once, before run() sets the variable for Hydra: whether the user asked for full tracebacks.
@@ -74,6 +75,9 @@ def run(main, prog: str, config_name: str) -> None:
     from utils.run.signals import Interrupted, interruption, raise_on_signals
 
     raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
+    if conflict := conflict_line(CONF):  # a merge left in conf/: one line, not YAML's traceback
+        print(f"{prog}: error: {conflict}", file=sys.stderr)
+        sys.exit(2)
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
