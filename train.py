@@ -65,7 +65,7 @@ from torch.nn.utils import clip_grad_norm_
 from utils.config import ConfigError, LoggingSchema, TrainerSchema, check_config, parse_max_time
 from utils.distributed import barrier, check_weights_in_sync, init_distributed, sync_gradients, wrap_ddp
 from utils.evaluation import evaluate
-from utils.nonfinite import drop_nonfinite
+from utils.nonfinite import drop_nonfinite, total_loss
 from utils.parts import build, build_loaders, check_declared, check_fit, describe
 from utils.run import checkpoint
 from utils.run.init_from import load_initial_weights, log_summary
@@ -98,8 +98,7 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
         fit(parts, state, session)
     if state.stop_reason in ("signal", "max_time"):  # last.pt goes on from here, after the test or not
         save(parts, state, "last.pt")
-    session.tell_stop(resume_command(run_dir))
-    if state.stop_reason == "signal":
+    if session.tell_stop(resume_command(run_dir)) == "signal":
         return Outcome(state.best, session.signals.signum)
     life.phase = "test"
     test(parts, state, session.meter.summary())
@@ -206,17 +205,18 @@ def step(parts: Parts, state: TrainState, batch, i: int) -> bool:
     with sync_gradients(parts.train_model, update):  # DDP averages gradients only when stepping
         with parts.autocast:
             output = task.forward(parts.train_model, batch)
-            loss = task.loss(output, batch)
+            loss, named = total_loss(task.loss(output, batch))  # a dict's parts are logged one by one
         if t.skip_nonfinite and drop_nonfinite(loss):  # one sync per batch, asked for
             state.nonfinite_skipped += 1
             parts.optimizer.zero_grad(set_to_none=True)  # with the batches it was accumulating with
             return False
         parts.scaler.scale(loss / accum if accum > 1 else loss).backward()
-    state.window.add(loss, state.step + 1)  # read at the next logging step: no sync here
+    state.window.add(loss, state.step + 1, named)  # read at the next logging step: no sync here
     if not update:
         return False
-    if (state.step + 1) % parts.logging.every_n_steps == 0 or state.step + 1 == parts.plan.total_steps:
-        state.train_sample = (output.detach(), batch)  # the batch whose metrics the log line shows
+    logged = (state.step + 1) % parts.logging.every_n_steps == 0 or state.step + 1 == parts.plan.total_steps
+    if logged and task.train_metrics:  # the batch whose metrics the log line shows
+        state.train_sample = (output, batch)
     if t.grad_clip:
         parts.scaler.unscale_(parts.optimizer)
         clip_grad_norm_(parts.model.parameters(), t.grad_clip)

@@ -33,6 +33,9 @@ class Task:
     metrics: tuple[str, ...] = ("loss",)
     # What `count` counts, for the throughput scalar: train/samples_per_s or train/tokens_per_s.
     unit: str = "samples"
+    # Whether `update` can read what the model returns in train mode, for train/<metric> at each log line
+    # (a model that returns its own losses in train mode, as torchvision's detectors do, cannot).
+    train_metrics: bool = True
 
     def __init__(self, monitor: str = "loss", mode: str = "min") -> None:
         if monitor not in self.metrics:
@@ -75,8 +78,9 @@ class Task:
     def forward(self, model, batch):
         return output_tensor(model(self.inputs(batch)))
 
-    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
-        """The mean loss of this batch, a scalar tensor."""
+    def loss(self, output, batch):
+        """The mean loss of this batch: a scalar tensor, or a dict of named scalar tensors (their sum is
+        backpropagated, and each is logged as train/<name>)."""
         raise NotImplementedError
 
     # --- evaluation -------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ class DataSchema:
     target: str
     input_shape: list[int]
     num_outputs: int
+    # Makes a batch of a DataLoader's samples: {_target_: module.function, _partial_: true} (null: stack them).
+    collate_fn: Optional[Any] = None
     # Image data only; others declare input_shape alone.
     in_channels: Optional[int] = None
     num_classes: Optional[int] = None

@@ -146,6 +146,7 @@ class SampledLoader:
         rank: int = 0,
         world_size: int = 1,
         pad: bool = True,
+        collate_fn=None,
     ) -> None:
         self.sampler = EpochSampler(len(dataset), shuffle, seed, batch_size, rank, world_size, pad)
         self.batch_size, self.drop_last = batch_size, drop_last
@@ -159,6 +160,7 @@ class SampledLoader:
             drop_last=drop_last,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            collate_fn=collate_fn,  # None: torch's default, which stacks samples of one shape
             # Workers stay alive across epochs: re-forking them each epoch costs seconds on big datasets.
             persistent_workers=num_workers > 0,
         )
@@ -204,7 +206,12 @@ def build_dataloaders(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | None = None,
+    collate_fn=None,
 ) -> Loaders:
+    """The three splits' loaders. In-memory TensorDatasets are sliced into batches (no per-sample Python);
+    any other dataset goes through a DataLoader, with `collate_fn` (data.collate_fn) making its batches
+    when samples do not stack (a variable number of boxes per image, say)."""
+
     def make(dataset: Dataset, train: bool):
         # Only the training split is shuffled and drops its ragged last batch (BatchNorm dislikes a batch of 1).
         # With several ranks, only training pads its shards to equal length (see epoch_order).
@@ -215,8 +222,7 @@ def build_dataloaders(
             return TensorBatches(
                 on_device(dataset, device), batch_size, train, seed, drop_last, rank, world_size, pad=train
             )
-        return SampledLoader(
-            dataset, batch_size, train, seed, drop_last, num_workers, pin_memory, rank, world_size, pad=train
-        )
+        return SampledLoader(dataset, batch_size, train, seed, drop_last, num_workers, pin_memory, rank,
+                             world_size, pad=train, collate_fn=collate_fn)  # fmt: skip
 
     return Loaders(make(splits.train, True), make(splits.val, False), make(splits.test, False))

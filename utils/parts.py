@@ -54,6 +54,7 @@ def build_loaders(cfg: DictConfig, splits, device, rank: int = 0, world_size: in
         from utils.overfit import overfit_splits
 
         splits, note = overfit_splits(splits, overfit * cfg.data.batch_size * world_size)
+    collate = cfg.data.get("collate_fn")  # a `_partial_` config: its _target_ is checked like any other
     loaders = build_dataloaders(
         splits,
         batch_size=cfg.data.batch_size,
@@ -63,6 +64,7 @@ def build_loaders(cfg: DictConfig, splits, device, rank: int = 0, world_size: in
         rank=rank,
         world_size=world_size,
         device=device,  # in-memory data is gathered on the GPU, when there is one
+        collate_fn=build("collate_fn", collate) if collate else None,
     )
     if overfit:
         from utils.overfit import same_batches_every_epoch
@@ -104,32 +106,90 @@ def check_declared(cfg: DictConfig) -> None:
 
 
 def check_fit(cfg, task, model, splits, loader, device) -> None:
-    """The task against one real batch and the model's output on it; the in-memory targets as a whole.
-    Lazy modules take their shapes here, before any optimizer, DDP or graph sees the model."""
-    import torch
+    """The task against one real batch: the model's output in eval mode (what evaluation sees, and the
+    task's own check of it) and in train mode (the loss: a scalar, or a dict of named scalars), the model
+    left as it was (weights, BatchNorm statistics, random streams). Lazy modules take their shapes here,
+    before any optimizer, DDP or graph sees the model. A failure is one line that keeps the original
+    error's type, message and place (HYDRA_FULL_ERROR=1 shows its traceback)."""
+    from utils.runtime import to_device
 
-    from utils.runtime import slice_batch, to_device
-
+    try:
+        batch = to_device(next(iter(loader)), device)  # as it comes: a batch is the task's to look into
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as err:
+        hint = "; samples that do not stack need data.collate_fn" if "stack" in str(err) else ""
+        raise ConfigError(
+            f"{choices(cfg)}: the data's loader cannot make a batch: {type(err).__name__}: {one_line(err)}"
+            f"{place(err)}{hint}"
+        ) from err
+    mode = "eval"
     try:
         tensors = getattr(splits.train, "tensors", None)
         if tensors is not None and len(tensors) > 1:
             task.check_targets(tensors[-1])
-        batch = to_device(slice_batch(next(iter(loader)), 2), device)
-        flags = [(m, m.training) for m in model.modules()]
-        model.eval()  # no BatchNorm statistics change, no dropout drawn from the training stream
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                output = task.forward(model, batch)
-        finally:
-            for module, training in flags:
-                module.training = training
-        task.check(output, batch)
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        task.check(unchanged_forward(task, model, batch, training=False), batch)
+        mode = "train"
+        check_loss(task.loss(unchanged_forward(task, model, batch, training=True), batch))
+    except Exception as err:
         if is_user_error(err, "tasks.base"):  # the task's own check
-            raise ConfigError(f"{choices(cfg)}: {err}") from None
-        raise ConfigError(  # the model itself cannot take the batch
-            f"{choices(cfg)}: the model fails on a batch of the data: {type(err).__name__}: {one_line(err)}"
-        ) from None
+            raise ConfigError(f"{choices(cfg)}: {err}") from err
+        if not isinstance(err, (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)):
+            raise
+        raise ConfigError(
+            f"{choices(cfg)}: the model and task fail on a batch of the data in {mode} mode: "
+            f"{type(err).__name__}: {one_line(err)}{place(err)}"
+        ) from err
+
+
+def unchanged_forward(task, model, batch, training: bool):
+    """task.forward in train or eval mode, with no gradient, and the model left as it was: its modes, its
+    buffers (a train-mode pass moves BatchNorm's statistics) and the random streams (dropout)."""
+    import torch
+
+    flags = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    model.train(training)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            return task.forward(model, batch)
+    finally:
+        for module, was in flags:
+            module.training = was
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+
+
+def check_loss(loss) -> None:
+    """The loss contract: a scalar tensor, or a dict of named scalar tensors."""
+    import torch
+
+    parts = loss.values() if isinstance(loss, dict) else [loss]
+    if not parts or not all(isinstance(x, torch.Tensor) and x.dim() == 0 for x in parts):
+        got = {k: getattr(v, "shape", type(v).__name__) for k, v in loss.items()} if isinstance(loss, dict) else (
+            getattr(loss, "shape", type(loss).__name__))  # fmt: skip
+        raise TypeError(f"task.loss must return a scalar tensor or a dict of them, got {got}")
+
+
+def place(err: BaseException) -> str:
+    """` (at torch/nn/modules/linear.py:125, from tasks/base.py:79)`: where the error was raised, and the
+    innermost frame of this project's code that it passed through, when that is another."""
+    import traceback
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return ""
+
+    def short(frame) -> str:
+        name = frame.filename.removeprefix(root).rpartition("-packages/")[2]
+        return f"{name}:{frame.lineno}"
+
+    own = [f for f in frames if f.filename.startswith(root) and "-packages/" not in f.filename]
+    where = short(frames[-1])
+    if own and own[-1] is not frames[-1]:
+        where += f", from {short(own[-1])}"
+    return f" (at {where})"
 
 
 def choices(cfg) -> str:

@@ -14,6 +14,8 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+
 from utils.cli import one_line
 from utils.distributed import all_reduce_sum, any_rank
 from utils.nonfinite import NonFiniteLossError
@@ -79,8 +81,8 @@ class Session:
         not agree without a collective per batch, so they finish the evaluation first)."""
         return self.signals.requested and not self.signals.distributed
 
-    def tell_stop(self, resume: str) -> None:
-        """One line on why the loop ended before the run's length, and how to go on."""
+    def tell_stop(self, resume: str) -> str | None:
+        """One line on why the loop ended before the run's length, and how to go on; returns the reason."""
         parts, state = self.parts, self.state
         if state.stop_reason == "signal":
             if parts.writer:
@@ -96,15 +98,13 @@ class Session:
             )  # fmt: skip
         elif state.stop_reason == "early_stopping":
             log.info("Stopped early at step %d: %s", state.step, state.early_stopping.describe())
+        return state.stop_reason
 
     def report(self) -> None:
         """The loop's one sync point: reading the losses makes the device catch up. Under DDP they are
         averaged over ranks, and a non-finite one stops every rank alike."""
         parts, state = self.parts, self.state
-        values = {
-            "loss": state.window.read(state.last_good, parts.writer),
-            "lr": parts.scheduler.get_last_lr()[0],
-        }
+        values = {**state.window.read(state.last_good, parts.writer), "lr": parts.scheduler.get_last_lr()[0]}
         values[self.meter.key] = self.meter.close_window()
         values.update(train_metrics(parts, state))
         if parts.writer:
@@ -123,10 +123,11 @@ def train_metrics(parts, state) -> dict:
     sample, state.train_sample = state.train_sample, None
     if sample is None:
         return {}
-    output, batch = sample  # detached: no graph is built
+    output, batch = sample
     task = parts.task
     sums = task.init_sums(parts.device)
-    task.update(sums, output, batch)
+    with torch.no_grad():  # the output as the step made it: its metrics build no graph
+        task.update(sums, output, batch)
     keys = sorted(sums)
     sums = dict(zip(keys, all_reduce_sum(*(sums[k] for k in keys)), strict=True))
     return {k: v for k, v in task.compute(sums).items() if k != "loss"}

@@ -124,9 +124,12 @@ def _plain_resolved(tree, root=None, depth: int = 0):
     def lookup(key: str):
         node = root
         for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]  # ${data.input_shape.1}: an item of a list
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
                 raise ConfigError(f"${{{key}}} names no key")
-            node = node[part]
         return _plain_resolved(node, root, depth + 1)
 
     select = _SELECT.fullmatch(tree)  # ${oc.select:key,default}: OmegaConf's own, calls no code
