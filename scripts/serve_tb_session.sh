@@ -5,6 +5,14 @@
 
 ssh_pid="" writer_pid="" sleep_pid="" fds_open=0
 
+# take_ssh_error: the session's ssh has ended; reap it and make its error the failure (fail_msg, fail_fatal).
+take_ssh_error() {
+  wait "$ssh_pid" 2>/dev/null || true
+  ssh_pid=""
+  explain_ssh_error "$host" "$tmp/ssh.err"
+  fail_msg=$ssh_error fail_fatal=$ssh_error_fatal
+}
+
 # connect first|again: one ssh session that starts the remote side, then the forward, then a check
 # through the tunnel. Sets remote_port, remote_pid, remote_logdir; on failure, fail_msg and fail_fatal
 # (1: retrying cannot help) and returns 1 with nothing left running. "first" shows the remote side's
@@ -48,10 +56,7 @@ connect() {
       # Already printed (first): exit without repeating it.
       [[ $when == again ]] || { teardown; exit 1; }
     else
-      wait "$ssh_pid" 2>/dev/null || true
-      ssh_pid=""
-      explain_ssh_error "$host" "$tmp/ssh.err"
-      fail_msg=$ssh_error fail_fatal=$ssh_error_fatal
+      take_ssh_error
     fi
     teardown
     return 1
@@ -73,10 +78,7 @@ connect() {
   for ((i = 0; i < 150; i++)); do
     tensorboard_answers "$local_port" && return 0
     if ! kill -0 "$ssh_pid" 2>/dev/null; then
-      wait "$ssh_pid" 2>/dev/null || true
-      ssh_pid=""
-      explain_ssh_error "$host" "$tmp/ssh.err"
-      fail_msg=$ssh_error fail_fatal=$ssh_error_fatal
+      take_ssh_error
       teardown
       return 1
     fi

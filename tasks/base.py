@@ -19,6 +19,31 @@ class TaskError(ValueError):
     """The task does not fit the data or the model; the message names the shapes."""
 
 
+def require(ok: bool, message: str) -> None:
+    """Raise TaskError(message) unless ok: the tasks' checks read as a list of rules, one call each."""
+    if not ok:
+        raise TaskError(message)
+
+
+def describe(value) -> str:
+    """What an error message shows of a value: 'int64 [8, 3]' for a tensor, else its type's name."""
+    if not isinstance(value, torch.Tensor):
+        return type(value).__name__
+    return f"{str(value.dtype).replace('torch.', '')} {list(value.shape)}"
+
+
+def check_ids(ids: torch.Tensor, count: int, what: str, setting: str, not_integer: str) -> None:
+    """Raise TaskError unless `ids` (class labels, mask classes, token ids) are integers in [0, count), the
+    range cross-entropy accepts: with the message `not_integer` for floats, else with the range found and
+    the setting that sets `count`."""
+    require(not ids.is_floating_point(), not_integer)
+    low, high = int(ids.min()), int(ids.max())
+    require(
+        low >= 0 and high < count,
+        f"{what} run from {low} to {high}, outside 0..{count - 1} ({setting}={count})",
+    )
+
+
 def output_tensor(output) -> torch.Tensor:
     """Models return a tensor, or a dict / object with a `logits` entry (as Hugging Face models do)."""
     if isinstance(output, torch.Tensor):
@@ -38,12 +63,11 @@ class Task:
     train_metrics: bool = True
 
     def __init__(self, monitor: str = "loss", mode: str = "min") -> None:
-        if monitor not in self.metrics:
-            raise TaskError(
-                f"task.monitor={monitor!r} is not one of this task's metrics: {', '.join(self.metrics)}"
-            )
-        if mode not in ("min", "max"):
-            raise TaskError(f"task.mode={mode!r} must be min or max")
+        require(
+            monitor in self.metrics,
+            f"task.monitor={monitor!r} is not one of this task's metrics: {', '.join(self.metrics)}",
+        )
+        require(mode in ("min", "max"), f"task.mode={mode!r} must be min or max")
         self.monitor, self.mode = monitor, mode
 
     def better(self, value: float, best: float | None, min_delta: float = 0.0) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Task, TaskError
+from tasks.base import Task, check_ids, describe, require
 
 
 class Classification(Task):
@@ -15,8 +15,7 @@ class Classification(Task):
         self, num_classes: int, monitor: str = "acc", mode: str = "max", confusion_matrix: bool = True
     ) -> None:
         super().__init__(monitor, mode)
-        if num_classes < 2:
-            raise TaskError(f"classification needs at least 2 classes, got num_classes={num_classes}")
+        require(num_classes >= 2, f"classification needs at least 2 classes, got num_classes={num_classes}")
         self.num_classes, self.confusion_matrix = num_classes, confusion_matrix
 
     def loss(self, output, batch):
@@ -55,26 +54,16 @@ class Classification(Task):
 
     def check(self, output, batch):
         y = self.targets(batch)
-        if y.is_floating_point() or y.dim() != 1:
-            raise TaskError(
-                f"classification needs integer class labels of shape [batch], got {_describe(y)} targets"
-            )
-        if output.dim() != 2 or output.shape[1] != self.num_classes:
-            raise TaskError(
-                f"classification needs model outputs of shape [batch, num_classes={self.num_classes}], "
-                f"got {list(output.shape)}"
-            )
+        require(
+            not y.is_floating_point() and y.dim() == 1,
+            f"classification needs integer class labels of shape [batch], got {describe(y)} targets",
+        )
+        require(
+            output.dim() == 2 and output.shape[1] == self.num_classes,
+            f"classification needs model outputs of shape [batch, num_classes={self.num_classes}], "
+            f"got {list(output.shape)}",
+        )
 
     def check_targets(self, targets):
-        if targets.is_floating_point():
-            raise TaskError(f"classification needs integer class labels, got {_describe(targets)} targets")
-        low, high = int(targets.min()), int(targets.max())
-        if low < 0 or high >= self.num_classes:
-            raise TaskError(
-                f"labels run from {low} to {high}, outside 0..{self.num_classes - 1} "
-                f"(data.num_classes={self.num_classes})"
-            )
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"
+        not_integer = f"classification needs integer class labels, got {describe(targets)} targets"
+        check_ids(targets, self.num_classes, "labels", "data.num_classes", not_integer)

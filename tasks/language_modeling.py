@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Task, TaskError, output_tensor
+from tasks.base import Task, check_ids, describe, output_tensor, require
 
 
 class LanguageModeling(Task):
@@ -31,10 +31,10 @@ class LanguageModeling(Task):
         `temperature` (0: greedy) from a generator of its own seeded with `sample_seed`, so each validation
         shows the same draw and the training random state is untouched."""
         super().__init__(monitor, mode)
-        if vocab_size < 2:
-            raise TaskError(
-                f"language modeling needs a vocabulary of at least 2 tokens, got vocab_size={vocab_size}"
-            )
+        require(
+            vocab_size >= 2,
+            f"language modeling needs a vocabulary of at least 2 tokens, got vocab_size={vocab_size}",
+        )
         self.vocab_size, self.prompt, self.sample_tokens = vocab_size, prompt, sample_tokens
         self.temperature, self.sample_seed = temperature, sample_seed
 
@@ -97,36 +97,22 @@ class LanguageModeling(Task):
     # --- before training ----------------------------------------------------------------------------------
     def check(self, output, batch):
         tokens = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if (
-            not isinstance(tokens, torch.Tensor)
-            or tokens.is_floating_point()
-            or tokens.dim() != 2
-            or tokens.shape[1] < 2
-        ):
-            raise TaskError(
-                "language modeling needs batches (tokens,) of integer ids shaped [batch, block_size + 1], "
-                f"got {_describe(tokens)}"
-            )
-        b, t = tokens.shape[0], tokens.shape[1] - 1
-        if list(output.shape) != [b, t, self.vocab_size]:
-            raise TaskError(
-                "language modeling needs model outputs of shape "
-                f"[batch, tokens, vocab_size={self.vocab_size}] = {[b, t, self.vocab_size]} "
-                f"for tokens {list(tokens.shape)}, got {list(output.shape)}"
-            )
+        require(
+            isinstance(tokens, torch.Tensor)
+            and not tokens.is_floating_point()
+            and tokens.dim() == 2
+            and tokens.shape[1] >= 2,
+            "language modeling needs batches (tokens,) of integer ids shaped [batch, block_size + 1], "
+            f"got {describe(tokens)}",
+        )
+        expected = [tokens.shape[0], tokens.shape[1] - 1, self.vocab_size]
+        require(
+            list(output.shape) == expected,
+            "language modeling needs model outputs of shape "
+            f"[batch, tokens, vocab_size={self.vocab_size}] = {expected} "
+            f"for tokens {list(tokens.shape)}, got {list(output.shape)}",
+        )
 
     def check_targets(self, targets):
-        if targets.is_floating_point():
-            raise TaskError(f"language modeling needs integer token ids, got {_describe(targets)}")
-        low, high = int(targets.min()), int(targets.max())
-        if low < 0 or high >= self.vocab_size:
-            raise TaskError(
-                f"token ids run from {low} to {high}, outside 0..{self.vocab_size - 1} "
-                f"(vocab_size={self.vocab_size})"
-            )
-
-
-def _describe(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return type(t).__name__
-    return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"
+        not_integer = f"language modeling needs integer token ids, got {describe(targets)}"
+        check_ids(targets, self.vocab_size, "token ids", "vocab_size", not_integer)

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Task, TaskError
+from tasks.base import Task, describe, require
 
 
 class Regression(Task):
@@ -26,8 +26,7 @@ class Regression(Task):
         The loss is trained on the mapped targets; rmse, mae and the picture are mapped back to the
         original units (r2 is the same in both)."""
         super().__init__(monitor, mode)
-        if num_targets < 1:
-            raise TaskError(f"regression needs at least 1 target, got num_targets={num_targets}")
+        require(num_targets >= 1, f"regression needs at least 1 target, got num_targets={num_targets}")
         self.num_targets = num_targets
         self.target_mean = torch.as_tensor(target_mean, dtype=torch.float64).expand(num_targets).clone()
         self.target_std = torch.as_tensor(target_std, dtype=torch.float64).expand(num_targets).clone()
@@ -89,26 +88,26 @@ class Regression(Task):
 
     def check(self, output, batch):
         y = self.targets(batch)
-        if not y.is_floating_point():
-            raise TaskError(
-                f"regression needs float targets of shape [batch, num_targets], got {_describe(y)}"
-            )
-        if y.dim() != 2 or y.shape[1] != self.num_targets:
-            raise TaskError(
-                f"regression needs targets of shape [batch, num_targets={self.num_targets}], "
-                f"got {_describe(y)}"
-            )
-        if output.shape != y.shape:
-            raise TaskError(
-                f"regression needs model outputs shaped like the targets {list(y.shape)}, "
-                f"got {list(output.shape)}"
-            )
+        require(
+            y.is_floating_point(),
+            f"regression needs float targets of shape [batch, num_targets], got {describe(y)}",
+        )
+        require(
+            y.dim() == 2 and y.shape[1] == self.num_targets,
+            f"regression needs targets of shape [batch, num_targets={self.num_targets}], got {describe(y)}",
+        )
+        require(
+            output.shape == y.shape,
+            f"regression needs model outputs shaped like the targets {list(y.shape)}, "
+            f"got {list(output.shape)}",
+        )
 
     def check_targets(self, targets):
-        if not targets.is_floating_point():
-            raise TaskError(f"regression needs float targets, got {_describe(targets)}")
-        if not bool(torch.isfinite(targets).all()):
-            raise TaskError(f"regression targets {_describe(targets)} hold NaN or infinite values")
+        require(targets.is_floating_point(), f"regression needs float targets, got {describe(targets)}")
+        require(
+            bool(torch.isfinite(targets).all()),
+            f"regression targets {describe(targets)} hold NaN or infinite values",
+        )
 
 
 def r2_score(pred: torch.Tensor, true: torch.Tensor) -> float:
@@ -149,7 +148,3 @@ def _arrays(dataset) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([torch.as_tensor(s[0]) for s in samples])
         y = torch.stack([torch.as_tensor(s[1]) for s in samples])
     return x.flatten(1).double(), y.reshape(len(y), -1).double()
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Task, TaskError
+from tasks.base import Task, check_ids, describe, require
 
 
 class Segmentation(Task):
@@ -25,8 +25,7 @@ class Segmentation(Task):
     ) -> None:
         """`mean` / `std`: the data's normalization, undone to show the images (None: shown as they are)."""
         super().__init__(monitor, mode)
-        if num_classes < 2:
-            raise TaskError(f"segmentation needs at least 2 classes, got num_classes={num_classes}")
+        require(num_classes >= 2, f"segmentation needs at least 2 classes, got num_classes={num_classes}")
         self.num_classes, self.mean, self.std, self.num_pictures = num_classes, mean, std, num_pictures
 
     def loss(self, output, batch):
@@ -68,26 +67,20 @@ class Segmentation(Task):
 
     def check(self, output, batch):
         y = self.targets(batch)
-        if y.is_floating_point() or y.dim() != 3:
-            raise TaskError(
-                f"segmentation needs integer class masks of shape [batch, height, width], got {_describe(y)}"
-            )
-        b, h, w = y.shape
-        if output.dim() != 4 or list(output.shape) != [b, self.num_classes, h, w]:
-            raise TaskError(
-                f"segmentation needs model outputs of shape [batch, num_classes={self.num_classes}, height, "
-                f"width] = {[b, self.num_classes, h, w]} for masks {list(y.shape)}, got {list(output.shape)}"
-            )
+        require(
+            not y.is_floating_point() and y.dim() == 3,
+            f"segmentation needs integer class masks of shape [batch, height, width], got {describe(y)}",
+        )
+        expected = [y.shape[0], self.num_classes, *y.shape[1:]]
+        require(
+            list(output.shape) == expected,
+            f"segmentation needs model outputs of shape [batch, num_classes={self.num_classes}, height, "
+            f"width] = {expected} for masks {list(y.shape)}, got {list(output.shape)}",
+        )
 
     def check_targets(self, targets):
-        if targets.is_floating_point():
-            raise TaskError(f"segmentation needs integer class masks, got {_describe(targets)}")
-        low, high = int(targets.min()), int(targets.max())
-        if low < 0 or high >= self.num_classes:
-            raise TaskError(
-                f"mask classes run from {low} to {high}, outside 0..{self.num_classes - 1} "
-                f"(data.num_classes={self.num_classes})"
-            )
+        not_integer = f"segmentation needs integer class masks, got {describe(targets)}"
+        check_ids(targets, self.num_classes, "mask classes", "data.num_classes", not_integer)
 
 
 def mean_iou(confusion: torch.Tensor) -> float:
@@ -123,7 +116,3 @@ def mask_rows(x, true, pred, num_classes: int, mean=None, std=None, min_size: in
             left = pad + j * (w + pad)
             canvas[:, top : top + h, left : left + w] = tile
     return canvas.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-
-
-def _describe(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).replace('torch.', '')} {list(t.shape)}"
