@@ -181,6 +181,8 @@ def test_kill9_and_resume_is_bit_identical_with_a_dataloader(tmp_path, workers):
     ("override", "message"),
     [
         ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be greater than 0"),
+        ("optimizer.lr=inf", "optimizer.lr=inf must be a finite number"),
+        ("trainer.grad_clip=-inf", "trainer.grad_clip=-inf must be greater than 0"),
         ("trainer.limit_batches=-1", "trainer.limit_batches=-1 must be at least 1"),
         ("trainer.max_steps=-5", "trainer.max_steps=-5 must be at least 1"),
         ("scheduler.warmup_steps=-5", "scheduler.warmup_steps=-5 must be at least 0"),

@@ -14,6 +14,7 @@ No torch here: this module is imported before Hydra parses the command line.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -124,7 +125,7 @@ RANGES = (
     ("scheduler.step_size", 1, None),
     ("optimizer.weight_decay", 0, None),
 )
-# Strictly positive floats.
+# Strictly positive, finite floats (inf passes `> 0` and would train to a non-finite loss).
 POSITIVE = ("trainer.grad_clip", "optimizer.lr")
 SEED_LIMIT = 2**32 - 1  # numpy's seed range
 
@@ -167,6 +168,8 @@ def check_config(cfg: DictConfig) -> None:
         value = _number(cfg, key)
         if value is not None and not value > 0:
             raise ConfigError(f"{key}={value} must be greater than 0")
+        if value is not None and math.isinf(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
     if cfg.trainer.seed > SEED_LIMIT:
         raise ConfigError(f"trainer.seed={cfg.trainer.seed} must be at most {SEED_LIMIT}")
     from utils.timebudget import parse_max_time
