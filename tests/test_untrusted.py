@@ -26,6 +26,7 @@ from tests.helpers import (
     train_in_process,
 )
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.runlock import RunLock
 
 
 def error_lines(proc) -> list[str]:
@@ -128,11 +129,13 @@ def test_a_run_in_use_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
     run = tmp_path / "run"
     assert run_cli([*FAST, f"hydra.run.dir={run}"]).returncode == 0
     assert not (run / ".lock").exists()  # released at the end
-    (run / ".lock").write_text(f"{os.getpid()} {os.uname().nodename}\n")  # this live test process holds it
-    assert_one_line(run_cli([f"resume={run}", "trainer.max_epochs=2"]), f"in use by process {os.getpid()}")
+    with RunLock(run):  # this live test process holds it
+        assert_one_line(
+            run_cli([f"resume={run}", "trainer.max_epochs=2"]), f"in use by process {os.getpid()}"
+        )
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (run / ".lock").write_text(f"{dead.pid} {os.uname().nodename}\n")  # killed -9, say: stale
+    (run / ".lock").write_text(f"{dead.pid} {os.uname().nodename}\n")  # left by a run killed -9: no lock held
     proc = run_cli([f"resume={run}", "trainer.max_epochs=2"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert read_metrics(run)["epochs"] == 2 and not (run / ".lock").exists()
