@@ -783,6 +783,7 @@ def build(group: str, node: DictConfig, *args, **kwargs):
 
     from data.splits import DatasetError
     from tasks.base import TaskError
+    from utils.trust import literal
 
     if group in DECLARATIONS:
         kept = {
@@ -790,7 +791,7 @@ def build(group: str, node: DictConfig, *args, **kwargs):
             for k, v in OmegaConf.to_container(node, resolve=True).items()
             if k not in DECLARATIONS[group]
         }
-        node = OmegaConf.create(kept)
+        node = OmegaConf.create(literal(kept))  # resolved values stay values: no `${` comes alive again
     try:
         obj = instantiate(node)
         return obj(*args, **kwargs) if args or kwargs else obj

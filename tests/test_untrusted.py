@@ -44,8 +44,8 @@ def assert_one_line(proc, needle: str, code: int = 2) -> str:
     return errors[0]
 
 
-def run_eval(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_eval(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([PYTHON, str(REPO / "eval.py"), *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
@@ -81,16 +81,101 @@ def test_a_crafted_checkpoint_runs_no_code(trained, tmp_path, target):
     assert not marker.exists()
 
 
-def test_a_stored_interpolation_is_not_resolved(trained, tmp_path):
-    """`${run_dir:...}` in a stored config would create directories wherever it points: it stays text."""
+SECRET = "topsecret123"
+
+
+def crafted(key: str, value: str, made: Path) -> object:
+    """A stored value that would read the secret (oc.env) or make a directory (run_dir) if ever resolved."""
+    return value.replace("SECRET", "oc.env:SECRETX").replace("MAKE", f"run_dir:{made},x")
+
+
+INTERPOLATIONS = [
+    ("task.monitor", "${SECRET}"),  # eval printed: task.monitor='topsecret123' is not one of ...
+    ("name", "${MAKE}"),
+    ("task.monitor", "\\${SECRET}"),  # escaped once: the old escape made it \\${...}, live again
+    ("task.monitor", "\\\\${SECRET}"),
+    ("task.monitor", "acc${SECRET}"),
+    ("tags", ["${SECRET}"]),
+    ("model.hidden_dims", ["${MAKE}"]),
+]
+
+
+def put(config: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config[part]
+    config[last] = value
+
+
+@pytest.mark.parametrize(("key", "value"), INTERPOLATIONS)
+def test_a_stored_interpolation_is_never_resolved_by_eval(trained, tmp_path, key, value):
+    """Not by eval.py's own code, nor by build() turning nodes into containers and back: the checkpoint is
+    refused in one line, before anything reads its values."""
+    made = tmp_path / "made_by_resolver"
     state = load_checkpoint(trained / "checkpoints" / "best.pt")
-    target = tmp_path / "made_by_resolver"
-    state["config"]["name"] = f"${{run_dir:{target},x}}"
+    value = [crafted(key, v, made) for v in value] if isinstance(value, list) else crafted(key, value, made)
+    put(state["config"], key, value)
     ckpt = tmp_path / "ckpt.pt"
     torch.save(state, ckpt)
-    proc = run_eval([f"ckpt={ckpt}"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not target.exists()
+    proc = run_eval([f"ckpt={ckpt}"], env={"SECRETX": SECRET})
+    assert SECRET not in proc.stdout + proc.stderr
+    line = assert_one_line(proc, "holds an interpolation")
+    assert f": {key}" in line and not made.exists()
+
+
+@pytest.mark.slow
+def test_a_stored_interpolation_is_never_resolved_by_resume(tmp_path):
+    """The run's own .hydra/config.yaml crafted to agree with the checkpoint: an oc.select default that
+    YAML decodes to `${oc.env:...}`. Neither file gets the secret read, nor a directory made."""
+    run, made = tmp_path / "run", tmp_path / "made_by_resolver"
+    train_in_process(FAST, run)
+    own = run / ".hydra" / "config.yaml"
+    lines = own.read_text().splitlines()
+    hidden = {"  monitor:": "oc.env:SECRETX", "name:": f"run_dir:{made},x"}  # "\x24\x7b": "${" to YAML
+    for i, line in enumerate(lines):
+        for start, call in hidden.items():
+            if line.startswith(start):
+                lines[i] = f'{start} ${{oc.select:nope,"\\x24\\x7b{call}\\x7d"}}'
+    own.write_text("\n".join(lines) + "\n")
+    for name in ("last.pt", "best.pt"):
+        state = load_checkpoint(run / "checkpoints" / name)
+        state["config"]["task"]["monitor"] = "${oc.env:SECRETX}"
+        state["config"]["name"] = f"${{run_dir:{made},x}}"
+        torch.save(state, run / "checkpoints" / name)
+    proc = run_cli([f"resume={run}", "trainer.max_epochs=2"], env={"SECRETX": SECRET})
+    assert SECRET not in proc.stdout + proc.stderr
+    assert_one_line(proc, "holds an interpolation")
+    assert not made.exists()
+
+
+def test_the_own_runs_config_check_resolves_nothing():
+    """utils/resume.py reads .hydra/config.yaml without resolvers: an oc.select default that YAML decodes
+    to `${...}` is a resolver call too."""
+    from utils.config import ConfigError
+    from utils.resume import _plain_resolved
+
+    tree = {"a": 1, "b": "${oc.select:a,0}", "c": '${oc.select:nope,"\\x24\\x7boc.env:SECRETX\\x7d"}'}
+    with pytest.raises(ConfigError, match="calls a resolver"):
+        _plain_resolved(tree)
+    assert _plain_resolved({k: v for k, v in tree.items() if k != "c"}) == {"a": 1, "b": 1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["${oc.env:SECRETX}", "\\${oc.env:SECRETX}", "\\\\${oc.env:SECRETX}", "a\\", "$", "${", "\\${a:${b}}"],
+)
+def test_literal_values_stay_values_through_every_round_trip(text, monkeypatch):
+    """What train.py's build() does to a node (to_container(resolve=True), then a new config) keeps each
+    string as it was, however often it is done."""
+    from omegaconf import OmegaConf
+
+    from utils.trust import literal
+
+    monkeypatch.setenv("SECRETX", SECRET)
+    node = OmegaConf.create(literal({"v": text, "w": [text]}))
+    for _ in range(3):
+        node = OmegaConf.create(literal(OmegaConf.to_container(node, resolve=True)))
+        assert (node.v, node.w[0]) == (text, text)
 
 
 def test_allowed_targets_extends_the_allowlist(trained, tmp_path):
