@@ -740,6 +740,7 @@ def test_and_report(run, best: float | None) -> float | None:
     best_path = run.ckpt_dir / "best.pt"
     if best_path.exists():
         unwrap(run.model).load_state_dict(load_checkpoint(best_path, map_location=run.device)["model"])
+    log.info("Testing %s on the test split", best_path.name if best_path.exists() else "the last weights")
     test = validate(run, run.step, "test")
     task = run.task
     metrics = {

@@ -255,3 +255,22 @@ def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 180) ->
                 code = proc.wait()
                 raise AssertionError(f"exited ({code}) before a line matching {pattern!r}; output:\n{text}")
             data += chunk
+
+
+def wait_for_moment(proc: subprocess.Popen, moment: str, timeout: float = 180) -> str:
+    """Wait until train.py or eval.py is at `moment` of its start-up, a state it is in (never a time after
+    its start, which a loaded machine stretches); returns the output read meanwhile (see wait_for_line).
+    "handlers installed": utils/signals.stop_while_starting ran (SIGTERM is caught only from then on);
+    "hydra starting": utils/cli.run ran raise_on_signals (the first to catch SIGUSR1); "torch importing":
+    torch's libraries are loaded, its import under way; anything else: a regex for a line of the output."""
+    import signal
+
+    if moment == "handlers installed":
+        wait_for_handler(proc.pid, signal.SIGTERM, timeout)
+    elif moment == "hydra starting":
+        wait_for_handler(proc.pid, signal.SIGUSR1, timeout)
+    elif moment == "torch importing":
+        wait_for_mapped(proc.pid, "libtorch", timeout)
+    else:
+        return wait_for_line(proc, moment, timeout)
+    return ""

@@ -2,13 +2,12 @@
 130 / 143. A second signal exits at once. Real runs of train.py, stopped with real signals."""
 
 import os
-import re
 import signal
 import subprocess
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, event_accumulator, read_metrics, run_cli
+from tests.helpers import PYTHON, REPO, event_accumulator, read_metrics, run_cli, wait_for_line
 from utils.checkpoint import load_checkpoint
 
 ENDLESS = [
@@ -20,7 +19,8 @@ ENDLESS = [
 
 
 def start_until(args: list[str], line_pattern: str) -> tuple[subprocess.Popen, list[str]]:
-    """Start train.py and read its output until a line matches: the loop is then running."""
+    """Start train.py and read its output until a line matches (the loop is then running, and its handlers
+    installed), with a bound: a run that hangs fails the test instead of blocking it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen(
@@ -31,13 +31,11 @@ def start_until(args: list[str], line_pattern: str) -> tuple[subprocess.Popen, l
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if re.search(line_pattern, line):
-            return proc, lines
-    proc.wait()
-    raise AssertionError("train.py ended before the loop ran:\n" + "".join(lines))
+    try:
+        return proc, [wait_for_line(proc, line_pattern)]
+    except AssertionError:
+        proc.kill()
+        raise
 
 
 @pytest.mark.parametrize(
