@@ -107,3 +107,36 @@ def test_a_signal_inside_a_librarys_cleanup_is_still_one_line(signum):
     assert done.stderr.strip().splitlines() == [
         f"train.py: stopped by {signum.name} before it started: nothing to save."
     ], done.stderr
+
+
+DROPPED_BY_A_LIBRARY = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from utils.cli import run
+from utils.signals import StopSignals
+
+def main():
+    try:  # a library call that drops every error, as C code that clears a pending one does
+        os.kill(os.getpid(), signal.{signal})
+        sum(range(1000))
+    except BaseException:
+        pass
+    if {loop}:
+        StopSignals()  # the training loop starts: it must not
+        print("trained", flush=True)
+
+run(main, "train.py", "train")
+"""
+
+
+@pytest.mark.parametrize("loop", [True, False], ids=["before the loop", "at the end"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_that_a_library_drops_still_stops_the_run(signum, loop):
+    """What the load test caught: a Ctrl-C during data set-up raised inside a library that swallowed it, and
+    training went on for its 1000 epochs. The loop's start honours it; so does the end of the program."""
+    script = DROPPED_BY_A_LIBRARY.format(repo=str(REPO), signal=signum.name, loop=loop)
+    done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signum, done.stdout + done.stderr
+    assert "trained" not in done.stdout and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"train.py: stopped by {signum.name}"), done.stderr

@@ -9,6 +9,7 @@ No torch here: `train.py --help` imports this module.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def is_user_error(err: Exception) -> bool:
 
 def run(main, prog: str, config_name: str) -> None:
     """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
-    from utils.signals import Interrupted, interruption, raise_on_signals
+    from utils.signals import Interrupted, dropped, interruption, raise_on_signals
 
     raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -56,6 +57,13 @@ def run(main, prog: str, config_name: str) -> None:
             raise
         print(f"{prog}: error: {line}", file=sys.stderr)
         sys.exit(2)
+    if signum := dropped():  # a library swallowed the signal's Interrupted (utils/signals.py): still stopped
+        name = signal.Signals(signum).name
+        print(
+            f"{prog}: stopped by {name}, which a library call dropped: it had finished by then.",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
 
 
 def hydra_error_line(err: Exception, conf_dir, config_name: str) -> str | None:
