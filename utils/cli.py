@@ -44,9 +44,11 @@ def run(main, prog: str, config_name: str) -> None:
     """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
     from utils.signals import Interrupted, dropped, interruption, raise_on_signals
 
-    raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        # From here on a signal raises Interrupted, which becomes one line: inside the try, so that one landing
+        # right after the handler is installed is caught too (the load test found it in the line after).
+        raise_on_signals()
         main()
     except (Exception, Interrupted) as err:  # Interrupted: a signal during Hydra's own start-up
         if stopped := interruption(err):
