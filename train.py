@@ -133,8 +133,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build("optimizer", fused_on_cuda(cfg.optimizer, ddp.device), model.parameters())
     scheduler = build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
-    # Compiled after the graph's source is kept: log_graph_once traces `model`, not the compiled one.
-    eval_model = torch.compile(model) if t.compile else model
+    eval_model = torch.compile(model) if t.compile else model  # the graph traces `model`, uncompiled
     parts = Parts(
         cfg, t, lg, run_dir, ddp, task, loaders, plan, model, eval_model,
         train_model=wrap_ddp(eval_model, ddp),  # evaluation runs outside DDP: a DDP forward syncs buffers
@@ -314,6 +313,7 @@ def test(parts: Parts, state: TrainState, throughput: dict) -> None:
         checkpoint.load_model_state(parts.model, best, best_path)
         tested_state = TrainState.new(parts)
         tested_state.load_state_dict(best)
+    log.info("Testing %s on the test split", best_path.name if best_path.exists() else "the last weights")
     tested = validate(parts, tested_state, "test", state.step)
     task = parts.task
     metrics = {

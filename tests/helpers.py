@@ -193,3 +193,91 @@ def kill9_once_written(victim: subprocess.Popen, path: Path, timeout: float = 18
         time.sleep(0.002)
     victim.send_signal(signal.SIGKILL)
     return victim.wait()
+
+
+# --- Waiting for a process's state, not for a time: a signal test means a moment, and a moment is a state --
+
+
+def _ended(pid: int, what: str) -> AssertionError:
+    return AssertionError(f"process {pid} ended before {what}")
+
+
+def wait_for_handler(pid: int, signum: int, timeout: float = 120) -> None:
+    """Until the process catches `signum` (its bit in SigCgt of /proc/PID/status): from then on a signal
+    reaches the program's handler, not the default action nor Python's start-up one (SIGINT's bit is set by
+    the interpreter itself before any of the program's code runs; SIGTERM's and SIGUSR1's only by the
+    program)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            raise _ended(pid, f"it caught signal {signum}") from None
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if "State:\tZ" in status:
+            raise _ended(pid, f"it caught signal {signum}")
+        if caught >> (signum - 1) & 1:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not install a handler for signal {signum} within {timeout} s")
+
+
+def wait_for_mapped(pid: int, library: str, timeout: float = 120) -> None:
+    """Until the process has loaded a shared library whose path holds `library` (e.g. libtorch: torch's
+    import is under way)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if library in Path(f"/proc/{pid}/maps").read_text():
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            raise _ended(pid, f"it loaded {library}") from None
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} did not load {library} within {timeout} s")
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 180) -> str:
+    """Read proc's output (a pipe) until a whole line matches the regex `pattern`; returns everything read,
+    which the caller adds in front of what it reads later (proc.communicate())."""
+    import re
+    import select
+    import time
+
+    fd, data = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = data.decode(errors="replace")
+        if any(re.search(pattern, line) for line in text[: text.rfind("\n") + 1].splitlines()):
+            return text
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no line matching {pattern!r} within {timeout} s; output so far:\n{text}")
+        if select.select([fd], [], [], min(left, 1.0))[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                code = proc.wait()
+                raise AssertionError(f"exited ({code}) before a line matching {pattern!r}; output:\n{text}")
+            data += chunk
+
+
+def wait_for_moment(proc: subprocess.Popen, moment: str, timeout: float = 180) -> str:
+    """Wait until train.py or eval.py is at `moment` of its start-up, a state it is in (never a time after
+    its start, which a loaded machine stretches); returns the output read meanwhile (see wait_for_line).
+    "handlers installed": utils/signals.stop_while_starting ran (SIGTERM is caught only from then on);
+    "hydra starting": utils/cli.run ran raise_on_signals (the first to catch SIGUSR1); "torch importing":
+    torch's libraries are loaded, its import under way; anything else: a regex for a line of the output."""
+    import signal
+
+    if moment == "handlers installed":
+        wait_for_handler(proc.pid, signal.SIGTERM, timeout)
+    elif moment == "hydra starting":
+        wait_for_handler(proc.pid, signal.SIGUSR1, timeout)
+    elif moment == "torch importing":
+        wait_for_mapped(proc.pid, "libtorch", timeout)
+    else:
+        return wait_for_line(proc, moment, timeout)
+    return ""

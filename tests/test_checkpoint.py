@@ -6,6 +6,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,18 +79,41 @@ SAVER = textwrap.dedent(
 )
 
 
-def test_kill_during_save_never_leaves_a_truncated_checkpoint(tmp_path):
+def saving(directory: Path, full_size: int | None, timeout: float = 120) -> None:
+    """Until a save is in flight: its temp file exists (full_size None: being written), or has all its bytes
+    (being fsynced, or about to replace last.pt)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for tmp in directory.glob(".last.pt.*.tmp"):
+            try:
+                if full_size is None or tmp.stat().st_size >= full_size:
+                    return
+            except FileNotFoundError:
+                pass  # replaced in the meantime: wait for the next save
+        time.sleep(0.0005)
+    raise AssertionError(f"no save in flight in {directory} within {timeout} s")
+
+
+@pytest.mark.parametrize("moment", ["writing", "written", "between saves"])
+def test_kill_during_save_never_leaves_a_truncated_checkpoint(tmp_path, moment):
     path = tmp_path / "last.pt"
     save_checkpoint({"model": {"w": torch.zeros(2_000_000)}, "i": 0}, path)
+    full = path.stat().st_size
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for delay in (0.55, 0.8, 1.05):
-        proc = subprocess.Popen([PYTHON, "-c", SAVER, str(path)], env=env, stdout=subprocess.PIPE, text=True)
-        proc.stdout.readline()  # one save done: the next ones are in flight when the kill comes
-        time.sleep(delay - 0.5)
+    proc = subprocess.Popen([PYTHON, "-c", SAVER, str(path)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()  # one save done: the next ones follow each other
+        if moment == "writing":
+            saving(tmp_path, None)
+        elif moment == "written":
+            saving(tmp_path, full)
+        else:
+            proc.stdout.readline()  # a save just ended (os.replace done), the next about to start
+    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        state = load_checkpoint(path)  # whole, old or new: never half
-        assert torch.equal(state["model"]["w"], torch.full((2_000_000,), float(state["i"])))
+    state = load_checkpoint(path)  # whole, old or new: never half
+    assert torch.equal(state["model"]["w"], torch.full((2_000_000,), float(state["i"])))
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.pt"]
     assert all(name.startswith(".last.pt.") for name in leftovers)  # hidden temp files only
 

@@ -6,12 +6,20 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
 
-from tests.helpers import FAST, PYTHON, REPO, event_accumulator, options, read_metrics, train_in_process
+from tests.helpers import (
+    FAST,
+    PYTHON,
+    REPO,
+    event_accumulator,
+    options,
+    read_metrics,
+    train_in_process,
+    wait_for_moment,
+)
 
 
 def run_eval(args: list[str]) -> subprocess.CompletedProcess:
@@ -75,11 +83,11 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.5, 1.5])
+@pytest.mark.parametrize("moment", ["handlers installed", "hydra starting", "torch importing"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_at_any_moment_of_eval_is_one_line(trained, tmp_path, signum, delay):
+def test_a_signal_at_any_moment_of_eval_is_one_line(trained, tmp_path, signum, moment):
     """eval.py imports train.py: its start-up handlers must stay eval.py's, and nothing of torch's may follow
-    the stop line."""
+    the stop line. Each moment is a state of the process, waited for: never a time after its start."""
     run = tmp_path / "run"
     shutil.copytree(trained, run)  # eval writes beside the checkpoint and into the run's TensorBoard
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -88,11 +96,13 @@ def test_a_signal_at_any_moment_of_eval_is_one_line(trained, tmp_path, signum, d
         [PYTHON, str(REPO / "eval.py"), f"ckpt={run / 'checkpoints' / 'best.pt'}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    time.sleep(delay)
+    try:
+        seen = wait_for_moment(proc, moment)
+    except AssertionError:
+        proc.kill()
+        raise
     proc.send_signal(signum)
-    out = proc.communicate(timeout=120)[0]
-    if proc.returncode == 0:
-        pytest.skip("eval finished before the signal")
+    out = seen + proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signum, out
     assert "Traceback" not in out, out
     assert out.strip().splitlines()[-1].startswith(f"eval.py: stopped by {signum.name}"), out

@@ -2,13 +2,12 @@
 130 / 143. A second signal exits at once. Real runs of train.py, stopped with real signals."""
 
 import os
-import re
 import signal
 import subprocess
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, event_accumulator, read_metrics, run_cli
+from tests.helpers import PYTHON, REPO, event_accumulator, read_metrics, run_cli, wait_for_line
 from utils.run.checkpoint import load_checkpoint
 
 ENDLESS = [
@@ -20,7 +19,8 @@ ENDLESS = [
 
 
 def start_until(args: list[str], line_pattern: str) -> tuple[subprocess.Popen, list[str]]:
-    """Start train.py and read its output until a line matches: the loop is then running."""
+    """Start train.py and read its output until a line matches (the loop is then running, and its handlers
+    installed), with a bound: a run that hangs fails the test instead of blocking it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen(
@@ -31,13 +31,11 @@ def start_until(args: list[str], line_pattern: str) -> tuple[subprocess.Popen, l
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if re.search(line_pattern, line):
-            return proc, lines
-    proc.wait()
-    raise AssertionError("train.py ended before the loop ran:\n" + "".join(lines))
+    try:
+        return proc, [wait_for_line(proc, line_pattern)]
+    except AssertionError:
+        proc.kill()
+        raise
 
 
 @pytest.mark.parametrize(
@@ -109,3 +107,36 @@ def test_a_signal_inside_a_librarys_cleanup_is_still_one_line(signum):
     assert done.stderr.strip().splitlines() == [
         f"train.py: stopped by {signum.name} before it started: nothing to save."
     ], done.stderr
+
+
+DROPPED_BY_A_LIBRARY = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from utils.cli import run
+from utils.run.signals import StopSignals
+
+def main():
+    try:  # a library call that drops every error, as C code that clears a pending one does
+        os.kill(os.getpid(), signal.{signal})
+        sum(range(1000))
+    except BaseException:
+        pass
+    if {loop}:
+        StopSignals()  # the training loop starts: it must not
+        print("trained", flush=True)
+
+run(main, "train.py", "train")
+"""
+
+
+@pytest.mark.parametrize("loop", [True, False], ids=["before the loop", "at the end"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_that_a_library_drops_still_stops_the_run(signum, loop):
+    """What the load test caught: a Ctrl-C during data set-up raised inside a library that swallowed it, and
+    training went on for its 1000 epochs. The loop's start honours it; so does the end of the program."""
+    script = DROPPED_BY_A_LIBRARY.format(repo=str(REPO), signal=signum.name, loop=loop)
+    done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signum, done.stdout + done.stderr
+    assert "trained" not in done.stdout and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"train.py: stopped by {signum.name}"), done.stderr

@@ -408,9 +408,11 @@ def test_resume_latest_picks_the_newest_unfinished_run(tmp_path):
     assert latest_unfinished_run(root) == extended
 
     # A run that a live process is training right now is not resumable.
-    (extended / ".lock").write_text(f"{os.getppid()} {os.uname().nodename}\n")
-    assert latest_unfinished_run(root) == b
-    (extended / ".lock").write_text("999999999 " + os.uname().nodename + "\n")  # a dead process's lock
+    from utils.run.lock import RunLock
+
+    with RunLock(extended):
+        assert latest_unfinished_run(root) == b
+    (extended / ".lock").write_text("999999999 " + os.uname().nodename + "\n")  # left by a killed run
     assert latest_unfinished_run(root) == extended
 
 

@@ -5,11 +5,9 @@ nothing; resume is exact for DataLoader datasets too. Each case is a real run of
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,8 +22,11 @@ from tests.helpers import (
     read_metrics,
     run_cli,
     train_in_process,
+    wait_for_line,
+    wait_for_moment,
 )
 from utils.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.run.lock import RunLock
 
 
 def error_lines(proc) -> list[str]:
@@ -43,8 +44,8 @@ def assert_one_line(proc, needle: str, code: int = 2) -> str:
     return errors[0]
 
 
-def run_eval(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_eval(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([PYTHON, str(REPO / "eval.py"), *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
@@ -80,16 +81,101 @@ def test_a_crafted_checkpoint_runs_no_code(trained, tmp_path, target):
     assert not marker.exists()
 
 
-def test_a_stored_interpolation_is_not_resolved(trained, tmp_path):
-    """`${run_dir:...}` in a stored config would create directories wherever it points: it stays text."""
+SECRET = "topsecret123"
+
+
+def crafted(key: str, value: str, made: Path) -> object:
+    """A stored value that would read the secret (oc.env) or make a directory (run_dir) if ever resolved."""
+    return value.replace("SECRET", "oc.env:SECRETX").replace("MAKE", f"run_dir:{made},x")
+
+
+INTERPOLATIONS = [
+    ("task.monitor", "${SECRET}"),  # eval printed: task.monitor='topsecret123' is not one of ...
+    ("name", "${MAKE}"),
+    ("task.monitor", "\\${SECRET}"),  # escaped once: the old escape made it \\${...}, live again
+    ("task.monitor", "\\\\${SECRET}"),
+    ("task.monitor", "acc${SECRET}"),
+    ("tags", ["${SECRET}"]),
+    ("model.hidden_dims", ["${MAKE}"]),
+]
+
+
+def put(config: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config[part]
+    config[last] = value
+
+
+@pytest.mark.parametrize(("key", "value"), INTERPOLATIONS)
+def test_a_stored_interpolation_is_never_resolved_by_eval(trained, tmp_path, key, value):
+    """Not by eval.py's own code, nor by build() turning nodes into containers and back: the checkpoint is
+    refused in one line, before anything reads its values."""
+    made = tmp_path / "made_by_resolver"
     state = load_checkpoint(trained / "checkpoints" / "best.pt")
-    target = tmp_path / "made_by_resolver"
-    state["config"]["name"] = f"${{run_dir:{target},x}}"
+    value = [crafted(key, v, made) for v in value] if isinstance(value, list) else crafted(key, value, made)
+    put(state["config"], key, value)
     ckpt = tmp_path / "ckpt.pt"
     torch.save(state, ckpt)
-    proc = run_eval([f"ckpt={ckpt}"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not target.exists()
+    proc = run_eval([f"ckpt={ckpt}"], env={"SECRETX": SECRET})
+    assert SECRET not in proc.stdout + proc.stderr
+    line = assert_one_line(proc, "holds an interpolation")
+    assert f": {key}" in line and not made.exists()
+
+
+@pytest.mark.slow
+def test_a_stored_interpolation_is_never_resolved_by_resume(tmp_path):
+    """The run's own .hydra/config.yaml crafted to agree with the checkpoint: an oc.select default that
+    YAML decodes to `${oc.env:...}`. Neither file gets the secret read, nor a directory made."""
+    run, made = tmp_path / "run", tmp_path / "made_by_resolver"
+    train_in_process(FAST, run)
+    own = run / ".hydra" / "config.yaml"
+    lines = own.read_text().splitlines()
+    hidden = {"  monitor:": "oc.env:SECRETX", "name:": f"run_dir:{made},x"}  # "\x24\x7b": "${" to YAML
+    for i, line in enumerate(lines):
+        for start, call in hidden.items():
+            if line.startswith(start):
+                lines[i] = f'{start} ${{oc.select:nope,"\\x24\\x7b{call}\\x7d"}}'
+    own.write_text("\n".join(lines) + "\n")
+    for name in ("last.pt", "best.pt"):
+        state = load_checkpoint(run / "checkpoints" / name)
+        state["config"]["task"]["monitor"] = "${oc.env:SECRETX}"
+        state["config"]["name"] = f"${{run_dir:{made},x}}"
+        torch.save(state, run / "checkpoints" / name)
+    proc = run_cli([f"resume={run}", "trainer.max_epochs=2"], env={"SECRETX": SECRET})
+    assert SECRET not in proc.stdout + proc.stderr
+    assert_one_line(proc, "holds an interpolation")
+    assert not made.exists()
+
+
+def test_the_own_runs_config_check_resolves_nothing():
+    """utils/run/resume.py reads .hydra/config.yaml without resolvers: an oc.select default that YAML decodes
+    to `${...}` is a resolver call too."""
+    from utils.config import ConfigError
+    from utils.run.resume import _plain_resolved
+
+    tree = {"a": 1, "b": "${oc.select:a,0}", "c": '${oc.select:nope,"\\x24\\x7boc.env:SECRETX\\x7d"}'}
+    with pytest.raises(ConfigError, match="calls a resolver"):
+        _plain_resolved(tree)
+    assert _plain_resolved({k: v for k, v in tree.items() if k != "c"}) == {"a": 1, "b": 1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["${oc.env:SECRETX}", "\\${oc.env:SECRETX}", "\\\\${oc.env:SECRETX}", "a\\", "$", "${", "\\${a:${b}}"],
+)
+def test_literal_values_stay_values_through_every_round_trip(text, monkeypatch):
+    """What train.py's build() does to a node (to_container(resolve=True), then a new config) keeps each
+    string as it was, however often it is done."""
+    from omegaconf import OmegaConf
+
+    from utils.run.trust import literal
+
+    monkeypatch.setenv("SECRETX", SECRET)
+    node = OmegaConf.create(literal({"v": text, "w": [text]}))
+    for _ in range(3):
+        node = OmegaConf.create(literal(OmegaConf.to_container(node, resolve=True)))
+        assert (node.v, node.w[0]) == (text, text)
 
 
 def test_allowed_targets_extends_the_allowlist(trained, tmp_path):
@@ -128,11 +214,13 @@ def test_a_run_in_use_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
     run = tmp_path / "run"
     assert run_cli([*FAST, f"hydra.run.dir={run}"]).returncode == 0
     assert not (run / ".lock").exists()  # released at the end
-    (run / ".lock").write_text(f"{os.getpid()} {os.uname().nodename}\n")  # this live test process holds it
-    assert_one_line(run_cli([f"resume={run}", "trainer.max_epochs=2"]), f"in use by process {os.getpid()}")
+    with RunLock(run):  # this live test process holds it
+        assert_one_line(
+            run_cli([f"resume={run}", "trainer.max_epochs=2"]), f"in use by process {os.getpid()}"
+        )
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (run / ".lock").write_text(f"{dead.pid} {os.uname().nodename}\n")  # killed -9, say: stale
+    (run / ".lock").write_text(f"{dead.pid} {os.uname().nodename}\n")  # left by a run killed -9: no lock held
     proc = run_cli([f"resume={run}", "trainer.max_epochs=2"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert read_metrics(run)["epochs"] == 2 and not (run / ".lock").exists()
@@ -181,6 +269,8 @@ def test_kill9_and_resume_is_bit_identical_with_a_dataloader(tmp_path, workers):
     ("override", "message"),
     [
         ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be greater than 0"),
+        ("optimizer.lr=inf", "optimizer.lr=inf must be a finite number"),
+        ("trainer.grad_clip=-inf", "trainer.grad_clip=-inf must be greater than 0"),
         ("trainer.limit_batches=-1", "trainer.limit_batches=-1 must be at least 1"),
         ("trainer.max_steps=-5", "trainer.max_steps=-5 must be at least 1"),
         ("scheduler.warmup_steps=-5", "scheduler.warmup_steps=-5 must be at least 0"),
@@ -218,15 +308,23 @@ def popen_lines(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
 
 
-@pytest.mark.parametrize("delay", [0.15, 0.4, 1.0, 1.6])  # 1.6: inside torch's imports, on 2 cores
-def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
+# From the first handler to the first step; none needs the machine to be quiet.
+START_UP = ["handlers installed", "hydra starting", "torch importing", "Run directory:", r"Data: \d+ train"]
+
+
+@pytest.mark.parametrize("moment", START_UP)
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, moment):
     outputs = tmp_path / "outputs"
-    proc = popen_lines([*FAST, f"paths.output_root={outputs}"])
-    time.sleep(delay)
+    proc = popen_lines(
+        ["trainer.max_epochs=1000", "logging.progress_bar=false", f"paths.output_root={outputs}"]
+    )
+    try:
+        seen = wait_for_moment(proc, moment)
+    except AssertionError:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    if proc.returncode == 0:
-        pytest.skip("the run finished before the signal")  # never on 2 cores: start-up takes seconds
+    out = seen + proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     # The stop is the last word: nothing (torch's exit-time INFO lines, say) follows it.
@@ -240,14 +338,9 @@ def test_sigterm_during_the_final_test_skips_it_and_keeps_the_checkpoints(tmp_pa
     # A large test split of decoded-on-the-fly images: the test takes seconds, the signal lands in it.
     proc = popen_lines([*FAST, "data=fake", "data.dataset.test_size=20000", "data.num_workers=0",
                         "data.batch_size=8", f"hydra.run.dir={run}"])  # fmt: skip
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if re.search(r"epoch 0 step 3: val", line):
-            break
-    time.sleep(0.5)
+    seen = wait_for_line(proc, r"Testing best\.pt on the test split")
     proc.send_signal(signal.SIGTERM)
-    out = "".join(lines) + proc.communicate(timeout=120)[0]
+    out = seen + proc.communicate(timeout=120)[0]
     assert proc.returncode == 143, out
     assert "Traceback" not in out and "during the final test" in out, out
     assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()

@@ -9,6 +9,7 @@ No torch here: `train.py --help` imports this module.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -72,14 +73,16 @@ def answers_at_once(argv: list[str]) -> bool:
 
 def run(main, prog: str, config_name: str) -> None:
     """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
-    from utils.run.signals import Interrupted, interruption, raise_on_signals
+    from utils.run.signals import Interrupted, dropped, interruption, raise_on_signals
 
-    raise_on_signals()  # from here on a signal raises Interrupted, which becomes one line
-    if conflict := conflict_line(CONF):  # a merge left in conf/: one line, not YAML's traceback
-        print(f"{prog}: error: {conflict}", file=sys.stderr)
-        sys.exit(2)
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        # From here on a signal raises Interrupted, which becomes one line: inside the try, so that one landing
+        # right after the handler is installed is caught too (the load test found it in the line after).
+        raise_on_signals()
+        if conflict := conflict_line(CONF):  # a merge left in conf/: one line, not YAML's traceback
+            print(f"{prog}: error: {conflict}", file=sys.stderr)
+            sys.exit(2)
         main()
     except (Exception, Interrupted) as err:  # Interrupted: a signal during Hydra's own start-up
         if stopped := interruption(err):
@@ -90,6 +93,15 @@ def run(main, prog: str, config_name: str) -> None:
             raise
         print(f"{prog}: error: {line}", file=sys.stderr)
         sys.exit(2)
+    if (
+        signum := dropped()
+    ):  # a library swallowed the signal's Interrupted (utils/run/signals.py): still stopped
+        name = signal.Signals(signum).name
+        print(
+            f"{prog}: stopped by {name}, which a library call dropped: it had finished by then.",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
 
 
 def hydra_error_line(err: Exception, conf_dir, config_name: str) -> str | None:

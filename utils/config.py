@@ -129,7 +129,7 @@ RANGES = (
     ("scheduler.step_size", 1, None),
     ("optimizer.weight_decay", 0, None),
 )
-# Strictly positive floats.
+# Strictly positive, finite floats (inf passes `> 0` and would train to a non-finite loss).
 POSITIVE = ("trainer.grad_clip", "optimizer.lr")
 SEED_LIMIT = 2**32 - 1  # numpy's seed range
 
@@ -172,6 +172,8 @@ def check_config(cfg: DictConfig) -> None:
         value = _number(cfg, key)
         if value is not None and not value > 0:
             raise ConfigError(f"{key}={value} must be greater than 0")
+        if value is not None and math.isinf(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
     ema = cfg.trainer.get("ema_decay")
     if ema is not None and not 0 < ema < 1:
         raise ConfigError(f"trainer.ema_decay={ema} must be between 0 and 1, e.g. 0.999 (null: off)")

@@ -24,13 +24,15 @@ def build(group: str, node: DictConfig, *args, **kwargs):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    from utils.run.trust import literal
+
     if group in DECLARATIONS:
         kept = {
             k: v
             for k, v in OmegaConf.to_container(node, resolve=True).items()
             if k not in DECLARATIONS[group]
         }
-        node = OmegaConf.create(kept)
+        node = OmegaConf.create(literal(kept))  # resolved values stay values: no `${` comes alive again
     try:
         obj = instantiate(node)
         return obj(*args, **kwargs) if args or kwargs else obj

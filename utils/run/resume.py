@@ -137,7 +137,10 @@ def _plain_resolved(tree, root=None, depth: int = 0):
         try:
             return lookup(select[1])
         except ConfigError:
-            return yaml_scalar(select[2])
+            default = yaml_scalar(select[2])  # YAML decodes "\x24\x7b" to "${": never a way to a resolver
+            if isinstance(default, str) and "${" in default:
+                raise ConfigError(f"{tree!r} calls a resolver") from None
+            return default
     whole = _REFERENCE.fullmatch(tree)
     if whole:
         return lookup(whole[1])

@@ -41,8 +41,28 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+# The stop signal that was raised as Interrupted (or SystemExit, while starting). Every one of them ends the
+# process, so one still set at a later point was dropped on its way: C code that clears any pending error
+# (pybind11's hasattr, a PyErr_Clear after a callback) swallows an exception raised by a handler inside it,
+# as it does Python's own KeyboardInterrupt. Seen under load: a Ctrl-C during data set-up, and training went
+# on. raise_if_dropped() honours it at the next safe point: the loop's start, the end of the program.
+_raised: int | None = None
+
+
 def _raise(signum: int, frame) -> None:
+    global _raised
+    _raised = signum
     raise Interrupted(signum)
+
+
+def dropped() -> int | None:
+    """The stop signal whose Interrupted some library swallowed, if any."""
+    return _raised
+
+
+def raise_if_dropped() -> None:
+    if _raised is not None:
+        raise Interrupted(_raised)
 
 
 def stop_while_starting(prog: str) -> None:
@@ -89,6 +109,7 @@ class StopSignals:
     def __init__(self) -> None:
         from utils.distributed import is_distributed
 
+        raise_if_dropped()  # a signal during set-up that a library swallowed: training must not start
         self.signum: int | None = None
         self.distributed = is_distributed()
         self._pid = os.getpid()

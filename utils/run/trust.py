@@ -8,14 +8,22 @@ or `pathlib.Path.write_text`. Before anything is built from a stored config:
   shipped configs use (ALLOWED_TARGETS), checked by what the name resolves to, not by its spelling, so that
   `models.resnet.torch.load` is refused; a project extends the list with the `allowed_targets` key of its
   *own* config (never of the stored one);
-- interpolations (`${...}`, which could call a resolver such as `run_dir` that creates directories) are
-  kept as literal text: a checkpoint stores its config resolved, so a real one holds none.
+- no string in it may hold `${` (an interpolation, which could call a resolver: `oc.env` reads a secret,
+  `run_dir` creates directories), in any spelling (`\\${...}`, a value that is `${` only after a later
+  resolve): a checkpoint stores its config resolved, so a real one holds none, and a config that holds none
+  stays inert through every later resolve, `to_container`, merge or `instantiate`, however often the code
+  turns it into containers and back. Keeping such a string as escaped text is not enough: the first
+  `to_container(resolve=True)` unescapes it, and the next `OmegaConf.create` or merge makes it live again.
+
+`literal()` is the escape for the other direction: resolved values put back into a config (train.py's
+`build()`) stay the values they were.
 
 No torch here: `_locate` imports only modules that the allowlist already names.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf
@@ -55,17 +63,40 @@ def check_target(target: object, key: str, prefixes: Iterable[str]) -> None:
         )
 
 
-def _escape(value):
-    """Interpolations become literal text (OmegaConf's `\\${`): nothing in a stored config is resolved."""
+def _check_plain(value, path: str, source: str) -> None:
+    """Plain data only (no objects), and no `${` anywhere, in keys or values."""
     if isinstance(value, str):
-        return value.replace("${", "\\${")
+        if "${" in value:
+            raise ConfigError(
+                f"stored config refused: {source}: {path or 'a key'} holds an interpolation ('${{'): a stored "
+                "config is plain data, resolved when it was saved"
+            )
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            key = f"{path}.{k}" if path else str(k)
+            _check_plain(k if isinstance(k, str) else str(k), key, source)
+            _check_plain(v, key, source)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{path}[{i}]", source)
+    elif not (value is None or isinstance(value, (bool, int, float))):
+        raise ConfigError(f"stored config refused: a value of type {type(value).__name__} is not plain data")
+
+
+_INTERPOLATION = re.compile(r"(\\*)\$\{")
+
+
+def literal(value):
+    """Plain values (a resolved container) escaped for OmegaConf, so that a config made of them holds each
+    string as it is: `${` becomes `\\${`, and the backslashes right before it are doubled (OmegaConf reads
+    `\\\\${x}` as a backslash and then a live interpolation)."""
+    if isinstance(value, str):
+        return _INTERPOLATION.sub(lambda m: m[1] * 2 + "\\${", value)
     if isinstance(value, dict):
-        return {str(k): _escape(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_escape(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    raise ConfigError(f"stored config refused: a value of type {type(value).__name__} is not plain data")
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    return value
 
 
 def _targets(tree, path: str = ""):
@@ -84,7 +115,8 @@ def stored_config(raw: object, source: str, extra_targets: Iterable[str] = ()) -
     """The config a checkpoint carries, checked: plain data, allowed targets only, nothing resolved."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source} holds no config")
+    _check_plain(raw, "", source)
     prefixes = (*ALLOWED_TARGETS, *(str(t) for t in extra_targets or ()))
     for key, target in _targets(raw):
         check_target(target, f"{source}: {key}", prefixes)
-    return OmegaConf.create(_escape(raw))
+    return OmegaConf.create(raw)
