@@ -93,8 +93,8 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
         checkpoint.restore(parts, state, resumed.state, resumed.path)
         log.info("Resuming from %s (step %d)", resumed.path, state.step)
     parts.writer = dashboards.open_run_writer(parts, state.step if resumed else None)
-    life.phase = "train"
-    with Session(parts, state) as session:
+    with Session(parts, state) as session:  # from here a signal stops the loop after the step in flight
+        life.phase = "train"
         fit(parts, state, session)
     if state.stop_reason in ("signal", "max_time"):  # last.pt goes on from here, after the test or not
         save(parts, state, "last.pt")
