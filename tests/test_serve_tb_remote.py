@@ -31,6 +31,7 @@ from tests.remote_fixtures import (
     children,
     descendants,
     first_free_port,
+    free_port,
     get_json,
     port_listening,
     processes_in,
@@ -438,9 +439,10 @@ def test_unknown_host_key_with_ssh_default_checking_says_accept_new(sshd, projec
     args = [*sshd.ssh_args, "--list", "--remote-dir", str(project), HOST_NEW]
     unknown = one_error_line(run_serve(args))
     assert "unknown host key for stb-new" in unknown and "--accept-new" in unknown
+    # A port of its own: the default 16008 may be another test's tunnel, running alongside (xdist).
     tunnel = subprocess.run(
-        [str(TUNNEL), *sshd.ssh_args, HOST_NEW], capture_output=True, text=True, timeout=DEADLINE,
-        stdin=subprocess.DEVNULL,
+        [str(TUNNEL), *sshd.ssh_args, HOST_NEW, "6008", str(free_port())], capture_output=True, text=True,
+        timeout=DEADLINE, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert tunnel.returncode == 1
     assert tunnel.stderr.splitlines() == [

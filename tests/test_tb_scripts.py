@@ -233,7 +233,8 @@ def test_tunnel_forwards_to_a_server_already_running(sshd, tmp_path):  # noqa: F
     )
     try:
         wait_until(lambda: port_listening(remote_port), "the web server to listen")
-        tunnel = Served([*sshd.ssh_args, HOST, str(remote_port)], tmp_path, script=TUNNEL)
+        # Local ports of their own: the default 16008 may be another test's tunnel, running alongside.
+        tunnel = Served([*sshd.ssh_args, HOST, str(remote_port), str(free_port())], tmp_path, script=TUNNEL)
         url = tunnel.wait_for_url()
         assert url.startswith("http://127.0.0.1:")  # what is forwarded: not localhost, which may be [::1]
         with urllib.request.urlopen(f"{url}/hello.txt", timeout=30) as response:
@@ -252,7 +253,7 @@ def test_tunnel_forwards_to_a_server_already_running(sshd, tmp_path):  # noqa: F
 @pytest.mark.slow
 @REMOTE
 def test_tunnel_says_when_nothing_answers_on_the_server(sshd, tmp_path):  # noqa: F811
-    tunnel = Served([*sshd.ssh_args, HOST, str(free_port())], tmp_path, script=TUNNEL)
+    tunnel = Served([*sshd.ssh_args, HOST, str(free_port()), str(free_port())], tmp_path, script=TUNNEL)
     tunnel.wait_for_url()
     wait_until(lambda: "press Ctrl-C" in tunnel.output, "tunnel.sh to finish its checks")
     assert "nothing answers HTTP" in tunnel.output
@@ -261,7 +262,8 @@ def test_tunnel_says_when_nothing_answers_on_the_server(sshd, tmp_path):  # noqa
 
 @REMOTE
 def test_tunnel_unreachable_host(sshd):  # noqa: F811
-    assert_one_line_error(run_script(TUNNEL, *sshd.ssh_args, HOST_CLOSED), TUNNEL, "cannot reach stb-closed")
+    result = run_script(TUNNEL, *sshd.ssh_args, HOST_CLOSED, "6008", str(free_port()))
+    assert_one_line_error(result, TUNNEL, "cannot reach stb-closed")
 
 
 @REMOTE
