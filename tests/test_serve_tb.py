@@ -24,6 +24,7 @@ from tests.remote_fixtures import (
     SERVE_TB,
     Served,
     first_free_port,
+    free_port,
     get_json,
     hold_port,
     listen_addresses,
@@ -163,7 +164,9 @@ def test_through_a_jump_host_sigterm_stops_the_remote_tensorboard(sshd, project,
 
 
 def test_a_dropped_connection_stops_the_remote_tensorboard(sshd, project, tmp_path):  # noqa: F811
-    served = Served(serve_args(sshd, project, "--no-reconnect"), tmp_path)
+    # Ports of its own: a port check below must not see another test's TensorBoard, running alongside.
+    unique = ["--remote-port", str(free_port()), "--local-port", str(free_port())]
+    served = Served(serve_args(sshd, project, "--no-reconnect", *unique), tmp_path)
     served.wait_for_url()
     ports = ports_of(tensorboard_processes(str(project)))
     assert ports

@@ -1,24 +1,29 @@
 """One process trains in a run directory at a time.
 
 A second `resume=` of a run that is still training (or resumed twice by accident) would write the same
-checkpoints and event files from two processes. The run holds an OS lock, `fcntl.flock` on
-`<run dir>/.lock`, while it trains; the file also holds the holder's pid and host, for the message that
-refuses a second run in one line. The kernel releases the lock when the holder's process ends, however it
-ends (kill -9 included), so there is no "stale lock" to guess about and no race between two newcomers:
-exactly one `flock` call succeeds.
+checkpoints and event files from two processes. The run holds an OS lock, a POSIX record lock
+(`fcntl.lockf`) on `<run dir>/.lock`, while it trains; the file also holds the holder's pid and host, for
+the message that refuses a second run in one line. The kernel releases the lock when the holder's process
+ends, however it ends (kill -9 included), so there is no "stale lock" to guess about and no race between
+two newcomers: exactly one lock call succeeds.
+
+A POSIX lock, not `flock`: it belongs to the process, not to the open file, so the DataLoader workers that
+the run forks do not hold it too (with `flock` they did, and a resume right after a kill -9 was refused
+until they noticed their parent was gone). The price of POSIX locks, that closing any descriptor of the
+file in the holder lets go, is kept away by never opening `.lock` elsewhere in the holder.
 
 The holder removes the file when it is done. A newcomer that opened the file just before that removal would
 hold a lock on a file no longer in the directory, so after locking it checks that the path still names the
 file it locked, and starts over if not.
 
 File systems:
-- Local disks, tmpfs, and Lustre/GPFS mounted with flock support: the lock is exact.
-- NFS: Linux turns `flock` into an NFS byte-range lock, which every client sees when the mount has locking
-  (NFSv4, or NFSv3 with lockd; the default). With `-o nolock` (or `local_lock=flock`) the lock is local to
-  each machine: two runs on two machines are then not kept apart. A lock held by a machine that crashed is
+- Local disks, tmpfs, Lustre and GPFS: the lock is exact.
+- NFS: a POSIX lock is an NFS byte-range lock, which every client sees when the mount has locking (NFSv4,
+  or NFSv3 with lockd; the default). With `-o nolock` (or `local_lock=posix`) the lock is local to each
+  machine: two runs on two machines are then not kept apart. A lock held by a machine that crashed is
   freed by the NFS server when the machine's lease runs out (about 90 s on NFSv4).
-- A file system without `flock` at all (it fails with ENOLCK/EOPNOTSUPP): the run goes on unlocked, with a
-  warning that says so; keep to one run per directory by hand there.
+- A file system without locks at all (ENOLCK/EOPNOTSUPP): the run goes on unlocked, with a warning that
+  says so; keep to one run per directory by hand there.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from pathlib import Path
 from utils.config import ConfigError
 
 LOCK_NAME = ".lock"
-# flock fails with one of these where the file system has no locks at all.
+# lockf fails with one of these where the file system has no locks at all.
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
@@ -47,12 +52,14 @@ class RunLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._describe(fd)
-                os.close(fd)
-                raise ConfigError(f"{self.path.parent} is in use by {holder}: one run at a time") from None
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
+                if err.errno in (errno.EACCES, errno.EAGAIN):  # held by another process
+                    holder = self._describe(fd)
+                    os.close(fd)
+                    raise ConfigError(
+                        f"{self.path.parent} is in use by {holder}: one run at a time"
+                    ) from None
                 if err.errno not in _NO_LOCKS:
                     os.close(fd)
                     raise
@@ -96,7 +103,7 @@ class RunLock:
         except OSError:
             return self._probe()
         me = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        return any(len(f) > 5 and f[1] == "FLOCK" and f[5] == me for f in map(str.split, table.splitlines()))
+        return any(len(f) > 5 and f[1] == "POSIX" and f[5] == me for f in map(str.split, table.splitlines()))
 
     _owner_alive = in_use  # the name utils/run/resume_target.py calls
 
@@ -106,12 +113,9 @@ class RunLock:
         except FileNotFoundError:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False  # no locks on this file system: nothing can be said to hold it
+            return fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB) is not None  # False: it was free
+        except OSError as err:
+            return err.errno in (errno.EACCES, errno.EAGAIN)  # else no locks here: none can be held
         finally:
             os.close(fd)
 
