@@ -112,8 +112,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
     t, lg = typed(cfg.trainer, TrainerSchema), typed(cfg.logging, LoggingSchema)
     ddp = init_distributed(t.device)  # under torchrun (or several SLURM tasks); world_size 1 plainly
     # A random stream per rank (dropout, augmentation); DDP hands every rank rank 0's initial weights.
-    seed_everything(t.seed + ddp.rank, t.deterministic)
-    torch.backends.cudnn.benchmark = t.cudnn_benchmark and not t.deterministic
+    seed_everything(t.seed + ddp.rank, t.deterministic, t.cudnn_benchmark)
     check_declared(cfg)
     task, splits = build("task", cfg.task), build("data", cfg.data.dataset)
     # Each rank its own shard: data.batch_size is per rank, the global batch world_size times that.

@@ -24,7 +24,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool = False) -> None:
+    """Every random stream from `seed`; deterministic kernels, or cudnn's autotuner (trainer.cudnn_benchmark),
+    which deterministic runs go without."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
