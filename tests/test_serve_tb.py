@@ -99,6 +99,7 @@ def test_round_trip_serves_run_graph_and_scalars_then_sigint_cleans_up(sshd, pro
     served = Served(serve_args(sshd, project), tmp_path)
     try:
         url = served.wait_for_url()
+        ssh = served.ssh_client()
         # Not the held port, and from the default up (another test alongside may hold others, or let go).
         assert served.local_port >= 16008 and served.local_port != held_local
         assert listen_addresses(served.local_port) == {"127.0.0.1"}, (
@@ -143,8 +144,9 @@ def test_round_trip_serves_run_graph_and_scalars_then_sigint_cleans_up(sshd, pro
     assert "stopped the remote TensorBoard" in served.output
     assert tensorboard_processes(str(project)) == {}
     assert remote_leftovers(str(project)) == {}
-    for port in (*remote_ports, served.local_port):
-        assert not port_listening(port), f"port {port} still listens after Ctrl-C"
+    # Its processes are gone, and with them their ports (a port check would see another test's listener
+    # alongside, under xdist): TensorBoard's, above, and the tunnel's ssh client.
+    assert not os.path.exists(f"/proc/{ssh}"), "the tunnel's ssh client outlived serve_tb.sh"
 
 
 def test_through_a_jump_host_sigterm_stops_the_remote_tensorboard(sshd, project, tmp_path):  # noqa: F811
