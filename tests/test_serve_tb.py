@@ -156,14 +156,15 @@ def test_through_a_jump_host_sigterm_stops_the_remote_tensorboard(sshd, project,
     served.wait_for_url()
     assert served.local_port == local_port
     remote = tensorboard_processes(str(project))
-    ports = ports_of(remote)
+    assert ports_of(remote), "TensorBoard listens on no port"
     assert served.stop(signal.SIGTERM) == 143, served.output
     assert not processes_mentioning(str(sshd.client_config)), (
         "an ssh client (or its jump) outlived the script"
     )
     assert tensorboard_processes(str(project)) == {}
     assert remote_leftovers(str(project)) == {}
-    assert not any(port_listening(port) for port in (*ports, served.local_port))
+    # TensorBoard's processes are gone (above), and with them its ports; a port check would see another
+    # test's listener alongside, under xdist.
 
 
 def test_a_dropped_connection_stops_the_remote_tensorboard(sshd, project, tmp_path):  # noqa: F811
