@@ -76,17 +76,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     check_fit(run_cfg, task, model, splits, loaders.test, device)  # lazy modules take their shapes first
     load_model_state(model, {"model": TrainState.evaluated_weights(state)}, path)
     t = run_cfg.trainer
-    test, sums, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last)
+    test, _, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last)
 
     step = int(state.get("step", 0))
-    count = int(sums["count"]) if "count" in sums else len(splits.test)
+
     metrics = {
         "checkpoint": path.name,
         "data": data_name,
         "step": step,
         "epoch": int(state.get("epoch", 0)),
         **{f"test/{k}": v for k, v in test.items()},
-        "test/count": count,
+        "test/count": len(splits.test),
     }
     (path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # The run's TensorBoard: <run>/tb for <run>/checkpoints/x.pt; tb/ beside a checkpoint kept elsewhere.
@@ -100,7 +100,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         "%s on %s test (%d samples): %s. Metrics: %s",
         path,
         data_name,
-        count,
+        len(splits.test),
         shown,
         path.parent / "metrics.json",
     )

@@ -271,17 +271,17 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
                     t.channels_last, limit, stop)  # fmt: skip
     if done is None:
         return None
-    metrics, sums, first = done
+    numbers, metrics, first = done
     if parts.writer:
-        add_scalars(parts.writer, metrics, step, split)
+        add_scalars(parts.writer, numbers, step, split)
         if split == "val" and first is not None:
             model = unwrap(state.evaluated_model(parts.model))
             was_training = model.training
             model.eval()
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                parts.task.log_pictures(parts.writer, sums, model, first, step, split)
+                parts.task.log_pictures(parts.writer, metrics, model, first, step, split)
             model.train(was_training)
-    return metrics
+    return numbers
 
 
 def save(parts: Parts, state: TrainState, name: str, *also: str) -> None:

@@ -5,14 +5,18 @@ for throughput, its own TensorBoard pictures and the graph's example input. The 
 below and names no loss, no accuracy and no class. A new task is one file in tasks/ and one
 conf/task/<name>.yaml whose keys are its constructor's parameters.
 
-Batches are whatever the dataset yields ((inputs, targets) tuples, dicts, a tensor of tokens), moved to
-the device as they are. Metrics are kept as per-batch *sums* in tensors on the device: `update` adds to
-them with no host sync, the loop sums them over DDP ranks once, and `compute` turns them into numbers.
+Batches are whatever the dataset yields ((inputs, targets) tuples, dicts, a tensor of tokens, lists of
+box dicts), moved to the device as they are. Metrics are torchmetrics objects on the device: `update` feeds
+them each batch with no host sync, and `compute` reads them once per split, where torchmetrics syncs them
+over DDP ranks. (A task may instead keep a dict of tensors that add up over batches: the loop sums those
+over ranks before `compute`.)
 """
 
 from __future__ import annotations
 
 import torch
+from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 
 class TaskError(ValueError):
@@ -42,6 +46,31 @@ def check_ids(ids: torch.Tensor, count: int, what: str, setting: str, not_intege
         low >= 0 and high < count,
         f"{what} run from {low} to {high}, outside 0..{count - 1} ({setting}={count})",
     )
+
+
+def collection(device: torch.device, **metrics: Metric) -> MetricCollection:
+    """A MetricCollection of these torchmetrics metrics, on the device. The task updates each one itself
+    (compute_groups=False: no state shared behind its back)."""
+    return MetricCollection(metrics, compute_groups=False).to(device)
+
+
+class ConfusionMatrix(MulticlassConfusionMatrix):
+    """torchmetrics' multiclass confusion matrix (rows true, columns predicted), counted with scatter_add_:
+    torchmetrics counts with torch.bincount, which on CUDA reads the largest index back to the host, a sync
+    per batch. The states, the DDP sync and compute are the library's."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes, validate_args=False)
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        cells = (target.reshape(-1) * self.num_classes + preds.reshape(-1)).long()
+        self.confmat.view(-1).scatter_add_(0, cells, torch.ones_like(cells))
+
+
+def mean_metric() -> MeanMetric:
+    """torchmetrics' (weighted) mean, for a loss over a split, without its NaN check: the check reads the
+    values back to the host every batch."""
+    return MeanMetric(nan_strategy="disable")
 
 
 def output_tensor(output) -> torch.Tensor:
@@ -108,21 +137,28 @@ class Task:
         raise NotImplementedError
 
     # --- evaluation -------------------------------------------------------------------------------------
+    def init_metrics(self, device: torch.device):
+        """Fresh metrics for one split, on the device: a torchmetrics MetricCollection (or, the older
+        protocol, a dict of zeroed tensors that `update` adds to; every rank makes the same keys and shapes)."""
+        return self.init_sums(device)
+
     def init_sums(self, device: torch.device) -> dict[str, torch.Tensor]:
-        """Zeroed per-split sums, on the device; every rank must make the same keys and shapes."""
+        raise NotImplementedError(f"{type(self).__name__} defines no init_metrics")
+
+    def update(self, metrics, output, batch) -> None:
+        """Feed this batch to `metrics` (no .item(), no host sync)."""
         raise NotImplementedError
 
-    def update(self, sums: dict[str, torch.Tensor], output: torch.Tensor, batch) -> None:
-        """Add this batch to `sums` in place (no .item(), no host sync)."""
-        raise NotImplementedError
+    def compute(self, metrics) -> dict[str, float]:
+        """The numbers of a whole split, named as in `metrics`: by default the collection's metric of each
+        name (computed and synced over DDP ranks already: compute() returns the kept result); a task
+        overrides this to derive one number from several, or to rename."""
+        return {name: float(metrics[name].compute()) for name in self.metrics}
 
-    def compute(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The metrics of a whole split from its (rank-summed) sums; keys are `metrics`."""
-        raise NotImplementedError
-
-    def log_pictures(self, writer, sums: dict, model, batch, step: int, prefix: str = "val") -> None:
+    def log_pictures(self, writer, metrics, model, batch, step: int, prefix: str = "val") -> None:
         """Rank 0, after each validation: this task's own TensorBoard pictures (writer is never None here).
-        `batch` is the split's first batch, on the device; `model` is in eval mode, under no_grad."""
+        `metrics` are the split's, computed; `batch` is the split's first batch, on the device; `model` is
+        in eval mode, under no_grad."""
 
     def reference(self, splits) -> dict[str, float]:
         """Optional reference numbers for this data, computed once at the start from the splits and logged

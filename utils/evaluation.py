@@ -1,4 +1,5 @@
-"""A whole split through the model: the task's metric sums, kept on the device, summed over DDP ranks once."""
+"""A whole split through the model: the task's metrics, kept on the device, read (and synced over DDP ranks)
+once at the end."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from utils.runtime import autocast, to_device
 
 @torch.no_grad()
 def evaluate(model, loader, task, device, precision: str, channels_last: bool = False, limit=None, stop=None):
-    """Returns (metrics, sums, first batch on the device): the task's numbers for the split, the summed
-    tensors they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from.
+    """Returns (numbers, metrics, first batch on the device): the task's numbers for the split, the metrics
+    they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from.
     `stop`, asked after each batch: when it says so, the evaluation ends at once and returns None."""
     was_training = model.training
     model.eval()
-    sums = task.init_sums(device)
+    metrics = task.init_metrics(device)
     first = None
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
@@ -24,12 +25,22 @@ def evaluate(model, loader, task, device, precision: str, channels_last: bool = 
         first = batch if first is None else first
         with autocast(device, precision):
             output = task.forward(model, batch)
-        task.update(sums, output, batch)
+        task.update(metrics, output, batch)
         if stop is not None and stop():
             model.train(was_training)
             return None
     model.train(was_training)
-    # Under DDP each rank saw its own shard of the split: sum over ranks (a no-op in a single process).
-    keys = sorted(sums)
-    sums = dict(zip(keys, all_reduce_sum(*(sums[k] for k in keys)), strict=True))
-    return task.compute(sums), sums, first
+    return measure(task, metrics), metrics, first
+
+
+def measure(task, metrics) -> dict[str, float]:
+    """The task's numbers from its metrics, the same on every DDP rank (every rank must call this).
+    A collection of torchmetrics metrics computes here, every metric of it on every rank, each syncing over
+    the ranks once; each keeps its result, so that what the task reads later (its pictures, on rank 0
+    alone) needs no rank's help. A task's plain tensor sums are summed over the ranks here."""
+    if isinstance(metrics, dict) and all(isinstance(v, torch.Tensor) for v in metrics.values()):
+        keys = sorted(metrics)
+        metrics.update(zip(keys, all_reduce_sum(*(metrics[k] for k in keys)), strict=True))
+    elif hasattr(metrics, "compute"):
+        metrics.compute()
+    return task.compute(metrics)

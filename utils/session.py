@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from utils.cli import one_line
-from utils.distributed import all_reduce_sum, any_rank
+from utils.distributed import any_rank
+from utils.evaluation import measure
 from utils.nonfinite import NonFiniteLossError
 from utils.profiling import build_profiler
 from utils.progress import Progress
@@ -125,12 +126,10 @@ def train_metrics(parts, state) -> dict:
         return {}
     output, batch = sample
     task = parts.task
-    sums = task.init_sums(parts.device)
+    metrics = task.init_metrics(parts.device)
     with torch.no_grad():  # the output as the step made it: its metrics build no graph
-        task.update(sums, output, batch)
-    keys = sorted(sums)
-    sums = dict(zip(keys, all_reduce_sum(*(sums[k] for k in keys)), strict=True))
-    return {k: v for k, v in task.compute(sums).items() if k != "loss"}
+        task.update(metrics, output, batch)
+    return {k: v for k, v in measure(task, metrics).items() if k != "loss"}
 
 
 class Throughput:

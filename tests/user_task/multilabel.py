@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.classification import MultilabelExactMatch, MultilabelF1Score
 
-from tasks.base import Task, TaskError
+from tasks.base import Task, TaskError, collection, mean_metric
 
 
 class MultiLabel(Task):
@@ -24,41 +25,29 @@ class MultiLabel(Task):
     def loss(self, output, batch):
         return F.binary_cross_entropy_with_logits(output, self.targets(batch))
 
-    def init_sums(self, device):
-        # Per label: true positives, false positives, false negatives (micro F1 adds them over labels).
-        counts = {
-            k: torch.zeros(self.num_labels, device=device, dtype=torch.long) for k in ("tp", "fp", "fn")
-        }
-        return {
-            "loss": torch.zeros((), device=device),
-            **counts,
-            "exact": torch.zeros((), device=device, dtype=torch.long),
-            "count": torch.zeros((), device=device, dtype=torch.long),
-        }
+    def init_metrics(self, device):
+        k = self.num_labels
+        return collection(
+            device,
+            loss=mean_metric(),
+            f1=MultilabelF1Score(k, average="micro", validate_args=False),  # over every decision
+            label_f1=MultilabelF1Score(k, average="none", validate_args=False),  # one per label
+            exact_match=MultilabelExactMatch(k, validate_args=False),
+        )
 
-    def update(self, sums, output, batch):
+    def update(self, metrics, output, batch):
         y = self.targets(batch)
-        sums["loss"] += F.binary_cross_entropy_with_logits(output.float(), y.float(), reduction="sum")
-        pred, true = torch.sigmoid(output.float()) > self.threshold, y > 0.5
-        sums["tp"] += (pred & true).sum(dim=0)
-        sums["fp"] += (pred & ~true).sum(dim=0)
-        sums["fn"] += (~pred & true).sum(dim=0)
-        sums["exact"] += (pred == true).all(dim=1).sum()
-        sums["count"] += y.shape[0]
+        metrics["loss"].update(
+            F.binary_cross_entropy_with_logits(output.float(), y.float(), reduction="none")
+        )
+        # 0/1 decisions, not probabilities: torchmetrics would check a float input's range on the host.
+        pred, true = (torch.sigmoid(output.float()) > self.threshold).long(), y.long()
+        for name in ("f1", "label_f1", "exact_match"):
+            metrics[name].update(pred, true)
 
-    def compute(self, sums):
-        n = max(int(sums["count"]), 1)
-        tp, fp, fn = (int(sums[k].sum()) for k in ("tp", "fp", "fn"))
-        return {
-            "loss": sums["loss"].item() / (n * self.num_labels),  # the mean over B x K, as in training
-            "f1": 2 * tp / max(2 * tp + fp + fn, 1),
-            "exact_match": int(sums["exact"]) / n,
-        }
-
-    def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
-        # SCALARS: one F1 curve per label (val_label_f1/0, /1, ...), from the same sums.
-        tp, fp, fn = (sums[k].cpu() for k in ("tp", "fp", "fn"))
-        for i, f1 in enumerate((2 * tp / (2 * tp + fp + fn).clamp(min=1)).tolist()):
+    def log_pictures(self, writer, metrics, model, batch, step, prefix="val"):
+        # SCALARS: one F1 curve per label (val_label_f1/0, /1, ...).
+        for i, f1 in enumerate(metrics["label_f1"].compute().tolist()):
             writer.add_scalar(f"{prefix}_label_f1/{i}", f1, step)
 
     def check(self, output, batch):

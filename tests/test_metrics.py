@@ -1,0 +1,98 @@
+"""The tasks' metrics are torchmetrics': binary classification against scikit-learn, and every task's numbers
+over two DDP ranks (gloo, two real processes, each its own half of the split) equal to one process's."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tasks.classification import Classification
+from tasks.language_modeling import LanguageModeling
+from tasks.regression import Regression
+from tasks.segmentation import Segmentation
+from utils.evaluation import measure
+
+
+def test_binary_classification_reports_auroc_and_f1_as_scikit_learn_does():
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    task = Classification(num_classes=2, monitor="auroc")
+    assert task.metrics == ("loss", "acc", "auroc", "f1")
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (101,), generator=g)
+    logits = torch.randn(101, 2, generator=g) + torch.stack([-y, y], dim=1) * 0.8
+    metrics = task.init_metrics(torch.device("cpu"))
+    for rows in torch.arange(101).split(32):  # 32, 32, 32, 5: the metrics add up across batches
+        task.update(metrics, logits[rows], (None, y[rows]))
+    got = measure(task, metrics)
+    score, pred = logits.softmax(1)[:, 1].numpy(), logits.argmax(1).numpy()
+    assert got["auroc"] == pytest.approx(roc_auc_score(y.numpy(), score), abs=1e-6)
+    assert got["f1"] == pytest.approx(f1_score(y.numpy(), pred), abs=1e-6)
+    assert got["acc"] == pytest.approx(accuracy_score(y.numpy(), pred), abs=1e-9)
+    assert "auroc" not in Classification(num_classes=3).metrics
+
+
+def cases():
+    """(task, model outputs, batch) for one split of each shipped task class, 12 samples."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (12,), generator=g)
+    yield "binary", Classification(2), torch.randn(12, 2, generator=g), (None, y % 2)
+    yield "multiclass", Classification(3), torch.randn(12, 3, generator=g), (None, y)
+    target = torch.randn(12, 2, generator=g)
+    yield (
+        "regression",
+        Regression(2, target_mean=[5.0, -1.0], target_std=[2.0, 0.5]),
+        (target + torch.randn(12, 2, generator=g)),
+        (None, target),
+    )
+    masks = torch.randint(0, 4, (12, 5, 6), generator=g)
+    yield "segmentation", Segmentation(4), torch.randn(12, 4, 5, 6, generator=g), (None, masks)
+    tokens = torch.randint(0, 256, (12, 8), generator=g)
+    yield "language_modeling", LanguageModeling(256), torch.randn(12, 7, 256, generator=g), (tokens,)
+
+
+def half(batch, rank):
+    return tuple(None if part is None else part[rank * 6 : rank * 6 + 6] for part in batch)
+
+
+def _rank(rank: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        found = {}
+        for name, task, output, batch in cases():
+            metrics = task.init_metrics(torch.device("cpu"))
+            task.update(metrics, output[rank * 6 : rank * 6 + 6], half(batch, rank))
+            found[name] = measure(task, metrics)
+        queue.put((rank, found))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_metrics_over_two_ranks_are_the_whole_splits():
+    whole = {}
+    for name, task, output, batch in cases():
+        metrics = task.init_metrics(torch.device("cpu"))
+        task.update(metrics, output, batch)
+        whole[name] = measure(task, metrics)
+    with socket.socket() as s:  # a free port for the two ranks to meet on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for rank in (0, 1):
+        for name, numbers in whole.items():
+            assert results[rank][name] == pytest.approx(numbers, rel=1e-5), (rank, name)
