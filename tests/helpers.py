@@ -117,11 +117,37 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def declared(group: str, name: str) -> dict:
-    """A config file as written (interpolations unresolved): what it declares it takes and gives."""
+def written(group: str, name: str, conf: Path = CONF) -> dict:
+    """A part's config as written (interpolations unresolved), as its group's node: a `# @package _global_`
+    file (the model and task configs) holds it under the group's key, beside its `declares`."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"), resolve=False)
+    path = conf / group / f"{name}.yaml"
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return tree.get(group, {}) if is_global(path) else tree
+
+
+def is_global(path: Path) -> bool:
+    """Whether a config file is a `# @package _global_` one: that header as its first line (Hydra reads
+    package headers only before the file's first other line, comment or not)."""
+    import re
+
+    first = next((line for line in path.read_text().splitlines() if line.strip()), "")
+    return re.fullmatch(r"\s*#\s*@package\s+_global_\s*", first) is not None
+
+
+def declared(group: str, name: str, conf: Path = CONF) -> dict:
+    """What a part declares it takes and gives, as written: a model's or task's `declares.<group>` (nothing
+    for a plain file without one); a data config's own node, whose `input` and `target` say it."""
+    from omegaconf import OmegaConf
+
+    if group == "data":
+        return written(group, name, conf)
+    path = conf / group / f"{name}.yaml"
+    if not is_global(path):
+        return {}
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return (tree.get("declares") or {}).get(group) or {}
 
 
 def compatible(task: str, data: str, model: str) -> bool:

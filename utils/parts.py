@@ -11,11 +11,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from utils.cli import is_user_error, one_line
-from utils.config import ConfigError
-
-# Keys of a group's config that say what it takes and gives (the tests pair task, data and model by
-# them); they are not parameters of what the group builds.
-DECLARATIONS = {"model": ("input", "output"), "task": ("target", "output")}
+from utils.config import DECLARES, ConfigError
 
 
 def build(group: str, node: DictConfig, *args, **kwargs):
@@ -24,15 +20,7 @@ def build(group: str, node: DictConfig, *args, **kwargs):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from utils.run.trust import literal
-
-    if group in DECLARATIONS:
-        kept = {
-            k: v
-            for k, v in OmegaConf.to_container(node, resolve=True).items()
-            if k not in DECLARATIONS[group]
-        }
-        node = OmegaConf.create(literal(kept))  # resolved values stay values: no `${` comes alive again
+    node = without_legacy_declarations(group, node)
     try:
         obj = instantiate(node)
         return obj(*args, **kwargs) if args or kwargs else obj
@@ -41,9 +29,29 @@ def build(group: str, node: DictConfig, *args, **kwargs):
         if is_user_error(cause, "data.splits", "tasks.base"):  # the data's or the task's own one line
             raise cause from None
         target = node.get("_target_", "?")
+        # A fork's config written for an older template: its declarations inside the group's node.
+        legacy = [k for k in DECLARES.get(group, ()) if k in node and f"'{k}'" in str(cause)]
+        hint = (
+            f"; the declaration {legacy[0]} now goes under declares.{group} (docs/tasks.md)" if legacy else ""
+        )
         raise ConfigError(
-            f"could not build {group} ({target}): {type(cause).__name__}: {one_line(cause)}"
+            f"could not build {group} ({target}): {type(cause).__name__}: {one_line(cause)}{hint}"
         ) from None
+
+
+def without_legacy_declarations(group: str, node: DictConfig) -> DictConfig:
+    """The node without the declarations that older versions of the template kept inside the model and
+    task configs (`model.input`, `model.output`, `task.target`, `task.output`), where the config has no
+    `declares` node: a config stored by such a version (a run directory's .hydra/config.yaml, a checkpoint,
+    read by resume= and eval.py) must still build, and its keys are no constructor's parameters. A config
+    with `declares` is today's: its model and task nodes are passed whole, as `instantiate(cfg.model)` would."""
+    from utils.run.trust import literal
+
+    legacy = [k for k in DECLARES.get(group, ()) if k in node]
+    if not legacy or "declares" in node._get_root():
+        return node
+    kept = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in legacy}
+    return OmegaConf.create(literal(kept))  # resolved values stay values: no `${` comes alive again
 
 
 def build_loaders(cfg: DictConfig, splits, device, rank: int = 0, world_size: int = 1, overfit: int = 0):
@@ -89,9 +97,11 @@ def describe(splits, plan, model) -> list[str]:
 
 
 def check_declared(cfg: DictConfig) -> None:
-    """What the task, data and model configs declare they take and give must pair up (where they declare
-    it: a forker's config may leave it out, and the check on a real batch below still runs)."""
-    task, data, model = cfg.task, cfg.data, cfg.model
+    """What the task, data and model configs declare they take and give (`declares.task`, the data's own
+    `input` and `target`, `declares.model`) must pair up, where they declare it: a forker's config may
+    leave it out (a plain model yaml with no `declares`), and the check on a real batch below still runs."""
+    declares = cfg.get("declares") or {}
+    task, model, data = declares.get("task") or {}, declares.get("model") or {}, cfg.data
     names = choices(cfg)
     if "target" in task and task.target != data.target:
         raise ConfigError(
