@@ -135,8 +135,21 @@ def compatible(task: str, data: str, model: str) -> bool:
 
 
 def offline(data: str) -> bool:
-    """Data that needs no download and no files of the user's (no `dataset.root` to point somewhere)."""
-    return declared("data", data).get("dataset", {}).get("root") is None
+    """Data that needs no download and no files of the user's: its config declares `source: builtin`
+    (download and files are trained on their `example` instead: tests/test_file_data.py)."""
+    return declared("data", data).get("source") == "builtin"
+
+
+def write_example(data: str, directory: Path) -> list[str] | None:
+    """Call the data config's `example` (a dotted function name): it writes a small example of the data's
+    files into `directory` and returns the overrides that point the config at it. None: it declares none."""
+    import importlib
+
+    name = declared("data", data).get("example")
+    if not name:
+        return None
+    module, _, function = name.rpartition(".")
+    return list(getattr(importlib.import_module(module), function)(directory))
 
 
 COMBOS = [
