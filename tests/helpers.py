@@ -63,12 +63,14 @@ def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 
 
-def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
-    """`python train.py ARGS` as a user types it; returns the CompletedProcess (text output)."""
+def run_cli(
+    args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300, script: str = "train.py"
+):
+    """`python train.py ARGS` (or eval.py) as a user types it; returns the CompletedProcess (text output)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [PYTHON, str(REPO / "train.py"), *args],
+        [PYTHON, str(REPO / script), *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
