@@ -48,22 +48,7 @@ def csv(
         raise DatasetError(f"csv: data.target_kind={target_kind!r} must be class, real or null (found)")
     where = f"csv: {path}"
     columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
-    _require_columns(where, header, [target_column, *(features or [])], "data.target_column / data.features")
-    if features is not None and target_column in features:
-        raise DatasetError(f"{where}: the target column {target_column!r} is also in data.features")
-    names = list(features) if features is not None else [c for c in header if c != target_column]
-    chosen, matrix = [], []
-    for name in names:
-        values = _numbers(columns[name], lines, where, name, skip_text=features is None)
-        if values is not None:
-            chosen.append(name)
-            matrix.append(values)
-    if not chosen:
-        raise DatasetError(
-            f"{where}: no column but the target {target_column!r} holds numbers "
-            f"(columns: {', '.join(header)})"
-        )
-    x = torch.from_numpy(np.stack(matrix, axis=1))
+    chosen, x = _features(columns, lines, where, target_column, features)
     y, kind, class_names = _target(
         columns[target_column], lines, where, target_column, target_kind, max_classes
     )
@@ -93,6 +78,28 @@ def csv(
         found |= {"target_mean": y_mean, "target_std": y_std}
     # TensorDataset tells the loaders to slice whole batches by index, with no per-sample Python work.
     return Splits(*(TensorDataset(x[i], y[i]) for i in (train, val, test)), found=found)
+
+
+def _features(columns: dict, lines: list[int], where: str, target_column: str, features: list[str] | None):
+    """The feature columns' names and their values [N, F] (float64): those listed, or every column but the
+    target that holds numbers (columns of text only are left out)."""
+    header = list(columns)
+    _require_columns(where, header, [target_column, *(features or [])], "data.target_column / data.features")
+    if features is not None and target_column in features:
+        raise DatasetError(f"{where}: the target column {target_column!r} is also in data.features")
+    names = features if features is not None else [c for c in header if c != target_column]
+    chosen, matrix = [], []
+    for name in names:
+        values = _numbers(columns[name], lines, where, name, skip_text=features is None)
+        if values is not None:
+            chosen.append(name)
+            matrix.append(values)
+    if not chosen:
+        raise DatasetError(
+            f"{where}: no column but the target {target_column!r} holds numbers "
+            f"(columns: {', '.join(header)})"
+        )
+    return chosen, torch.from_numpy(np.stack(matrix, axis=1))
 
 
 def _read(path: str, delimiter: str) -> tuple[list[str], list[int], list[list[str]]]:
