@@ -63,12 +63,14 @@ def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 
 
-def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
-    """`python train.py ARGS` as a user types it; returns the CompletedProcess (text output)."""
+def run_cli(
+    args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300, script: str = "train.py"
+):
+    """`python train.py ARGS` (or eval.py) as a user types it; returns the CompletedProcess (text output)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [PYTHON, str(REPO / "train.py"), *args],
+        [PYTHON, str(REPO / script), *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
@@ -161,8 +163,21 @@ def compatible(task: str, data: str, model: str) -> bool:
 
 
 def offline(data: str) -> bool:
-    """Data that needs no download and no files of the user's (no `dataset.root` to point somewhere)."""
-    return declared("data", data).get("dataset", {}).get("root") is None
+    """Data that needs no download and no files of the user's: its config declares `source: builtin`
+    (download and files are trained on their `example` instead: tests/test_file_data.py)."""
+    return declared("data", data).get("source") == "builtin"
+
+
+def write_example(data: str, directory: Path) -> list[str] | None:
+    """Call the data config's `example` (a dotted function name): it writes a small example of the data's
+    files into `directory` and returns the overrides that point the config at it. None: it declares none."""
+    import importlib
+
+    name = declared("data", data).get("example")
+    if not name:
+        return None
+    module, _, function = name.rpartition(".")
+    return list(getattr(importlib.import_module(module), function)(directory))
 
 
 COMBOS = [

@@ -239,7 +239,7 @@ def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
         defaults |= entry if isinstance(entry, dict) else {}
     t, d, m = (declared(g, defaults[g], project / "conf") for g in ("task", "data", "model"))
     assert d["input"] in m["input"] and m["output"] == t["output"] and d["target"] == t["target"], defaults
-    assert d["dataset"].get("root") is None
+    assert d.get("source") == "builtin"
     # Each experiment kept names only parts the project has.
     for experiment in (project / "conf" / "experiment").glob("*.yaml"):
         for entry in yaml.safe_load(experiment.read_text())["defaults"]:
@@ -456,6 +456,7 @@ dataset:
   _target_: data.signs.signs
   num_samples: 1000
   seed: ${trainer.seed}
+source: builtin
 input: vector
 target: multilabel
 input_shape: [8]

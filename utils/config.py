@@ -70,8 +70,9 @@ class DataSchema:
     num_workers: int
     input: str
     target: str
-    input_shape: list[int]
-    num_outputs: int
+    # null: found in the data's files when they are read, before the model is built (data=csv).
+    input_shape: Optional[list[int]]
+    num_outputs: Optional[int]
     # Makes a batch of a DataLoader's samples: {_target_: module.function, _partial_: true} (null: stack them).
     collate_fn: Optional[Any] = None
     # Image data only; others declare input_shape alone.
@@ -194,8 +195,8 @@ def check_config(cfg: DictConfig) -> None:
     tags = cfg.get("tags") or []
     if not isinstance(tags, (list, ListConfig)) or any(not isinstance(x, (str, int, float)) for x in tags):
         raise ConfigError(f"tags={tags} must be a list of words, e.g. tags=[baseline,lr_sweep]")
-    shape = cfg.data.input_shape
-    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+    shape = cfg.data.input_shape  # null: found in the data's files when they are read (data=csv)
+    if shape is not None and (not shape or any(not isinstance(d, int) or d < 1 for d in shape)):
         raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")
 
 

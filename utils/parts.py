@@ -1,6 +1,8 @@
-"""The run's parts from its config: task, data, loaders, model, optimizer, schedule, each built by Hydra's
+"""The run's parts from its config: data, task, loaders, model, optimizer, schedule, each built by Hydra's
 `instantiate` from its `_target_`, and checked against one another before anything trains. train.py,
-eval.py and the benchmark build with these, so the three cannot drift apart.
+eval.py and the benchmark build with these, so the three cannot drift apart. The data comes first: what
+only its files know (a table's features and classes) is written into the config that the task and the
+model are then built from.
 
 A bad value fails in one line that names the config group; a task that does not fit the data or the model
 fails on one real batch, naming the three configs.
@@ -8,7 +10,7 @@ fails on one real batch, naming the three configs.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from utils.cli import is_user_error, one_line
 from utils.config import DECLARES, ConfigError
@@ -54,6 +56,24 @@ def without_legacy_declarations(group: str, node: DictConfig) -> DictConfig:
     return OmegaConf.create(literal(kept))  # resolved values stay values: no `${` comes alive again
 
 
+def build_data(cfg: DictConfig):
+    """The data's splits, built before the task and the model: what the dataset found in its files
+    (`Splits.found`: csv's number of features, its classes, whether its target is a class or a real) is
+    written into cfg.data, where the task and model configs read it (`${data.num_classes}`); the data
+    config leaves those keys null. Then the task, data and model declarations must pair up."""
+    from utils.run.trust import literal
+
+    splits = build("data", cfg.data.dataset)
+    found = getattr(splits, "found", None) or {}
+    with open_dict(cfg.data):
+        for key, value in found.items():
+            cfg.data[key] = literal(value)  # a class name or a column name stays text, never an interpolation
+        if found:  # which keys came from the files: a resume checks its config with them against its own
+            cfg.data.found_in_files = sorted(found)
+    check_declared(cfg)
+    return splits
+
+
 def build_loaders(cfg: DictConfig, splits, device, rank: int = 0, world_size: int = 1, overfit: int = 0):
     """The train/val/test loaders of data.batch_size per rank, each rank its own shard of each split. With
     trainer.overfit_batches, the same first batches every epoch, validated on themselves."""
@@ -90,10 +110,24 @@ def describe(splits, plan, model) -> list[str]:
         for name, s in zip(("train", "val", "test"), (splits.train, splits.val, splits.test), strict=True)
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
+    found = getattr(splits, "found", None) or {}
     return [
         f"Data: {sizes} samples; {plan.total_steps} optimizer steps over {plan.max_epochs} epochs",
+        *([f"Found in the data's files: {shown(found)}"] if found else []),
         f"Model: {type(model).__name__}, {params:.2f}M parameters",
     ]
+
+
+def shown(found: dict, most: int = 8) -> str:
+    """`target=class input_shape=[7] class_names=[no, yes]`: the found keys that are set, long lists cut."""
+
+    def short(value) -> str:
+        if not isinstance(value, list):
+            return str(value)
+        more = f", ... ({len(value)} in all)" if len(value) > most else ""
+        return "[" + ", ".join(str(v) for v in value[:most]) + more + "]"
+
+    return " ".join(f"{k}={short(v)}" for k, v in found.items() if v is not None)
 
 
 def check_declared(cfg: DictConfig) -> None:
@@ -104,8 +138,10 @@ def check_declared(cfg: DictConfig) -> None:
     task, model, data = declares.get("task") or {}, declares.get("model") or {}, cfg.data
     names = choices(cfg)
     if "target" in task and task.target != data.target:
+        reading = tasks_reading(data.target)
+        hint = f": add {' or '.join(f'task={t}' for t in reading)}" if reading else ""
         raise ConfigError(
-            f"{names}: the task reads {task.target} targets, the data has {data.target} targets"
+            f"{names}: the task reads {task.target} targets, the data has {data.target} targets{hint}"
         )
     if "input" in model and data.input not in model.input:
         raise ConfigError(
@@ -115,6 +151,19 @@ def check_declared(cfg: DictConfig) -> None:
         raise ConfigError(
             f"{names}: the task needs {task.output} outputs, the model gives {model.output} outputs"
         )
+
+
+def tasks_reading(target) -> list[str]:
+    """The task configs in conf/task/ that read this kind of target (a data config's `target`)."""
+    from pathlib import Path
+
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "conf" / "task").glob("*.yaml")):
+        declared = OmegaConf.load(path)
+        kind = OmegaConf.select(declared, "declares.task.target", default=None)
+        if kind == target:
+            found.append(path.stem)
+    return found
 
 
 def check_fit(cfg, task, model, splits, loader, device) -> None:
