@@ -112,14 +112,20 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
 def check_same_shape(trained: DictConfig, chosen: DictConfig, name: str | None) -> None:
     """The model was built for the trained data's channels, size and classes; another dataset must match."""
-    from omegaconf import ListConfig
+    from omegaconf import ListConfig, OmegaConf
 
     def value(node, key):
-        v = node[key]
+        v = OmegaConf.select(node, key)
         return list(v) if isinstance(v, ListConfig) else v  # a list's items resolve as they are read
 
-    for key in ("input", "target", "in_channels", "image_size", "num_classes", "input_shape", "num_outputs"):
-        if key in trained and key in chosen and value(trained, key) != value(chosen, key):
+    keys = ("declares.input", "declares.target", "input", "target", "in_channels", "image_size", "num_classes",
+            "input_shape", "num_outputs")  # fmt: skip
+    for key in keys:
+        if (
+            value(trained, key) is not None
+            and value(chosen, key) is not None
+            and value(trained, key) != value(chosen, key)
+        ):
             raise ConfigError(
                 f"data={name} has {key}={value(chosen, key)}, but the checkpoint's model was trained with "
                 f"{key}={value(trained, key)}"

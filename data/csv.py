@@ -62,7 +62,7 @@ def csv(
     mean, std = x[train].mean(dim=0), x[train].std(dim=0, correction=0)
     x = ((x - mean) / std.clamp(min=1e-12)).float()  # a constant column becomes zeros, not NaN
     found = {
-        "target": kind,
+        "declares": {"target": kind},  # what the task must read: class or real
         "input_shape": [len(chosen)],
         "features": chosen,
         "num_classes": len(class_names) if kind == "class" else None,
@@ -84,7 +84,7 @@ def _features(columns: dict, lines: list[int], where: str, target_column: str, f
     """The feature columns' names and their values [N, F] (float64): those listed, or every column but the
     target that holds numbers (columns of text only are left out)."""
     header = list(columns)
-    _require_columns(where, header, [target_column, *(features or [])], "data.target_column / data.features")
+    _require_columns(where, header, [target_column, *(features or [])], "data.target / data.features")
     if features is not None and target_column in features:
         raise DatasetError(f"{where}: the target column {target_column!r} is also in data.features")
     names = features if features is not None else [c for c in header if c != target_column]
@@ -212,4 +212,4 @@ def write_example(directory) -> list[str]:
         out.writerow(["id", "a", "b", "c", "d", "label"])
         for i, (row, y) in enumerate(zip(x, label, strict=True)):
             out.writerow([f"row{i}", *(f"{v:.4f}" for v in row), y])
-    return [f"data.path='{path}'", "data.target_column=label"]
+    return [f"data.path='{path}'", "data.target=label"]

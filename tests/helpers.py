@@ -140,11 +140,13 @@ def is_global(path: Path) -> bool:
 
 def declared(group: str, name: str, conf: Path = CONF) -> dict:
     """What a part declares it takes and gives, as written: a model's or task's `declares.<group>` (nothing
-    for a plain file without one); a data config's own node, whose `input` and `target` say it."""
+    for a plain file without one); a data config's `declares` (input, target, source, example) inside its
+    own node (the data node is never instantiated whole), or, in an older data config, its own keys."""
     from omegaconf import OmegaConf
 
     if group == "data":
-        return written(group, name, conf)
+        node = written(group, name, conf)
+        return node.get("declares") or node
     path = conf / group / f"{name}.yaml"
     if not is_global(path):
         return {}

@@ -24,7 +24,8 @@ IMAGE_PAIR = [
 def test_every_config_declares_what_it_takes_and_gives():
     for name in DATA:
         d = declared("data", name)
-        assert {"input", "target", "input_shape", "num_outputs", "source"} <= set(d), name
+        assert {"input", "target", "source"} <= set(d), name
+        assert {"input_shape", "num_outputs"} <= set(written("data", name)), name
         assert d["source"] in ("builtin", "download", "files"), name
         assert d["source"] != "builtin" or "example" not in d, name  # nothing to write: it needs no files
     for name in MODELS:
@@ -54,7 +55,7 @@ def test_model_output_fits_the_task_on_the_declared_input(task, data, model, tmp
             )
         build_data(cfg)
     net = build("model", cfg.model)
-    kind = cfg.data.input
+    kind = cfg.data.declares.input
     shape = (2, *cfg.data.input_shape)
     x = torch.randint(0, cfg.data.num_outputs, shape) if kind == "tokens" else torch.randn(shape)
     out = net(x)
@@ -66,7 +67,7 @@ def test_offline_data_config_instantiates(data, tmp_path):
     cfg = compose_config([f"data={data}"], tmp_path / "run")
     splits = instantiate(cfg.data.dataset)
     sample = splits.train[0]
-    assert tuple(sample[0].shape) == tuple(cfg.data.input_shape) or cfg.data.input == "tokens"
+    assert tuple(sample[0].shape) == tuple(cfg.data.input_shape) or cfg.data.declares.input == "tokens"
     assert len(splits.train) > 0 and len(splits.val) > 0 and len(splits.test) > 0
 
 

@@ -57,7 +57,11 @@ def test_binary_classification_learns_a_separable_table(tmp_path):
     if "test/f1" in metrics:  # the binary metrics of the classification task, where it has them
         assert metrics["test/f1"] >= 0.8, metrics
     data = stored_config(run)["data"]
-    assert data["target"] == "class" and data["num_classes"] == 2 and data["class_names"] == ["no", "yes"]
+    assert (
+        data["declares"]["target"] == "class"
+        and data["num_classes"] == 2
+        and data["class_names"] == ["no", "yes"]
+    )
     assert data["input_shape"] == [4] and data["features"] == ["a", "b", "c", "d"]  # `id` is text: left out
     assert stored_config(run)["model"]["num_outputs"] == 2
 
@@ -72,7 +76,7 @@ def test_multiclass_text_labels_train_and_keep_a_sorted_order(tmp_path):
         [[*r, c] for r, c in zip(x, names, strict=True)],
     )
     run = tmp_path / "run"
-    train_in_process([*SHORT, f"data.path={path}", "data.target_column=colour", "trainer.max_epochs=6"], run)
+    train_in_process([*SHORT, f"data.path={path}", "data.target=colour", "trainer.max_epochs=6"], run)
     assert read_metrics(run)["test/acc"] >= 0.7  # chance: about 1/3
     data = stored_config(run)["data"]
     assert data["class_names"] == ["blue", "green", "red"] and data["num_outputs"] == 3
@@ -86,20 +90,20 @@ def test_the_target_kind_rule_and_its_override(tmp_path):
     fractions = dict(val_fraction=0.2, test_fraction=0.2)
     splits = table(path, **fractions)
     # Whole numbers, few of them: classes, with ids in the order of their values (10 after 2, not before).
-    assert splits.found["target"] == "class" and splits.found["class_names"] == ["1", "2", "10"]
+    assert splits.found["declares"]["target"] == "class" and splits.found["class_names"] == ["1", "2", "10"]
     ids = torch.tensor([{1: 0, 2: 1, 10: 2}[v] for v in labels])
     val, test, train = split_indices(len(labels), [0.2, 0.2], 0)
     for split, rows in ((splits.train, train), (splits.val, val), (splits.test, test)):
         assert torch.equal(split.tensors[1], ids[rows])
     # Said outright, or with fewer classes allowed, the same column is a real.
     real = table(path, target_kind="real", **fractions)
-    assert real.found["target"] == "real" and real.train.tensors[1].shape == (len(train), 1)
-    assert table(path, max_classes=2, **fractions).found["target"] == "real"
+    assert real.found["declares"]["target"] == "real" and real.train.tensors[1].shape == (len(train), 1)
+    assert table(path, max_classes=2, **fractions).found["declares"]["target"] == "real"
     # Text is always a class; numbers with a fraction are reals.
     assert table(write_table(tmp_path / "b.csv", ["x", "ok"], [[i, i % 2 == 0] for i in range(10)]),
                  **fractions).found["class_names"] == ["False", "True"]  # fmt: skip
     fractional = write_table(tmp_path / "f.csv", ["x", "y"], [[i, i / 3] for i in range(10)])
-    assert table(fractional, **fractions).found["target"] == "real"
+    assert table(fractional, **fractions).found["declares"]["target"] == "real"
 
 
 def test_regression_reports_in_the_target_s_units(tmp_path):
@@ -112,12 +116,12 @@ def test_regression_reports_in_the_target_s_units(tmp_path):
                        [[*r, p] for r, p in zip(x, price, strict=True)])  # fmt: skip
     run = tmp_path / "run"
     train_in_process(
-        [*SHORT, f"data.path={path}", "data.target_column=price", "task=regression", "trainer.max_epochs=15"],
+        [*SHORT, f"data.path={path}", "data.target=price", "task=regression", "trainer.max_epochs=15"],
         run,
     )
     metrics, stored = read_metrics(run), stored_config(run)
     data = stored["data"]
-    assert data["target"] == "real" and data["num_targets"] == 1 and data["num_classes"] is None
+    assert data["declares"]["target"] == "real" and data["num_targets"] == 1 and data["num_classes"] is None
     # The target's mean and std are the train rows' (found in the file, in the checkpoint's config).
     val, test, train = split_indices(400, [0.15, 0.15], stored["trainer"]["seed"])
     y = torch.tensor(price)[train]
@@ -171,8 +175,8 @@ def test_standardization_uses_the_train_rows_only(tmp_path):
 BAD = {
     "a missing file": (None, "no_such.csv", [], "does not exist"),
     "an empty file": ("", "empty.csv", [], "is empty"),
-    "a missing column": ("a,b,label\n1,2,yes\n", "t.csv", ["data.target_column=price"],
-                         "has no column 'price' (data.target_column / data.features); its columns: a, b, label"),
+    "a missing column": ("a,b,label\n1,2,yes\n", "t.csv", ["data.target=price"],
+                         "has no column 'price' (data.target / data.features); its columns: a, b, label"),
     "a text cell in a feature column": (
         "a,b,label\n" + "".join(f"{i},{i},{'yes' if i % 2 else 'no'}\n" for i in range(3)) + "n/a,3,no\n",
         "t.csv", [], "line 5, column 'a': 'n/a' is not a number",
@@ -196,7 +200,7 @@ def test_bad_input_stops_in_one_line(text, name, more, message, tmp_path):
     if text is not None:
         path.write_text(text)
     run = tmp_path / "run"
-    proc = run_cli([*FAST, "data=csv", f"data.path={path}", "data.target_column=label", *more,
+    proc = run_cli([*FAST, "data=csv", f"data.path={path}", "data.target=label", *more,
                     f"hydra.run.dir={run}"], cwd=tmp_path)  # fmt: skip
     output = proc.stdout + proc.stderr
     errors = [line for line in output.splitlines() if "[ERROR]" in line]
@@ -226,12 +230,12 @@ def test_a_csv_run_resumes_and_evaluates_by_reading_the_file_again(tmp_path):
     lines = (tmp_path / "files" / "table.csv").read_text().splitlines()
     same = tmp_path / "same.csv"
     same.write_text("\n".join(lines[:1] + lines[-60:]) + "\n")
-    proc = run_eval([f"ckpt={best}", "data=csv", f"data.path={same}", "data.target_column=label"])
+    proc = run_eval([f"ckpt={best}", "data=csv", f"data.path={same}", "data.target=label"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     narrow = write_table(
         tmp_path / "narrow.csv", ["a", "label"], [[i, "yes" if i % 2 else "no"] for i in range(40)]
     )
-    proc = run_eval([f"ckpt={best}", "data=csv", f"data.path={narrow}", "data.target_column=label"])
+    proc = run_eval([f"ckpt={best}", "data=csv", f"data.path={narrow}", "data.target=label"])
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert (
         "input_shape=[1], but the checkpoint's model was trained with input_shape=[4]"

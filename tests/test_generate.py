@@ -456,9 +456,7 @@ dataset:
   _target_: data.signs.signs
   num_samples: 1000
   seed: ${trainer.seed}
-source: builtin
-input: vector
-target: multilabel
+declares: {input: vector, target: multilabel, source: builtin}
 input_shape: [8]
 num_labels: 4
 num_outputs: ${data.num_labels}

@@ -55,7 +55,7 @@ def with_offline_data(group: str) -> list:
 def batch_of(cfg: DictConfig) -> torch.Tensor:
     """Two inputs shaped like the data's declared input_shape (token ids for token data)."""
     shape = (2, *cfg.data.input_shape)
-    if cfg.data.input == "tokens":
+    if cfg.data.declares.input == "tokens":
         return torch.randint(0, cfg.data.num_outputs, shape)
     return torch.randn(shape)
 

@@ -68,8 +68,6 @@ class TrainerSchema:
 class DataSchema:
     batch_size: int
     num_workers: int
-    input: str
-    target: str
     # null: found in the data's files when they are read, before the model is built (data=csv).
     input_shape: Optional[list[int]]
     num_outputs: Optional[int]
@@ -79,6 +77,10 @@ class DataSchema:
     in_channels: Optional[int] = None
     num_classes: Optional[int] = None
     image_size: Optional[int] = None
+    # Optional: a config stored by an older version of the template declared `input` and `target` beside
+    # its other keys (csv's `target` is the column to predict).
+    # What the samples are and where they come from: input, target, source and example (checked below).
+    declares: Optional[Any] = None
 
 
 @dataclass
@@ -104,6 +106,9 @@ TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logg
 # node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
 # and the output it gives; the data's target a task reads and the model output it needs. Another group
 # may declare what it likes under `declares.<group>`: the template reads only these.
+# Where a data config's samples come from (data.declares.source): no download and no files, fetched when
+# online, or the user's files.
+SOURCES = ("builtin", "download", "files")
 DECLARES = {"model": ("input", "output"), "task": ("target", "output")}
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
@@ -281,6 +286,9 @@ def _check_declares(cfg: DictConfig) -> None:
     """`declares.<group>` for groups of this config only, the template's keys only for the model and the
     task (a typo there would silently turn the check before training off), each a word (a model's input:
     a list of words)."""
+    source = OmegaConf.select(cfg, "data.declares.source", default=None)
+    if source is not None and source not in SOURCES:
+        raise ConfigError(f"data.declares.source={source!r} is not one of: {', '.join(SOURCES)}")
     declares = cfg.get("declares")
     if declares is None:
         return

@@ -66,8 +66,12 @@ def build_data(cfg: DictConfig):
     splits = build("data", cfg.data.dataset)
     found = getattr(splits, "found", None) or {}
     with open_dict(cfg.data):
-        for key, value in found.items():
-            cfg.data[key] = literal(value)  # a class name or a column name stays text, never an interpolation
+        for key, value in found.items():  # a class name or a column name stays text, never an interpolation
+            if isinstance(value, dict):  # a node's keys, as the kind of target in `declares`: the rest kept
+                for inner, v in value.items():
+                    cfg.data[key][inner] = literal(v)
+            else:
+                cfg.data[key] = literal(value)
         if found:  # which keys came from the files: a resume checks its config with them against its own
             cfg.data.found_in_files = sorted(found)
     check_declared(cfg)
@@ -135,7 +139,8 @@ def check_declared(cfg: DictConfig) -> None:
     `input` and `target`, `declares.model`) must pair up, where they declare it: a forker's config may
     leave it out (a plain model yaml with no `declares`), and the check on a real batch below still runs."""
     declares = cfg.get("declares") or {}
-    task, model, data = declares.get("task") or {}, declares.get("model") or {}, cfg.data
+    task, model = declares.get("task") or {}, declares.get("model") or {}
+    data = cfg.data.get("declares") or cfg.data  # an older data config declares beside its keys
     names = choices(cfg)
     if "target" in task and task.target != data.target:
         reading = tasks_reading(data.target)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from utils.config import ConfigError
 from utils.parts import build
@@ -66,7 +66,8 @@ def checkpoint_in(path: Path) -> Path:
 def materialize(model: torch.nn.Module, cfg: DictConfig, device) -> None:
     """Lazy modules take their shapes from one input of the data's declared shape (no data is loaded)."""
     shape = list(cfg.data.input_shape)
-    example = torch.zeros(2, *shape, dtype=torch.long if cfg.data.input == "tokens" else torch.float32)
+    kind = OmegaConf.select(cfg, "data.declares.input", default=cfg.data.get("input"))  # older: beside
+    example = torch.zeros(2, *shape, dtype=torch.long if kind == "tokens" else torch.float32)
     try:
         with torch.no_grad():
             model.eval()(example.to(device))
