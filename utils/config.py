@@ -97,7 +97,7 @@ CLOSED = {
     "paths": ("output_root", "multirun_root", "data_dir"),
 }
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
-             "allowed_targets", "init_from", "init_strict", "tags")  # fmt: skip
+             "allowed_targets", "init_from", "init_strict", "tags", "declares")  # fmt: skip
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
