@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from tasks.base import Task, TaskError, collection, describe, require
+from tasks.base import Task, TaskError, check_ids, collection, describe, require
 
 GREEN, RED = (0, 200, 0), (230, 40, 40)
 
@@ -88,6 +88,9 @@ class Detection(Task):
         enlarged (nearest neighbour) so that the labels can be read."""
         from torchvision.utils import draw_bounding_boxes
 
+        def draw(image, boxes, labels, colors):  # torchvision warns when given no box: none, no drawing
+            return draw_bounding_boxes(image, boxes, labels, colors=colors) if len(boxes) else image
+
         x = images.detach().float().cpu()
         if self.mean is not None and self.std is not None:
             x = x * torch.tensor(self.std).view(1, -1, 1, 1) + torch.tensor(self.mean).view(1, -1, 1, 1)
@@ -106,8 +109,8 @@ class Detection(Task):
             labels, scores = pred["labels"][keep].tolist(), pred["scores"][keep].tolist()
             scored = [f"{self.classes[c]} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
             panels = (
-                draw_bounding_boxes(x[k], true["boxes"].cpu() * scale, names, colors=GREEN),
-                draw_bounding_boxes(x[k], pred["boxes"][keep].cpu() * scale, scored, colors=RED),
+                draw(x[k], true["boxes"].cpu() * scale, names, colors=GREEN),
+                draw(x[k], pred["boxes"][keep].cpu() * scale, scored, colors=RED),
             )
             top = pad + k * (h + pad)
             for j, panel in enumerate(panels):
@@ -135,10 +138,13 @@ class Detection(Task):
         )
         for target in targets:
             self.check_target(target)
+        labels = torch.cat([target["labels"].reshape(-1) for target in targets])
+        if len(labels):
+            check_ids(labels, self.num_classes, "box labels", "data.num_classes", "box labels are integers")
         require(
             isinstance(output, (list, tuple)) and len(output) == len(images),
-            f"detection needs the model to return a list of {len(images)} dicts in eval mode, one per "
-            f"image, got {describe(output)}",
+            f"detection needs the model to return one dict of boxes, scores and labels per image in eval "
+            f"mode (a list of {len(images)}), got {describe(output)}",
         )
         keys = {"boxes", "scores", "labels"}
         require(
@@ -164,10 +170,3 @@ class Detection(Task):
             and labels.shape == boxes.shape[:1],
             f"detection needs integer labels [n], one per box, got {describe(labels)} for boxes {describe(boxes)}",
         )
-        if len(labels):
-            low, high = int(labels.min()), int(labels.max())
-            require(
-                low >= 0 and high < self.num_classes,
-                f"box labels run from {low} to {high}, outside 0..{self.num_classes - 1} "
-                f"(data.num_classes={self.num_classes})",
-            )
