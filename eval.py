@@ -49,7 +49,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from utils.evaluation import evaluate
-    from utils.parts import build, build_loaders, check_fit
+    from utils.parts import build, build_data, build_loaders, check_fit
     from utils.run.checkpoint import load_checkpoint, load_model_state
     from utils.run.trust import stored_config
     from utils.runtime import pick_device
@@ -61,17 +61,20 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # Data, never code: allowed _target_s only, nothing resolved (utils/run/trust.py).
     run_cfg = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
     data_name = HydraConfig.get().runtime.choices.get("data")
+    trained = run_cfg.data
     if cfg.get("data") is not None:
-        check_same_shape(run_cfg.data, cfg.data, data_name)
         run_cfg.data = cfg.data  # its interpolations (${trainer.seed}, ...) now resolve in the run's config
     else:
         data_name = str(run_cfg.data.dataset._target_).rsplit(".", 1)[-1]
     check_config(run_cfg)
 
     device = pick_device(cfg.device)
+    # The data first: what only its files know (a table's features, classes) is read again, into run_cfg.
+    splits = build_data(run_cfg)
+    if cfg.get("data") is not None:
+        check_same_shape(trained, run_cfg.data, data_name)
     task = build("task", run_cfg.task)
     model = build("model", run_cfg.model).to(device)
-    splits = build("data", run_cfg.data.dataset)
     splits, loaders, _ = build_loaders(run_cfg, splits, device)
     check_fit(run_cfg, task, model, splits, loaders.test, device)  # lazy modules take their shapes first
     load_model_state(model, {"model": TrainState.evaluated_weights(state)}, path)

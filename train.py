@@ -66,7 +66,7 @@ from utils.config import ConfigError, LoggingSchema, TrainerSchema, check_config
 from utils.distributed import barrier, check_weights_in_sync, init_distributed, sync_gradients, wrap_ddp
 from utils.evaluation import evaluate
 from utils.nonfinite import drop_nonfinite, total_loss
-from utils.parts import build, build_loaders, check_declared, check_fit, describe
+from utils.parts import build, build_data, build_loaders, check_fit, describe
 from utils.run import checkpoint
 from utils.run.init_from import load_initial_weights, log_summary
 from utils.run.resume import check_can_resume, load_resume, resume_command
@@ -107,14 +107,14 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
 
 
 def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
-    """Seed, device, task, data, model, optimizer and schedule, checked together on one real batch; the
+    """Seed, device, data, task, model, optimizer and schedule, checked together on one real batch; the
     state a new run starts from. Nothing is logged until every check has passed."""
     t, lg = typed(cfg.trainer, TrainerSchema), typed(cfg.logging, LoggingSchema)
     ddp = init_distributed(t.device)  # under torchrun (or several SLURM tasks); world_size 1 plainly
     # A random stream per rank (dropout, augmentation); DDP hands every rank rank 0's initial weights.
     seed_everything(t.seed + ddp.rank, t.deterministic, t.cudnn_benchmark)
-    check_declared(cfg)
-    task, splits = build("task", cfg.task), build("data", cfg.data.dataset)
+    splits = build_data(cfg)  # first: what only its files know (a table's classes) reaches the task and model
+    task = build("task", cfg.task)
     # Each rank its own shard: data.batch_size is per rank, the global batch world_size times that.
     splits, loaders, note = build_loaders(
         cfg, splits, ddp.device, ddp.rank, ddp.world_size, t.overfit_batches

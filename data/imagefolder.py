@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from torch.utils.data import Subset
 from torchvision import datasets, transforms
@@ -48,3 +49,20 @@ def imagefolder(
         Subset(eval_full, val_idx.tolist()),
         Subset(eval_full, test_idx.tolist()),
     )
+
+
+def write_example(directory, classes: int = 2, per_class: int = 10, size: int = 20) -> list[str]:
+    """A few small PNGs of random pixels in class folders (root/class_<i>/<j>.png), in the layout this
+    dataset reads; returns the config overrides that point data=imagefolder at them (the tests train on
+    it)."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(directory)
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.png")
+    return [f"data.dataset.root='{root}'", f"data.num_classes={classes}", "data.image_size=16"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
@@ -17,6 +17,10 @@ class Splits:
     train: Dataset
     val: Dataset
     test: Dataset
+    # What only the files tell (a table's number of features and classes, whether its target is a class or
+    # a real, the target's train mean and std), as data config keys: written into cfg.data before the task
+    # and the model are built (utils/parts.py build_data), whose configs read them (${data.num_classes}).
+    found: dict = field(default_factory=dict)
 
 
 def split_indices(n: int, fractions: list[float], seed: int) -> list[torch.Tensor]:

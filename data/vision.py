@@ -7,7 +7,11 @@ the test split. Offline and absent, they fail with one line that names the datas
 from __future__ import annotations
 
 import os
+import pickle
+import struct
+from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
@@ -76,3 +80,54 @@ def _open(cls, name: str, root: str, download: bool, **kwargs):
             f"{name} is not in {root} and could not be downloaded ({reason}). "
             f"Connect to the internet once, or copy the dataset there."
         ) from None
+
+
+# --- Examples in each dataset's own on-disk format (the tests train on them; nothing is downloaded) --------
+
+
+def write_mnist_example(directory, n_train: int = 40, n_test: int = 12) -> list[str]:
+    """MNIST's raw IDX files of random digits where torchvision reads them (root/MNIST/raw/); the config
+    overrides that point data=mnist at them, with no download."""
+    return _write_idx(Path(directory), "MNIST", n_train, n_test)
+
+
+def write_fashion_mnist_example(directory, n_train: int = 40, n_test: int = 12) -> list[str]:
+    """FashionMNIST's raw IDX files (root/FashionMNIST/raw/), as write_mnist_example."""
+    return _write_idx(Path(directory), "FashionMNIST", n_train, n_test)
+
+
+def _write_idx(root: Path, name: str, n_train: int, n_test: int) -> list[str]:
+    """IDX: a big-endian magic number (0x08 unsigned bytes, then the number of dimensions), each
+    dimension's size, then the raw uint8 values. torchvision reads the extracted files (no .gz), and checks
+    only that they exist: no md5."""
+    raw = root / name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes()
+        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return [f"data.dataset.root='{root}'", "data.dataset.download=false"]
+
+
+def write_cifar10_example(directory, n_per_batch: int = 8) -> list[str]:
+    """CIFAR-10's python format (root/cifar-10-batches-py/): five training batches and a test batch, each
+    a pickled dict of uint8 rows (3x32x32, channel-major) and labels, and batches.meta with the class
+    names. _CIFAR10 above checks only that they exist (no md5). The originals are Python 2 pickles whose
+    str keys torchvision reads back as str, as these are."""
+    root = Path(directory)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [name for name, _ in datasets.CIFAR10.train_list + datasets.CIFAR10.test_list]:
+        batch = {
+            "data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, size=n_per_batch).tolist(),
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+    meta = {"label_names": [f"class{i}" for i in range(10)]}
+    (folder / datasets.CIFAR10.meta["filename"]).write_bytes(pickle.dumps(meta))
+    return [f"data.dataset.root='{root}'", "data.dataset.download=false"]

@@ -63,12 +63,14 @@ def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 
 
-def run_cli(args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300):
-    """`python train.py ARGS` as a user types it; returns the CompletedProcess (text output)."""
+def run_cli(
+    args: list[str], cwd: Path = REPO, env: dict | None = None, timeout: int = 300, script: str = "train.py"
+):
+    """`python train.py ARGS` (or eval.py) as a user types it; returns the CompletedProcess (text output)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
-        [PYTHON, str(REPO / "train.py"), *args],
+        [PYTHON, str(REPO / script), *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
@@ -117,11 +119,37 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def declared(group: str, name: str) -> dict:
-    """A config file as written (interpolations unresolved): what it declares it takes and gives."""
+def written(group: str, name: str, conf: Path = CONF) -> dict:
+    """A part's config as written (interpolations unresolved), as its group's node: a `# @package _global_`
+    file (the model and task configs) holds it under the group's key, beside its `declares`."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"), resolve=False)
+    path = conf / group / f"{name}.yaml"
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return tree.get(group, {}) if is_global(path) else tree
+
+
+def is_global(path: Path) -> bool:
+    """Whether a config file is a `# @package _global_` one: that header as its first line (Hydra reads
+    package headers only before the file's first other line, comment or not)."""
+    import re
+
+    first = next((line for line in path.read_text().splitlines() if line.strip()), "")
+    return re.fullmatch(r"\s*#\s*@package\s+_global_\s*", first) is not None
+
+
+def declared(group: str, name: str, conf: Path = CONF) -> dict:
+    """What a part declares it takes and gives, as written: a model's or task's `declares.<group>` (nothing
+    for a plain file without one); a data config's own node, whose `input` and `target` say it."""
+    from omegaconf import OmegaConf
+
+    if group == "data":
+        return written(group, name, conf)
+    path = conf / group / f"{name}.yaml"
+    if not is_global(path):
+        return {}
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return (tree.get("declares") or {}).get(group) or {}
 
 
 def compatible(task: str, data: str, model: str) -> bool:
@@ -135,8 +163,21 @@ def compatible(task: str, data: str, model: str) -> bool:
 
 
 def offline(data: str) -> bool:
-    """Data that needs no download and no files of the user's (no `dataset.root` to point somewhere)."""
-    return declared("data", data).get("dataset", {}).get("root") is None
+    """Data that needs no download and no files of the user's: its config declares `source: builtin`
+    (download and files are trained on their `example` instead: tests/test_file_data.py)."""
+    return declared("data", data).get("source") == "builtin"
+
+
+def write_example(data: str, directory: Path) -> list[str] | None:
+    """Call the data config's `example` (a dotted function name): it writes a small example of the data's
+    files into `directory` and returns the overrides that point the config at it. None: it declares none."""
+    import importlib
+
+    name = declared("data", data).get("example")
+    if not name:
+        return None
+    module, _, function = name.rpartition(".")
+    return list(getattr(importlib.import_module(module), function)(directory))
 
 
 COMBOS = [

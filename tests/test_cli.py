@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import FAST, PYTHON, REPO, declared, needs, options, run_cli
+from tests.helpers import FAST, PYTHON, REPO, needs, options, run_cli, written
 
 
 def test_help_lists_groups_and_does_not_import_torch():
@@ -24,7 +24,7 @@ def test_cfg_job_prints_the_composed_config():
     model = options("model")[-1]  # the last on disk, chosen on the command line
     proc = run_cli(["--cfg", "job", f"model={model}"])
     assert proc.returncode == 0
-    assert f"_target_: {declared('model', model)['_target_']}" in proc.stdout
+    assert f"_target_: {written('model', model)['_target_']}" in proc.stdout
 
 
 def assert_clean_failure(proc, *needles):

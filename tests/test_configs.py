@@ -8,14 +8,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers import COMBOS, compose_config, declared, needs, offline, options
+from tests.helpers import COMBOS, compose_config, declared, needs, offline, options, write_example, written
 
 MODELS, DATA, TASKS = options("model"), options("data"), options("task")
 # An image model and image data (the first of each), for the interpolation of sizes between them.
 IMAGE_PAIR = [
     (m, d)
     for m in MODELS
-    if "in_channels" in declared("model", m)
+    if "in_channels" in written("model", m)
     for d in DATA
     if declared("data", d).get("input") == "image"
 ][:1]
@@ -24,11 +24,14 @@ IMAGE_PAIR = [
 def test_every_config_declares_what_it_takes_and_gives():
     for name in DATA:
         d = declared("data", name)
-        assert {"input", "target", "input_shape", "num_outputs"} <= set(d), name
+        assert {"input", "target", "input_shape", "num_outputs", "source"} <= set(d), name
+        assert d["source"] in ("builtin", "download", "files"), name
+        assert d["source"] != "builtin" or "example" not in d, name  # nothing to write: it needs no files
     for name in MODELS:
         assert {"input", "output"} <= set(declared("model", name)), name
     for name in TASKS:
-        assert {"target", "output", "monitor", "mode"} <= set(declared("task", name)), name
+        assert {"target", "output"} <= set(declared("task", name)), name
+        assert {"monitor", "mode"} <= set(written("task", name)), name
     # Each task, each model and each dataset can be trained with something.
     assert {t for t, _, _ in COMBOS} == set(TASKS)
     assert {m for _, _, m in COMBOS} == set(MODELS)
@@ -38,12 +41,18 @@ def test_every_config_declares_what_it_takes_and_gives():
 @pytest.mark.parametrize(("task", "data", "model"), COMBOS)
 def test_model_output_fits_the_task_on_the_declared_input(task, data, model, tmp_path):
     """The model built for the data's declared input shape gives what the task checks, on a fake batch."""
-    from utils.parts import build
+    from utils.parts import build, build_data
 
     overrides = [f"task={task}", f"data={data}", f"model={model}"]
-    if data == "imagefolder":
-        overrides.append("data.num_classes=3")
-    cfg = compose_config(overrides, tmp_path / "run")
+    # Files of the data's own format, where it reads files (imagefolder's root, and its number of classes).
+    example = None if offline(data) else write_example(data, tmp_path / "files")
+    cfg = compose_config([*overrides, *(example or [])], tmp_path / "run")
+    if cfg.data.input_shape is None or cfg.data.num_outputs is None:  # found in the files (data=csv)
+        if example is None:
+            pytest.skip(
+                f"conf/data/{data}.yaml finds its shapes in its files and has no `example` to write some"
+            )
+        build_data(cfg)
     net = build("model", cfg.model)
     kind = cfg.data.input
     shape = (2, *cfg.data.input_shape)
@@ -63,11 +72,10 @@ def test_offline_data_config_instantiates(data, tmp_path):
 
 @needs("conf/data/imagefolder.yaml")
 def test_imagefolder_instantiates_from_files(tmp_path):
-    from tests.test_datasets import write_imagefolder
+    from data.imagefolder import write_example as write_imagefolder
 
-    root = write_imagefolder(tmp_path / "images", classes=3, per_class=10)
-    overrides = ["data=imagefolder", f"data.dataset.root={root}", "data.num_classes=3", "data.image_size=16"]
-    cfg = compose_config(overrides, tmp_path / "run")
+    overrides = write_imagefolder(tmp_path / "images", classes=3, per_class=10)
+    cfg = compose_config(["data=imagefolder", *overrides], tmp_path / "run")
     splits = instantiate(cfg.data.dataset)
     x, y = splits.train[0]
     assert x.shape == (cfg.data.in_channels, 16, 16) and 0 <= int(y) < 3

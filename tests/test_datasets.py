@@ -5,13 +5,9 @@ Each test needs its dataset's config (a project may keep some of them: tests/con
 from __future__ import annotations
 
 import gzip
-import pickle
-import struct
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from data.splits import DatasetError
 from tests.helpers import needs
@@ -19,49 +15,26 @@ from tests.helpers import needs
 MNIST_KW = dict(val_fraction=0.25, split_seed=0, mean=[0.5], std=[0.5])
 
 
-def write_idx(folder, prefix: str, n: int, rng) -> None:
-    """MNIST's IDX format: big-endian magic, dimensions, then raw uint8 (torchvision reads raw/)."""
-    raw = folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-        struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes()
-    )
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
-
-
 def write_mnist_like(root, name: str, n_train=40, n_test=12) -> None:
-    rng = np.random.default_rng(0)
-    write_idx(root / name, "train", n_train, rng)
-    write_idx(root / name, "t10k", n_test, rng)
+    """The raw IDX files of MNIST or FashionMNIST (data/vision.py's example writers)."""
+    from data import vision
+
+    writer = {"MNIST": vision.write_mnist_example, "FashionMNIST": vision.write_fashion_mnist_example}[name]
+    writer(root, n_train, n_test)
 
 
 def write_cifar10(root, n_per_batch=8) -> None:
-    """CIFAR-10's python format: pickled dicts of uint8 rows (3x32x32, channel-major) and labels.
-    (The originals are Python 2 pickles whose str keys torchvision reads back as str, as these are.)"""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {
-            "data": rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8),
-            "labels": rng.integers(0, 10, size=n_per_batch).tolist(),
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-    names = [f"class{i}" for i in range(10)]
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": names}, f)
+    """CIFAR-10's pickled python batches (data/vision.py's example writer)."""
+    from data.vision import write_cifar10_example
+
+    write_cifar10_example(root, n_per_batch)
 
 
 def write_imagefolder(root, classes: int, per_class: int, size: int = 20):
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class_{c}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.png")
+    """PNGs in class folders (data/imagefolder.py's example writer)."""
+    from data.imagefolder import write_example
+
+    write_example(root, classes, per_class, size)
     return root
 
 

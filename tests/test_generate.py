@@ -29,7 +29,7 @@ from tests.generated import (
     run,
     template_repo,
 )
-from tests.helpers import REPO
+from tests.helpers import REPO, declared, written
 
 # In the template only: the generator, the template's CI entry point, and these tests.
 TEMPLATE_ONLY = (
@@ -87,13 +87,9 @@ def files(root: Path) -> set[str]:
     }
 
 
-def config(root: Path, group: str, name: str) -> dict:
-    return yaml.safe_load((root / "conf" / group / f"{name}.yaml").read_text())
-
-
 def module_of(root: Path, group: str, name: str) -> str:
     """The source file a config builds from, by its _target_ (a data config's: dataset._target_)."""
-    c = config(root, group, name)
+    c = written(group, name, root / "conf")
     target = c["dataset"]["_target_"] if group == "data" else c["_target_"]
     return target.rsplit(".", 1)[0].replace(".", "/") + ".py"
 
@@ -241,9 +237,9 @@ def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
     defaults = {}
     for entry in yaml.safe_load((project / "conf" / "train.yaml").read_text())["defaults"]:
         defaults |= entry if isinstance(entry, dict) else {}
-    t, d, m = (config(project, g, defaults[g]) for g in ("task", "data", "model"))
+    t, d, m = (declared(g, defaults[g], project / "conf") for g in ("task", "data", "model"))
     assert d["input"] in m["input"] and m["output"] == t["output"] and d["target"] == t["target"], defaults
-    assert d["dataset"].get("root") is None
+    assert d.get("source") == "builtin"
     # Each experiment kept names only parts the project has.
     for experiment in (project / "conf" / "experiment").glob("*.yaml"):
         for entry in yaml.safe_load(experiment.read_text())["defaults"]:
@@ -432,12 +428,14 @@ class Linear(nn.Sequential):
     def __init__(self, input_shape: list[int], num_outputs: int):
         super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), num_outputs))
 '''
-LINEAR_YAML = """# A linear map over the flattened input: the least model there is.
-_target_: models.linear.Linear
-input: [image, vector]
-output: vector
-input_shape: ${data.input_shape}
-num_outputs: ${data.num_outputs}
+LINEAR_YAML = """# @package _global_
+# A linear map over the flattened input: the least model there is.
+model:
+  _target_: models.linear.Linear
+  input_shape: ${data.input_shape}
+  num_outputs: ${data.num_outputs}
+declares:
+  model: {input: [image, vector], output: vector}
 """
 SIGNS_PY = '''"""Random feature vectors labelled with the signs of their first four features: multi-label data."""
 
@@ -459,6 +457,7 @@ dataset:
   _target_: data.signs.signs
   num_samples: 1000
   seed: ${trainer.seed}
+source: builtin
 input: vector
 target: multilabel
 input_shape: [8]
@@ -540,7 +539,7 @@ def test_update_merges_a_later_template_into_a_project_its_user_changed(template
 
     # The user's change: a wider CNN by default, and their own words in its code.
     cnn_yaml, cnn_py = project / "conf" / "model" / "simple_cnn.yaml", project / "models" / "simple_cnn.py"
-    cnn_yaml.write_text(cnn_yaml.read_text().replace("width: 32\n", "width: 48\n"))
+    cnn_yaml.write_text(cnn_yaml.read_text().replace("  width: 32\n", "  width: 48\n"))
     cnn_py.write_text(
         cnn_py.read_text().replace('"""Two conv blocks', '"""Ours, kept by updates: two conv blocks')
     )
@@ -555,7 +554,7 @@ def test_update_merges_a_later_template_into_a_project_its_user_changed(template
 
     updated = copier("update", "--defaults", "--quiet", "--vcs-ref", later, cwd=project)
     assert updated.returncode == 0, updated.stdout + updated.stderr
-    assert "width: 48\n" in cnn_yaml.read_text() and '"""Ours, kept by updates' in cnn_py.read_text()
+    assert "  width: 48\n" in cnn_yaml.read_text() and '"""Ours, kept by updates' in cnn_py.read_text()
     for name in ("optimizer/adamw.yaml", "scheduler/cosine.yaml"):
         assert (project / "conf" / name).read_text().endswith("# A later template change.\n"), name
     assert later.startswith(yaml.safe_load((project / ".copier-answers.yml").read_text())["_commit"])
@@ -570,14 +569,14 @@ def test_update_merges_a_later_template_into_a_project_its_user_changed(template
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "update to the later template")
     template_yaml = source / "conf" / "model" / "simple_cnn.yaml"
-    template_yaml.write_text(template_yaml.read_text().replace("width: 32\n", "width: 64\n"))
+    template_yaml.write_text(template_yaml.read_text().replace("  width: 32\n", "  width: 64\n"))
     git(source, "commit", "-q", "-am", "template: wider cnn too")
     conflicting = copier(
         "update", "--defaults", "--quiet", "--conflict", "inline", "--vcs-ref", "HEAD", cwd=project
     )
     assert conflicting.returncode == 0, conflicting.stdout + conflicting.stderr
     text = cnn_yaml.read_text()
-    assert re.search(r"^<<<<<<< .*\nwidth: 48\n=======\nwidth: 64\n>>>>>>> ", text, re.M), text
+    assert re.search(r"^<<<<<<< .*\n  width: 48\n=======\n  width: 64\n>>>>>>> ", text, re.M), text
     # copier says nothing of it (exit 0): the project's own check lists the file, and train.py stops in one
     # line instead of YAML's traceback.
     check = run([PYTHON, "-m", "utils.conflicts"], project)

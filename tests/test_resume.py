@@ -131,6 +131,50 @@ def test_resume_accepts_run_length_overrides_only(tmp_path):
         train_in_process([f"resume={tmp_path / 'nowhere'}"], tmp_path / "nowhere")
 
 
+def as_stored_by_an_older_template(run) -> None:
+    """Rewrite a run's stored configs (.hydra/config.yaml and each checkpoint's) as the template stored
+    them before `declares`: a model's and a task's declarations inside their nodes, no `declares`."""
+    import yaml
+
+    def old_layout(cfg: dict) -> dict:
+        for group, keys in cfg.pop("declares").items():
+            cfg[group] = {**cfg[group], **keys}
+        return cfg
+
+    own = run / ".hydra" / "config.yaml"
+    own.write_text(yaml.safe_dump(old_layout(yaml.safe_load(own.read_text())), sort_keys=False))
+    for path in (run / "checkpoints").glob("*.pt"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if "declares" in state["config"]:  # else rewritten already: best.pt can be a hard link to last.pt
+            state["config"] = old_layout(state["config"])
+            torch.save(state, path)
+
+
+def test_a_run_stored_by_an_older_template_evaluates_and_resumes(tmp_path):
+    """Its model and task nodes still hold their declarations (no constructor takes them): eval.py
+    evaluates it to the numbers it was trained to, and resume= continues it to the run never stopped."""
+    base = ["trainer.limit_batches=6", "data.batch_size=32", "scheduler=none", "logging.progress_bar=false"]
+    old, whole = tmp_path / "old", tmp_path / "whole"
+    train_in_process([*base, "trainer.max_epochs=1"], old)
+    train_in_process([*base, "trainer.max_epochs=2"], whole)
+    as_stored_by_an_older_template(old)
+    stored = load_checkpoint(old / "checkpoints" / "last.pt")["config"]
+    assert "declares" not in stored and {"input", "output"} <= set(stored["model"]), stored["model"]
+    assert {"target", "output"} <= set(stored["task"]), stored["task"]
+
+    best = old / "checkpoints" / "best.pt"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run([PYTHON, str(REPO / "eval.py"), f"ckpt={best}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    evaluated = json.loads((best.parent / "metrics.json").read_text())
+    assert evaluated["test/loss"] == pytest.approx(read_metrics(old)["test/loss"], rel=1e-6)
+
+    train_in_process([f"resume={old}", "trainer.max_epochs=2"], old)
+    a, b = weights(old), weights(whole)
+    assert read_metrics(old)["steps"] == 12 and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("task", "data", "model"), first_combo_per_task(skip=("classification",)))
 def test_every_task_resumes_bit_identically_after_kill9(task, data, model, tmp_path):

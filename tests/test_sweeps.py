@@ -164,7 +164,7 @@ def test_the_search_direction_follows_the_task(tmp_path):
     require_extra("hydra_plugins.hydra_optuna_sweeper", "sweep")
     from omegaconf import OmegaConf
 
-    from tests.helpers import declared, options
+    from tests.helpers import options, written
     from utils.run.rundir import register_resolvers
 
     register_resolvers()
@@ -173,6 +173,6 @@ def test_the_search_direction_follows_the_task(tmp_path):
             GlobalHydra.instance().clear()
             with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
                 cfg = compose("train", [f"hparams_search={search}", f"task={task}"], return_hydra_config=True)
-            mode = declared("task", task)["mode"]
+            mode = written("task", task)["mode"]
             direction = OmegaConf.select(cfg, "hydra.sweeper.direction")
             assert direction == {"min": "minimize", "max": "maximize"}[mode], (search, task)

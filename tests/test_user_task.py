@@ -163,11 +163,14 @@ def test_the_fork_s_own_test_matrix_picks_the_user_task_up(fork):
 
 
 def test_docs_show_the_user_files_as_they_are_tested():
-    """docs/tasks.md shows each user file in a block headed `# <where it goes>`: it must be the tested file."""
+    """docs/tasks.md shows each user file in a block headed `# <where it goes>`, or (a `# @package
+    _global_` yaml, whose header Hydra reads only as its first line) named on the line above the block:
+    it must be the tested file."""
     import re
 
     doc = (REPO / "docs" / "tasks.md").read_text()
     blocks = dict(re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", doc, flags=re.S))
+    blocks |= dict(re.findall(r"^`(\S+)`:\n\n```yaml\n(.*?)```", doc, flags=re.S | re.M))
     for name, folder in USER_FILES.items():
         assert blocks.get(f"{folder}/{name}") == (USER_TASK / name).read_text(), (
             f"docs/tasks.md: {folder}/{name}"

@@ -6,7 +6,8 @@ YAML cannot say: `trainer.max_epochs=ten` (a type), `trainer.grad_clip=-1` (a ra
 `+trainer.val_check_interval=0.5` (a key that nothing reads, which Hydra's `+` lets through), and
 `trainer.limit_batches` with `trainer.max_steps` that disagree. Where a forker adds keys of their own:
 model, data (`data.dataset` and beside it), optimizer, scheduler and task parameters are free; the
-trainer, logging, paths and top-level keys are the template's and are all checked.
+trainer, logging, paths and top-level keys are the template's and are all checked, and so is `declares`
+(what the model and task configs declare they take and give, read by the check before training).
 
 No torch here: this module is imported before Hydra parses the command line.
 """
@@ -69,8 +70,9 @@ class DataSchema:
     num_workers: int
     input: str
     target: str
-    input_shape: list[int]
-    num_outputs: int
+    # null: found in the data's files when they are read, before the model is built (data=csv).
+    input_shape: Optional[list[int]]
+    num_outputs: Optional[int]
     # Makes a batch of a DataLoader's samples: {_target_: module.function, _partial_: true} (null: stack them).
     collate_fn: Optional[Any] = None
     # Image data only; others declare input_shape alone.
@@ -98,6 +100,11 @@ CLOSED = {
 }
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
              "allowed_targets", "init_from", "init_strict", "tags", "declares")  # fmt: skip
+# What a model and a task config declare, under `declares.model` and `declares.task` (beside the group's
+# node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
+# and the output it gives; the data's target a task reads and the model output it needs. Another group
+# may declare what it likes under `declares.<group>`: the template reads only these.
+DECLARES = {"model": ("input", "output"), "task": ("target", "output")}
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
@@ -143,6 +150,7 @@ def check_config(cfg: DictConfig) -> None:
             f"{'them' if len(missing) > 1 else 'it'} on the command line, e.g. {missing[0]}=..."
         )
     _check_unknown_keys(cfg)
+    _check_declares(cfg)
     for group, schema in SCHEMAS.items():
         node = cfg[group]
         names = [f.name for f in fields(schema) if f.name in node]
@@ -187,8 +195,8 @@ def check_config(cfg: DictConfig) -> None:
     tags = cfg.get("tags") or []
     if not isinstance(tags, (list, ListConfig)) or any(not isinstance(x, (str, int, float)) for x in tags):
         raise ConfigError(f"tags={tags} must be a list of words, e.g. tags=[baseline,lr_sweep]")
-    shape = cfg.data.input_shape
-    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+    shape = cfg.data.input_shape  # null: found in the data's files when they are read (data=csv)
+    if shape is not None and (not shape or any(not isinstance(d, int) or d < 1 for d in shape)):
         raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")
 
 
@@ -267,6 +275,41 @@ def _check_unknown_keys(cfg: DictConfig) -> None:
                 raise ConfigError(
                     f"{group}.{key} is not a config key this template reads{_nearest(f'{group}.{key}', full)}"
                 )
+
+
+def _check_declares(cfg: DictConfig) -> None:
+    """`declares.<group>` for groups of this config only, the template's keys only for the model and the
+    task (a typo there would silently turn the check before training off), each a word (a model's input:
+    a list of words)."""
+    declares = cfg.get("declares")
+    if declares is None:
+        return
+    if not isinstance(declares, DictConfig):
+        raise ConfigError(f"declares={declares!r} must map config groups to what they declare")
+    groups = [k for k in cfg if k != "declares" and isinstance(cfg.get(k), DictConfig)]
+    for group, node in declares.items():
+        if group not in groups:
+            near = _nearest(f"declares.{group}", [f"declares.{g}" for g in groups])
+            raise ConfigError(f"declares.{group} names no config group{near}")
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"declares.{group}={node!r} must be a mapping, e.g. {{output: vector}}")
+        for key, value in node.items() if group in DECLARES else ():
+            full = f"declares.{group}.{key}"
+            if key not in DECLARES[group]:
+                known = [f"declares.{group}.{k}" for k in DECLARES[group]]
+                raise ConfigError(f"{full} is not a config key this template reads{_nearest(full, known)}")
+            if key == "input":  # the input kinds a model takes
+                ok = isinstance(value, ListConfig) and len(value) > 0
+                ok = ok and all(isinstance(w, str) and w for w in value)
+            else:
+                ok = isinstance(value, str) and bool(value)
+            if not ok:
+                shape = "a list of words, e.g. [image]" if key == "input" else "a word, e.g. vector"
+                raise ConfigError(f"{full}={_plain(value)!r} must be {shape}")
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def _nearest(key: str, known) -> str:

@@ -70,7 +70,7 @@ def overfit_splits(splits: Splits, n_samples: int) -> tuple[Splits, str]:
         f"debug=overfit: training on the first {n} training samples, the same batches every epoch, {how}; "
         "validating on those same samples"
     )
-    return Splits(train=train, val=train, test=splits.test), note
+    return Splits(train=train, val=train, test=splits.test, found=splits.found), note
 
 
 def same_batches_every_epoch(loader) -> None:

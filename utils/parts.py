@@ -1,6 +1,8 @@
-"""The run's parts from its config: task, data, loaders, model, optimizer, schedule, each built by Hydra's
+"""The run's parts from its config: data, task, loaders, model, optimizer, schedule, each built by Hydra's
 `instantiate` from its `_target_`, and checked against one another before anything trains. train.py,
-eval.py and the benchmark build with these, so the three cannot drift apart.
+eval.py and the benchmark build with these, so the three cannot drift apart. The data comes first: what
+only its files know (a table's features and classes) is written into the config that the task and the
+model are then built from.
 
 A bad value fails in one line that names the config group; a task that does not fit the data or the model
 fails on one real batch, naming the three configs.
@@ -8,14 +10,10 @@ fails on one real batch, naming the three configs.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from utils.cli import is_user_error, one_line
-from utils.config import ConfigError
-
-# Keys of a group's config that say what it takes and gives (the tests pair task, data and model by
-# them); they are not parameters of what the group builds.
-DECLARATIONS = {"model": ("input", "output"), "task": ("target", "output")}
+from utils.config import DECLARES, ConfigError
 
 
 def build(group: str, node: DictConfig, *args, **kwargs):
@@ -24,15 +22,7 @@ def build(group: str, node: DictConfig, *args, **kwargs):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    from utils.run.trust import literal
-
-    if group in DECLARATIONS:
-        kept = {
-            k: v
-            for k, v in OmegaConf.to_container(node, resolve=True).items()
-            if k not in DECLARATIONS[group]
-        }
-        node = OmegaConf.create(literal(kept))  # resolved values stay values: no `${` comes alive again
+    node = without_legacy_declarations(group, node)
     try:
         obj = instantiate(node)
         return obj(*args, **kwargs) if args or kwargs else obj
@@ -41,9 +31,47 @@ def build(group: str, node: DictConfig, *args, **kwargs):
         if is_user_error(cause, "data.splits", "tasks.base"):  # the data's or the task's own one line
             raise cause from None
         target = node.get("_target_", "?")
+        # A fork's config written for an older template: its declarations inside the group's node.
+        legacy = [k for k in DECLARES.get(group, ()) if k in node and f"'{k}'" in str(cause)]
+        hint = (
+            f"; the declaration {legacy[0]} now goes under declares.{group} (docs/tasks.md)" if legacy else ""
+        )
         raise ConfigError(
-            f"could not build {group} ({target}): {type(cause).__name__}: {one_line(cause)}"
+            f"could not build {group} ({target}): {type(cause).__name__}: {one_line(cause)}{hint}"
         ) from None
+
+
+def without_legacy_declarations(group: str, node: DictConfig) -> DictConfig:
+    """The node without the declarations that older versions of the template kept inside the model and
+    task configs (`model.input`, `model.output`, `task.target`, `task.output`), where the config has no
+    `declares` node: a config stored by such a version (a run directory's .hydra/config.yaml, a checkpoint,
+    read by resume= and eval.py) must still build, and its keys are no constructor's parameters. A config
+    with `declares` is today's: its model and task nodes are passed whole, as `instantiate(cfg.model)` would."""
+    from utils.run.trust import literal
+
+    legacy = [k for k in DECLARES.get(group, ()) if k in node]
+    if not legacy or "declares" in node._get_root():
+        return node
+    kept = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in legacy}
+    return OmegaConf.create(literal(kept))  # resolved values stay values: no `${` comes alive again
+
+
+def build_data(cfg: DictConfig):
+    """The data's splits, built before the task and the model: what the dataset found in its files
+    (`Splits.found`: csv's number of features, its classes, whether its target is a class or a real) is
+    written into cfg.data, where the task and model configs read it (`${data.num_classes}`); the data
+    config leaves those keys null. Then the task, data and model declarations must pair up."""
+    from utils.run.trust import literal
+
+    splits = build("data", cfg.data.dataset)
+    found = getattr(splits, "found", None) or {}
+    with open_dict(cfg.data):
+        for key, value in found.items():
+            cfg.data[key] = literal(value)  # a class name or a column name stays text, never an interpolation
+        if found:  # which keys came from the files: a resume checks its config with them against its own
+            cfg.data.found_in_files = sorted(found)
+    check_declared(cfg)
+    return splits
 
 
 def build_loaders(cfg: DictConfig, splits, device, rank: int = 0, world_size: int = 1, overfit: int = 0):
@@ -82,20 +110,38 @@ def describe(splits, plan, model) -> list[str]:
         for name, s in zip(("train", "val", "test"), (splits.train, splits.val, splits.test), strict=True)
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
+    found = getattr(splits, "found", None) or {}
     return [
         f"Data: {sizes} samples; {plan.total_steps} optimizer steps over {plan.max_epochs} epochs",
+        *([f"Found in the data's files: {shown(found)}"] if found else []),
         f"Model: {type(model).__name__}, {params:.2f}M parameters",
     ]
 
 
+def shown(found: dict, most: int = 8) -> str:
+    """`target=class input_shape=[7] class_names=[no, yes]`: the found keys that are set, long lists cut."""
+
+    def short(value) -> str:
+        if not isinstance(value, list):
+            return str(value)
+        more = f", ... ({len(value)} in all)" if len(value) > most else ""
+        return "[" + ", ".join(str(v) for v in value[:most]) + more + "]"
+
+    return " ".join(f"{k}={short(v)}" for k, v in found.items() if v is not None)
+
+
 def check_declared(cfg: DictConfig) -> None:
-    """What the task, data and model configs declare they take and give must pair up (where they declare
-    it: a forker's config may leave it out, and the check on a real batch below still runs)."""
-    task, data, model = cfg.task, cfg.data, cfg.model
+    """What the task, data and model configs declare they take and give (`declares.task`, the data's own
+    `input` and `target`, `declares.model`) must pair up, where they declare it: a forker's config may
+    leave it out (a plain model yaml with no `declares`), and the check on a real batch below still runs."""
+    declares = cfg.get("declares") or {}
+    task, model, data = declares.get("task") or {}, declares.get("model") or {}, cfg.data
     names = choices(cfg)
     if "target" in task and task.target != data.target:
+        reading = tasks_reading(data.target)
+        hint = f": add {' or '.join(f'task={t}' for t in reading)}" if reading else ""
         raise ConfigError(
-            f"{names}: the task reads {task.target} targets, the data has {data.target} targets"
+            f"{names}: the task reads {task.target} targets, the data has {data.target} targets{hint}"
         )
     if "input" in model and data.input not in model.input:
         raise ConfigError(
@@ -105,6 +151,19 @@ def check_declared(cfg: DictConfig) -> None:
         raise ConfigError(
             f"{names}: the task needs {task.output} outputs, the model gives {model.output} outputs"
         )
+
+
+def tasks_reading(target) -> list[str]:
+    """The task configs in conf/task/ that read this kind of target (a data config's `target`)."""
+    from pathlib import Path
+
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "conf" / "task").glob("*.yaml")):
+        declared = OmegaConf.load(path)
+        kind = OmegaConf.select(declared, "declares.task.target", default=None)
+        if kind == target:
+            found.append(path.stem)
+    return found
 
 
 def check_fit(cfg, task, model, splits, loader, device) -> None:

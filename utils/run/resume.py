@@ -168,11 +168,11 @@ def check_own_run(saved: DictConfig, run_dir: Path, path: Path) -> None:
     import yaml
 
     own_file = run_dir / ".hydra" / "config.yaml"
+    theirs = OmegaConf.to_container(saved, resolve=True)
     try:
-        own = _plain_resolved(yaml.safe_load(own_file.read_text()))
+        own = _plain_resolved(with_found(yaml.safe_load(own_file.read_text()), theirs))
     except (OSError, yaml.YAMLError, ConfigError) as err:
         raise CheckpointError(f"{own_file} cannot be read as this run's config ({one_line(err)})") from None
-    theirs = OmegaConf.to_container(saved, resolve=True)
     ignored = ("resume", *RESUME_OVERRIDES)
     diff = [k for k in _differences(own, theirs) if not any(k == i or k.startswith(i + ".") for i in ignored)]
     if diff:
@@ -180,6 +180,18 @@ def check_own_run(saved: DictConfig, run_dir: Path, path: Path) -> None:
         raise CheckpointError(
             f"checkpoint {path} belongs to another run: its config differs from {own_file} in {shown}"
         )
+
+
+def with_found(own, theirs: dict):
+    """The run's own config with the data keys its files filled in (utils/parts.py build_data: a table's
+    features and classes, listed in data.found_in_files) taken from the checkpoint's config, where they
+    were written before the first checkpoint; the run's own .hydra/config.yaml leaves them to the files."""
+    data = theirs.get("data") if isinstance(theirs, dict) else None
+    found = data.get("found_in_files") if isinstance(data, dict) else None
+    if not isinstance(own, dict) or not isinstance(own.get("data"), dict) or not isinstance(found, list):
+        return own
+    filled = {k: data.get(k) for k in found if isinstance(k, str)}
+    return {**own, "data": {**own["data"], **filled, "found_in_files": found}}
 
 
 def check_can_resume(resume: Resume, loader, total_steps: int, run_dir: Path) -> None:
