@@ -43,15 +43,14 @@ class Case:
         return ok and wall <= self.seconds
 
 
+# Each experiment with a quality target (issue 11; detection: issue 19).
+TARGETS = (
+    Case("shapes_unet", "test/miou", ">= 0.80", 180),
+    Case("pytext_gpt", "val/bpc_best", "< 2.5", 300),
+    Case("detection", "val/map50_best", ">= 0.5", 600),
+)
 # The cases whose experiment is on disk: a project generated without one (copier.yml) has no case for it.
-CASES = [
-    case
-    for case in (
-        Case("shapes_unet", "test/miou", ">= 0.80", 180),
-        Case("pytext_gpt", "val/bpc_best", "< 2.5", 300),
-    )
-    if (REPO / "conf" / "experiment" / f"{case.experiment}.yaml").is_file()
-]
+CASES = [case for case in TARGETS if (REPO / "conf" / "experiment" / f"{case.experiment}.yaml").is_file()]
 
 
 def run_case(case: Case, out_root: Path) -> dict:
@@ -92,7 +91,7 @@ def markdown(results: list[dict]) -> str:
         "",
         "Written by `python scripts/quality.py`: each experiment trained for real with",
         "`python train.py experiment=<name>`, its wall time measured around the whole process (start-up,",
-        "data, every validation and the test). Targets from issue 11. The machine may be shared: the load",
+        "data, every validation and the test). Targets from issues 11 and 19. The machine may be shared: the load",
         "column gives the 1-minute load average before and after each run, and `cpu s / cores` the CPU",
         "time the run used (all threads) over the CPU count. Under load that overstates the run's own need",
         "(threads that wait for a descheduled peer spin): trust wall times only when the load stays near",
@@ -139,7 +138,8 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=REPO / "outputs" / "quality", help="where run dirs go")
     args = parser.parse_args()
     if not CASES:
-        print("quality.py: neither shapes_unet nor pytext_gpt is in conf/experiment/: nothing to do")
+        names = ", ".join(case.experiment for case in TARGETS)
+        print(f"quality.py: none of {names} is in conf/experiment/: nothing to do")
         return 0
     results = [run_case(c, args.runs) for c in CASES if not args.only or c.experiment in args.only]
     for r in results:

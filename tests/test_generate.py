@@ -377,14 +377,15 @@ def test_a_project_s_bench_labels_name_what_they_run(projects, name):
 
 
 def test_make_quality_without_its_experiments_says_so(projects):
-    """The in-between project keeps neither experiment that has a quality target: `make quality` says so in
+    """The in-between project keeps no experiment that has a quality target: `make quality` says so in
     one line and leaves its quality.md as generated."""
     project = projects("in_between")
     before = (project / "docs" / "quality.md").read_text()
     proc = make(project, "quality")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = [line for line in proc.stdout.splitlines() if not line.startswith(".venv/bin/python")]
-    assert said == ["quality.py: neither shapes_unet nor pytext_gpt is in conf/experiment/: nothing to do"]
+    names = "shapes_unet, pytext_gpt, detection"
+    assert said == [f"quality.py: none of {names} is in conf/experiment/: nothing to do"]
     assert (project / "docs" / "quality.md").read_text() == before
 
 
