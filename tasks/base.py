@@ -6,17 +6,15 @@ below and names no loss, no accuracy and no class. A new task is one file in tas
 conf/task/<name>.yaml whose keys are its constructor's parameters.
 
 Batches are whatever the dataset yields ((inputs, targets) tuples, dicts, a tensor of tokens, lists of
-box dicts), moved to the device as they are. Metrics are torchmetrics objects on the device: `update` feeds
-them each batch with no host sync, and `compute` reads them once per split, where torchmetrics syncs them
-over DDP ranks. (A task may instead keep a dict of tensors that add up over batches: the loop sums those
-over ranks before `compute`.)
+box dicts), moved to the device as they are. A split's metrics live on the device, fed each batch by
+`update` with no host sync: tensors that add up over batches (the loop sums them over DDP ranks once) and
+torchmetrics metrics for what is more than a sum (AUROC, mAP; torchmetrics syncs them over the ranks).
+`compute` turns them into numbers once per split.
 """
 
 from __future__ import annotations
 
 import torch
-from torchmetrics import MeanMetric, Metric, MetricCollection
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 
 class TaskError(ValueError):
@@ -48,28 +46,19 @@ def check_ids(ids: torch.Tensor, count: int, what: str, setting: str, not_intege
     )
 
 
-def collection(device: torch.device, **metrics: Metric) -> MetricCollection:
-    """A MetricCollection of these torchmetrics metrics, on the device. The task updates each one itself
+def collection(device: torch.device, **metrics):
+    """A torchmetrics MetricCollection of these metrics, on the device; the task updates each one itself
     (compute_groups=False: no state shared behind its back)."""
+    from torchmetrics import MetricCollection
+
     return MetricCollection(metrics, compute_groups=False).to(device)
 
 
-class ConfusionMatrix(MulticlassConfusionMatrix):
-    """torchmetrics' multiclass confusion matrix (rows true, columns predicted), counted with scatter_add_:
-    torchmetrics counts with torch.bincount, which on CUDA reads the largest index back to the host, a sync
-    per batch. The states, the DDP sync and compute are the library's."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes, validate_args=False)
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        cells = (target.reshape(-1) * self.num_classes + preds.reshape(-1)).long()
-        self.confmat.view(-1).scatter_add_(0, cells, torch.ones_like(cells))
-
-
-def mean_metric() -> MeanMetric:
+def mean_metric():
     """torchmetrics' (weighted) mean, for a loss over a split, without its NaN check: the check reads the
     values back to the host every batch."""
+    from torchmetrics import MeanMetric
+
     return MeanMetric(nan_strategy="disable")
 
 
@@ -138,21 +127,24 @@ class Task:
 
     # --- evaluation -------------------------------------------------------------------------------------
     def init_metrics(self, device: torch.device):
-        """Fresh metrics for one split, on the device: a torchmetrics MetricCollection (or, the older
-        protocol, a dict of zeroed tensors that `update` adds to; every rank makes the same keys and shapes)."""
-        return self.init_sums(device)
+        """Fresh metrics for one split, on the device, every rank the same: a dict of zeroed tensors that
+        `update` adds to (sums, counts, a confusion matrix) and/or torchmetrics metrics (`MeanAveragePrecision`,
+        `BinaryAUROC`; a `MetricCollection` of them). torchmetrics costs a run about half a second of
+        imports (it imports torchvision): the shipped tasks use it only where a sum will not do."""
+        return self.init_sums(device)  # the name this method had before torchmetrics came in
 
     def init_sums(self, device: torch.device) -> dict[str, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} defines no init_metrics")
 
     def update(self, metrics, output, batch) -> None:
-        """Feed this batch to `metrics` (no .item(), no host sync)."""
+        """Feed this batch to `metrics`: add to the tensors, update the torchmetrics metrics (no .item(), no
+        host sync)."""
         raise NotImplementedError
 
     def compute(self, metrics) -> dict[str, float]:
-        """The numbers of a whole split, named as in `metrics`: by default the collection's metric of each
-        name (computed and synced over DDP ranks already: compute() returns the kept result); a task
-        overrides this to derive one number from several, or to rename."""
+        """The numbers of a whole split, named as in `metrics`, once the loop has summed the tensors over the
+        DDP ranks and computed the torchmetrics metrics (synced over the ranks; their compute() returns that
+        result again). By default each name's torchmetrics metric as a number."""
         return {name: float(metrics[name].compute()) for name in self.metrics}
 
     def log_pictures(self, writer, metrics, model, batch, step: int, prefix: str = "val") -> None:

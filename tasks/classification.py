@@ -1,12 +1,12 @@
-"""Single-label classification: cross-entropy on [B, C] logits, accuracy from a confusion matrix, and for two
-classes AUROC and F1 (of class 1), all torchmetrics."""
+"""Single-label classification: cross-entropy on [B, C] logits, accuracy, a confusion matrix; for two classes
+also AUROC and F1 (of class 1), by torchmetrics."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from torchmetrics.classification import BinaryAUROC, BinaryF1Score
 
-from tasks.base import ConfusionMatrix, Task, check_ids, collection, describe, mean_metric, require
+from tasks.base import Task, check_ids, describe, require
 
 
 class Classification(Task):
@@ -15,7 +15,6 @@ class Classification(Task):
     def __init__(
         self, num_classes: int, monitor: str = "acc", mode: str = "max", confusion_matrix: bool = True
     ) -> None:
-        """`confusion_matrix`: draw it (and per-class accuracy) in TensorBoard; accuracy is read from it."""
         require(num_classes >= 2, f"classification needs at least 2 classes, got num_classes={num_classes}")
         self.binary = num_classes == 2
         if self.binary:  # where one class is the positive one, as in most tables
@@ -27,36 +26,48 @@ class Classification(Task):
         return F.cross_entropy(output, self.targets(batch))
 
     def init_metrics(self, device):
-        metrics = {"loss": mean_metric(), "confusion": ConfusionMatrix(self.num_classes)}
-        if self.binary:  # thresholds=None: the exact curve, from every score of the split
-            metrics |= {"auroc": BinaryAUROC(validate_args=False), "f1": BinaryF1Score(validate_args=False)}
-        return collection(device, **metrics)
-
-    def update(self, metrics, output, batch):
-        y = self.targets(batch)
-        metrics["loss"].update(F.cross_entropy(output.float(), y, reduction="none"))
-        pred = output.argmax(dim=1)
-        metrics["confusion"].update(pred, y)
-        if self.binary:
-            metrics["auroc"].update(output.float().softmax(dim=1)[:, 1], y)
-            metrics["f1"].update(pred, y)  # class ids, not scores: no threshold, no check of their range
-
-    def compute(self, metrics):
-        confusion = metrics["confusion"].compute()
-        values = {
-            "loss": float(metrics["loss"].compute()),
-            "acc": int(confusion.trace()) / max(int(confusion.sum()), 1),
+        # Sums, not torchmetrics, for loss, accuracy and the confusion matrix: the same numbers with no
+        # import of torchmetrics, whose half second made the default run measurably slower (docs/tasks.md).
+        sums = {
+            "loss": torch.zeros((), device=device),
+            "correct": torch.zeros((), device=device, dtype=torch.long),
+            "count": torch.zeros((), device=device, dtype=torch.long),
         }
+        if self.confusion_matrix:
+            sums["confusion"] = torch.zeros(self.num_classes**2, device=device, dtype=torch.long)
+        if self.binary:  # the exact curve (thresholds=None) from every score of the split
+            from torchmetrics.classification import BinaryAUROC, BinaryF1Score
+
+            sums["auroc"] = BinaryAUROC(validate_args=False).to(device)
+            sums["f1"] = BinaryF1Score(validate_args=False).to(device)
+        return sums
+
+    def update(self, sums, output, batch):
+        y = self.targets(batch)
+        sums["loss"] += F.cross_entropy(output.float(), y, reduction="sum")
+        pred = output.argmax(dim=1)
+        sums["correct"] += (pred == y).sum()
+        sums["count"] += y.shape[0]
+        if "confusion" in sums:
+            # scatter_add_, not bincount: bincount reads the max index back to the host, a sync per batch.
+            sums["confusion"].scatter_add_(0, y * self.num_classes + pred, torch.ones_like(y))
         if self.binary:
-            values |= {"auroc": float(metrics["auroc"].compute()), "f1": float(metrics["f1"].compute())}
+            sums["auroc"].update(output.float().softmax(dim=1)[:, 1], y)
+            sums["f1"].update(pred, y)  # class ids, not scores: no threshold, no check of their range
+
+    def compute(self, sums):
+        count = max(int(sums["count"]), 1)
+        values = {"loss": sums["loss"].item() / count, "acc": sums["correct"].item() / count}
+        if self.binary:
+            values |= {"auroc": float(sums["auroc"].compute()), "f1": float(sums["f1"].compute())}
         return values
 
-    def log_pictures(self, writer, metrics, model, batch, step, prefix="val"):
-        if self.confusion_matrix:
+    def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
+        if "confusion" in sums:
             from utils.tensorboard.pictures import log_per_class
 
             # IMAGES: confusion matrix and per-class accuracy; SCALARS: one accuracy curve per class.
-            log_per_class(writer, metrics["confusion"].compute().cpu(), step, prefix)
+            log_per_class(writer, sums["confusion"].view(self.num_classes, -1).cpu(), step, prefix)
 
     def check(self, output, batch):
         y = self.targets(batch)

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Task, check_ids, collection, describe, mean_metric, output_tensor, require
+from tasks.base import Task, check_ids, describe, output_tensor, require
 
 
 class LanguageModeling(Task):
@@ -58,20 +58,22 @@ class LanguageModeling(Task):
         return F.cross_entropy(output.flatten(0, 1), self.targets(batch).flatten())
 
     def init_metrics(self, device):
-        loss = mean_metric()
-        if device.type != "mps":  # float64 where the device has it: a sum over millions of tokens
-            loss.set_dtype(torch.float64)
-        return collection(device, loss=loss)
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        return {
+            "loss": torch.zeros((), device=device, dtype=dtype),
+            "tokens": torch.zeros((), device=device, dtype=torch.long),
+        }
 
-    def update(self, metrics, output, batch):
-        y = self.targets(batch)  # every token weighs the same, across batches of any length
-        metrics["loss"].update(F.cross_entropy(output.flatten(0, 1).float(), y.flatten(), reduction="none"))
+    def update(self, sums, output, batch):
+        y = self.targets(batch)
+        sums["loss"] += F.cross_entropy(output.flatten(0, 1).float(), y.flatten(), reduction="sum")
+        sums["tokens"] += y.numel()
 
-    def compute(self, metrics):
-        loss = float(metrics["loss"].compute())
+    def compute(self, sums):
+        loss = sums["loss"].item() / max(int(sums["tokens"]), 1)
         return {"loss": loss, "bpc": loss / math.log(2)}
 
-    def log_pictures(self, writer, metrics, model, batch, step, prefix="val"):
+    def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
         # TEXT: the model's continuation of the fixed prompt, as a code block.
         context = self.inputs(batch).shape[1]
         text = self.sample(model, context, batch[0].device)

@@ -3,11 +3,12 @@ predicted-vs-true scatter picture, and a closed-form least-squares fit as the re
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 
-from tasks.base import Task, collection, describe, require
+from tasks.base import Task, describe, require
 
 
 class Regression(Task):
@@ -34,37 +35,37 @@ class Regression(Task):
         return F.mse_loss(output, self.targets(batch))
 
     def init_metrics(self, device):
-        k = self.num_targets
-        metrics = collection(
-            device,
-            mse=MeanSquaredError(num_outputs=k),  # per target, in the target's units
-            mae=MeanAbsoluteError(num_outputs=k),
-            r2=R2Score(multioutput="raw_values"),  # per target, on the mapped targets: the same number
-        )
-        if device.type != "mps":  # R^2 takes sum(y^2) - sum(y)^2 / n, which cancels badly in float32
-            metrics.set_dtype(torch.float64)
-        return metrics
+        # float64 where the device has it: R^2 takes sum(y^2) - sum(y)^2 / n, which cancels badly in float32.
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        per_target = {
+            name: torch.zeros(self.num_targets, device=device, dtype=dtype)
+            for name in ("squared_error", "abs_error", "target", "target_squared")
+        }
+        return {**per_target, "count": torch.zeros((), device=device, dtype=torch.long)}
 
-    def update(self, metrics, output, batch):
-        y = self.targets(batch).to(metrics["r2"].dtype)
-        output = output.to(y.dtype)
-        mean, std = self.target_mean.to(y), self.target_std.to(y)
-        metrics["mse"].update(output * std + mean, y * std + mean)
-        metrics["mae"].update(output * std + mean, y * std + mean)
-        metrics["r2"].update(output, y)
+    def update(self, sums, output, batch):
+        y = self.targets(batch).to(sums["target"].dtype)
+        error = output.to(y.dtype) - y
+        sums["squared_error"] += error.square().sum(dim=0)
+        sums["abs_error"] += error.abs().sum(dim=0)
+        sums["target"] += y.sum(dim=0)
+        sums["target_squared"] += y.square().sum(dim=0)
+        sums["count"] += y.shape[0]
 
-    def compute(self, metrics):
-        mse = metrics["mse"].compute().double().cpu().reshape(-1)
+    def compute(self, sums):
+        n = max(int(sums["count"]), 1)
+        sse, sae = sums["squared_error"].double().cpu(), sums["abs_error"].double().cpu()
+        sst = sums["target_squared"].double().cpu() - sums["target"].double().cpu().square() / n
+        std = self.target_std
+        r2 = (1 - sse / sst).where(sst > 0, torch.tensor(math.nan))  # one target, constant in the split: NaN
         return {
-            "loss": (mse / self.target_std.square())
-            .mean()
-            .item(),  # MSE of the mapped targets: the train loss
-            "rmse": mse.mean().sqrt().item(),
-            "mae": metrics["mae"].compute().double().mean().item(),
-            "r2": metrics["r2"].compute().double().mean().item(),
+            "loss": (sse.sum() / (n * self.num_targets)).item(),  # MSE of the mapped targets: the train loss
+            "rmse": (std.square() * sse / n).mean().sqrt().item(),
+            "mae": (std * sae / n).mean().item(),
+            "r2": r2.mean().item(),
         }
 
-    def log_pictures(self, writer, metrics, model, batch, step, prefix="val"):
+    def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
         from utils.tensorboard.pictures import add_png
 
         # IMAGES: predicted (up) against true (across) for the first batch, in the target's units.

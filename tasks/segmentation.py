@@ -1,5 +1,5 @@
 """Semantic segmentation: per-pixel cross-entropy on [B, C, H, W] class scores, mean IoU and pixel
-accuracy from torchmetrics' Jaccard index (its confusion matrix kept on the device), and image / true mask / predicted mask pictures."""
+accuracy from a confusion matrix summed on the device, and image / true mask / predicted mask pictures."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassJaccardIndex
 
-from tasks.base import ConfusionMatrix, Task, check_ids, collection, describe, mean_metric, require
+from tasks.base import Task, check_ids, describe, require
 
 
 class Segmentation(Task):
@@ -33,18 +32,30 @@ class Segmentation(Task):
         return F.cross_entropy(output, self.targets(batch))
 
     def init_metrics(self, device):
-        return collection(device, loss=mean_metric(), iou=JaccardIndex(self.num_classes))
+        return {
+            "loss": torch.zeros((), device=device),
+            # Rows are true classes, columns predictions, over every pixel of the split.
+            "confusion": torch.zeros(self.num_classes**2, device=device, dtype=torch.long),
+        }
 
-    def update(self, metrics, output, batch):
+    def update(self, sums, output, batch):
         y = self.targets(batch)
-        metrics["loss"].update(F.cross_entropy(output.float(), y, reduction="none"))
-        metrics["iou"].update(output.argmax(dim=1), y)
+        sums["loss"] += F.cross_entropy(output.float(), y, reduction="sum")
+        pred = output.argmax(dim=1)
+        # scatter_add_, not bincount: bincount reads the max index back to the host, a sync per batch.
+        cells = (y * self.num_classes + pred).flatten()
+        sums["confusion"].scatter_add_(0, cells, torch.ones_like(cells))
 
-    def compute(self, metrics):
-        values = {"loss": metrics["loss"].compute(), **metrics["iou"].compute()}
-        return {name: float(value) for name, value in values.items()}
+    def compute(self, sums):
+        confusion = sums["confusion"].view(self.num_classes, -1).double().cpu()
+        pixels = max(confusion.sum().item(), 1)
+        return {
+            "loss": sums["loss"].item() / pixels,
+            "miou": mean_iou(confusion),
+            "pixel_acc": confusion.trace().item() / pixels,
+        }
 
-    def log_pictures(self, writer, metrics, model, batch, step, prefix="val"):
+    def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
         from utils.tensorboard.pictures import add_png
 
         # IMAGES: for the first samples, one row each: the image, its true mask, the predicted mask.
@@ -72,22 +83,14 @@ class Segmentation(Task):
         check_ids(targets, self.num_classes, "mask classes", "data.num_classes", not_integer)
 
 
-class JaccardIndex(MulticlassJaccardIndex):
-    """torchmetrics' mean IoU over the classes present in the targets or the predictions, its confusion
-    matrix counted as ConfusionMatrix counts it (no host sync per batch)."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes, average="macro", validate_args=False)
-
-    update = ConfusionMatrix.update
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        """mIoU and pixel accuracy, both from the confusion matrix summed over DDP ranks."""
-        confusion = self.confmat
-        return {
-            "miou": super().compute(),
-            "pixel_acc": confusion.trace().double() / confusion.sum().clamp(min=1),
-        }
+def mean_iou(confusion: torch.Tensor) -> float:
+    """Mean over classes of intersection / union (true positives / (row + column - true positives)),
+    over the classes present in the targets or the predictions; NaN if there are none."""
+    confusion = confusion.double()
+    hits = confusion.diagonal()
+    union = confusion.sum(dim=0) + confusion.sum(dim=1) - hits
+    present = union > 0
+    return (hits[present] / union[present]).mean().item() if bool(present.any()) else math.nan
 
 
 def mask_rows(x, true, pred, num_classes: int, mean=None, std=None, min_size: int = 64) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""A whole split through the model: the task's metrics, kept on the device, read (and synced over DDP ranks)
+"""A whole split through the model: the task's metrics, kept on the device, summed (or synced) over DDP ranks
 once at the end."""
 
 from __future__ import annotations
@@ -34,13 +34,16 @@ def evaluate(model, loader, task, device, precision: str, channels_last: bool = 
 
 
 def measure(task, metrics) -> dict[str, float]:
-    """The task's numbers from its metrics, the same on every DDP rank (every rank must call this).
-    A collection of torchmetrics metrics computes here, every metric of it on every rank, each syncing over
-    the ranks once; each keeps its result, so that what the task reads later (its pictures, on rank 0
-    alone) needs no rank's help. A task's plain tensor sums are summed over the ranks here."""
-    if isinstance(metrics, dict) and all(isinstance(v, torch.Tensor) for v in metrics.values()):
-        keys = sorted(metrics)
-        metrics.update(zip(keys, all_reduce_sum(*(metrics[k] for k in keys)), strict=True))
-    elif hasattr(metrics, "compute"):
-        metrics.compute()
+    """The task's numbers from its metrics, the same on every DDP rank (every rank must call this): its
+    tensors summed over the ranks in one call, each torchmetrics metric computed on every rank (synced over
+    them; it keeps the result, so that what the task reads later, its pictures on rank 0 alone, needs no
+    rank's help)."""
+    parts = metrics.values() if isinstance(metrics, dict) else [metrics]
+    for metric in parts:
+        if not isinstance(metric, torch.Tensor) and hasattr(metric, "compute"):
+            metric.compute()
+    if isinstance(metrics, dict):
+        sums = sorted(k for k, v in metrics.items() if isinstance(v, torch.Tensor))
+        if sums:
+            metrics.update(zip(sums, all_reduce_sum(*(metrics[k] for k in sums)), strict=True))
     return task.compute(metrics)
