@@ -18,7 +18,6 @@ from utils.run.signals import stop_while_starting  # isort: skip
 if __name__ == "__main__":
     stop_while_starting("eval.py")
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -51,6 +50,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from utils.evaluation import evaluate
     from utils.parts import build, build_data, build_loaders, check_fit
     from utils.run.checkpoint import load_checkpoint, load_model_state
+    from utils.run.files import write_json
     from utils.run.trust import stored_config
     from utils.runtime import pick_device
     from utils.state import TrainState
@@ -91,7 +91,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         **{f"test/{k}": v for k, v in test.items()},
         "test/count": len(splits.test),
     }
-    (path.parent / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(path.parent / "metrics.json", metrics)  # whole or absent, never half-written
     # The run's TensorBoard: <run>/tb for <run>/checkpoints/x.pt; tb/ beside a checkpoint kept elsewhere.
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     writer = open_writer(run_dir / "tb")

@@ -20,7 +20,6 @@ from utils.run.signals import stop_while_starting  # isort: skip
 if __name__ == "__main__":  # the tests import this file to train in-process
     stop_while_starting("train.py")
 
-import json
 import logging
 import shlex
 import sys
@@ -67,7 +66,7 @@ from utils.distributed import barrier, check_weights_in_sync, init_distributed, 
 from utils.evaluation import evaluate
 from utils.nonfinite import drop_nonfinite, total_loss
 from utils.parts import build, build_data, build_loaders, check_fit, describe
-from utils.run import checkpoint
+from utils.run import checkpoint, files
 from utils.run.init_from import load_initial_weights, log_summary
 from utils.run.resume import check_can_resume, load_resume, resume_command
 from utils.run.timebudget import Deadline
@@ -93,7 +92,8 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
         checkpoint.restore(parts, state, resumed.state, resumed.path)
         log.info("Resuming from %s (step %d)", resumed.path, state.step)
     parts.writer = dashboards.open_run_writer(parts, state.step if resumed else None)
-    with Session(parts, state) as session:  # from here a signal stops the loop after the step in flight
+    # From here to the end a signal stops the loop after the step in flight, the test after its batch.
+    with Session(parts, state, life.stop_signals()) as session:
         life.phase = "train"
         fit(parts, state, session)
     if state.stop_reason in ("signal", "max_time"):  # last.pt goes on from here, after the test or not
@@ -101,7 +101,10 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
     if session.tell_stop(resume_command(run_dir)) == "signal":
         return Outcome(state.best, session.signals.signum)
     life.phase = "test"
-    test(parts, state, session.meter.summary())
+    if not test(parts, state, session):
+        log.warning("Stopped by %s during the final test: the test was skipped; checkpoints/ holds best.pt "
+                    "and last.pt. Test them with: %s", session.signals.name, resume_command(run_dir))  # fmt: skip
+        return Outcome(state.best, session.signals.signum)
     life.phase = "done"
     return Outcome(state.best)
 
@@ -301,9 +304,9 @@ def save(parts: Parts, state: TrainState, name: str, *also: str) -> None:
         checkpoint.prune_step_checkpoints(parts.ckpt_dir, parts.trainer.keep_step_checkpoints)
 
 
-def test(parts: Parts, state: TrainState, throughput: dict) -> None:
+def test(parts: Parts, state: TrainState, session: Session) -> bool:
     """Test the best weights (best.pt; the last ones if no validation ran); write metrics.json and the
-    HPARAMS row's final values."""
+    HPARAMS row's final values. False if a stop signal came during it (nothing is written then)."""
     check_weights_in_sync(parts.model, parts.ddp)  # under DDP: every rank logs a digest of its weights
     barrier()  # rank 0 has written best.pt; now the other ranks may read it
     tested_state, best_path = state, parts.ckpt_dir / "best.pt"
@@ -313,7 +316,9 @@ def test(parts: Parts, state: TrainState, throughput: dict) -> None:
         tested_state = TrainState.new(parts)
         tested_state.load_state_dict(best)
     log.info("Testing %s on the test split", best_path.name if best_path.exists() else "the last weights")
-    tested = validate(parts, tested_state, "test", state.step)
+    tested = validate(parts, tested_state, "test", state.step, session)
+    if tested is None:
+        return False
     task = parts.task
     metrics = {
         "monitor": f"val/{task.monitor}",
@@ -327,13 +332,13 @@ def test(parts: Parts, state: TrainState, throughput: dict) -> None:
         "nonfinite_batches_skipped": state.nonfinite_skipped,
         "stopped_by": state.stop_reason,  # null: the run's full length
         "stopped_early": state.stop_reason == "early_stopping",
-        **throughput,
+        **session.meter.summary(),
         "tags": list(parts.cfg.get("tags") or []),
     }
     dashboards.log_run_end(parts.writer, metrics, state.step, dashboards.metric_tags(task)[1])  # HPARAMS row
     if parts.ddp.is_main:
         parts.writer.close()
-        (parts.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        files.write_json(parts.run_dir / "metrics.json", metrics)  # whole or absent: it marks a finished run
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(tested.items(), key=lambda kv: kv[0] != task.monitor))
     best_text = "none" if state.best is None else f"{state.best:.4f}"
     log.info(
@@ -343,6 +348,7 @@ def test(parts: Parts, state: TrainState, throughput: dict) -> None:
         best_text,
         parts.run_dir / "metrics.json",
     )
+    return True
 
 
 if __name__ == "__main__":

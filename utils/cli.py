@@ -86,6 +86,9 @@ def run(main, prog: str, config_name: str) -> None:
         main()
     except (Exception, Interrupted) as err:  # Interrupted: a signal during Hydra's own start-up
         if stopped := interruption(err):
+            from utils.run.rundir import discard_run_dir
+
+            discard_run_dir(stopped.run_dir)  # Hydra may have made the run's directory: it leaves none
             print(f"{prog}: stopped by {stopped.name} before it started: nothing to save.", file=sys.stderr)
             sys.exit(stopped.exit_code)
         line = None if FULL_ERROR else hydra_error_line(err, CONF, config_name)
@@ -93,14 +96,10 @@ def run(main, prog: str, config_name: str) -> None:
             raise
         print(f"{prog}: error: {line}", file=sys.stderr)
         sys.exit(2)
-    if (
-        signum := dropped()
-    ):  # a library swallowed the signal's Interrupted (utils/run/signals.py): still stopped
+    # A library swallowed the signal's Interrupted (utils/run/signals.py): the run was still stopped.
+    if signum := dropped():
         name = signal.Signals(signum).name
-        print(
-            f"{prog}: stopped by {name}, which a library call dropped: it had finished by then.",
-            file=sys.stderr,
-        )
+        print(f"{prog}: stopped by {name} as it ended: it had finished by then.", file=sys.stderr)
         sys.exit(128 + signum)
 
 

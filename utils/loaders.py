@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from data.splits import Splits
 from utils.config import ConfigError
+from utils.run.signals import held_while_forking, quiet_worker
 
 
 def epoch_order(
@@ -163,6 +164,8 @@ class SampledLoader:
             collate_fn=collate_fn,  # None: torch's default, which stacks samples of one shape
             # Workers stay alive across epochs: re-forking them each epoch costs seconds on big datasets.
             persistent_workers=num_workers > 0,
+            # Ctrl-C and scancel signal the whole process group: the workers leave the stop to the main process.
+            worker_init_fn=quiet_worker if num_workers > 0 else None,
         )
         self.dataset = dataset
 
@@ -175,7 +178,8 @@ class SampledLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
-        return iter(self.loader)
+        with held_while_forking():  # the first iterator forks the (persistent) workers
+            return iter(self.loader)
 
 
 @dataclass

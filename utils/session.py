@@ -30,17 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class Session:
-    """Entered around the epochs: Ctrl-C, SIGTERM and SLURM's SIGUSR1 then ask the loop to stop after the
-    step in flight (or the evaluation batch), instead of raising."""
+    """Entered around the epochs. `signals` (RunLife.stop_signals: installed from the loop's start to the
+    run's end) turn Ctrl-C, SIGTERM and SLURM's SIGUSR1 into a request to stop after the step in flight
+    (or the evaluation batch), instead of raising."""
 
-    def __init__(self, parts, state) -> None:
+    def __init__(self, parts, state, signals: StopSignals) -> None:
         t, lg = parts.trainer, parts.logging
         self.parts, self.state = parts, state
         self.progress = Progress(lg.progress_bar, parts.plan.total_steps)
         self.meter = Throughput(parts.task.unit)
         self.profiler = build_profiler(t.profile_steps, parts.run_dir, parts.device, log, parts.ddp.rank)
         self.anomaly = AnomalyWarnings(t.detect_anomaly)
-        self.signals = StopSignals()
+        self.signals = signals
 
     def __enter__(self) -> Session:
         return self
@@ -49,7 +50,6 @@ class Session:
         for line in self.profiler.finish():
             log.info("%s", line)
         self.progress.close()
-        self.signals.restore()  # back to raising at once: the final test is not worth waiting for
         self.anomaly.stop()
         if isinstance(err, RuntimeError) and self.anomaly.enabled and "nan" in str(err).lower():
             what = one_line(err).rstrip(".")

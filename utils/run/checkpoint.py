@@ -14,23 +14,12 @@ import math
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def _file_mode() -> int:
-    """The mode open() gives a new file under this process's umask (os.umask can only be read by setting)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-# mkstemp makes its file 0600; a checkpoint gets the mode any other new file would, so that a shared
-# project directory stays readable to the group, as torch.save's own files would be.
-FILE_MODE = _file_mode()
+from utils.run.files import atomic_file, fsync_dir, out_of_space, space_left
 
 
 class CheckpointError(Exception):
@@ -118,45 +107,18 @@ def data_order_state(loader, epoch: int, batch: int) -> dict:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`.
-
-    os.replace is atomic on POSIX: a reader (or a crash) sees the old file or the new one, never half.
-    """
+    """Write whole or not at all (utils/run/files.py): a reader or a crash sees the old file or the new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, (OSError, RuntimeError)) and _out_of_space(err):
-            import shutil
-
-            free = shutil.disk_usage(path.parent).free
-            kept = "the previous one is intact" if path.exists() else "there was none before"
-            raise CheckpointError(
-                f"no space left to write {path.name} in {path.parent} ({free / 2**20:.1f} MiB free); {kept}"
-            ) from None
-        raise
-    # Make the rename itself durable.
-    _fsync_dir(path.parent)
-
-
-def _out_of_space(err: BaseException) -> bool:
-    """ENOSPC, a quota, a file-size limit; torch's zip writer reports them as RuntimeError ("enforce fail",
-    "failed writing file"), with the OSError, when there is one, as its cause."""
-    import errno
-
-    for e in (err, err.__cause__, err.__context__):
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and ("failed writing" in text or "enforce fail" in text)
+    except (OSError, RuntimeError) as err:
+        if not out_of_space(err):
+            raise
+        kept = "the previous one is intact" if path.exists() else "there was none before"
+        raise CheckpointError(
+            f"no space left to write {path.name} in {path.parent} ({space_left(path.parent)}); {kept}"
+        ) from None
 
 
 def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -174,7 +136,7 @@ def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
     os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
@@ -190,14 +152,6 @@ def prune_step_checkpoints(ckpt_dir: str | os.PathLike, keep: int | None) -> lis
     for p in old:
         p.unlink(missing_ok=True)
     return old
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load_model_state(model: torch.nn.Module, state: dict, path: str | os.PathLike) -> None:

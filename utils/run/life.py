@@ -33,11 +33,21 @@ KEPT = {
     "test": "during the final test: the test was skipped; checkpoints/ holds best.pt and last.pt.",
     "evaluate": "while evaluating: nothing was written.",
 }
+# What a first stop signal does, by the phase the run is in (the loop's own words are the default).
+STOPPING = {"test": "stopping the final test after its batch in flight; best.pt and last.pt are kept"}
+# What a full disk left, by the phase the run was in: every file is written whole or not at all.
+WRITTEN = {
+    "start": "nothing was written",
+    "train": "checkpoints/ holds the last checkpoint written, whole",
+    "test": "metrics.json was not written; checkpoints/ holds best.pt and last.pt",
+    "evaluate": "metrics.json was not written",
+}
 
 
 class RunLife:
     def __init__(self, prog: str, log: logging.Logger) -> None:
         self.prog, self.log = prog, log
+        self.signals = None  # StopSignals, from the loop's start (stop_signals) to the run's end
         self.phase = "start"  # start, train, test, done (eval.py: start, evaluate, done)
         self.run_dir: Path | None = None
         self.fresh = True  # the run directory was made for this run: a rejected run removes it
@@ -48,6 +58,16 @@ class RunLife:
 
     def __enter__(self) -> RunLife:
         return self
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: str) -> None:
+        self._phase = phase
+        if self.signals is not None and phase in STOPPING:
+            self.signals.then = STOPPING[phase]
 
     def open_run_dir(self, cfg):
         """This run's directory (Hydra made it). A SLURM job started again after a preemption or time
@@ -77,34 +97,69 @@ class RunLife:
         if process_rank() == 0:
             self._held.enter_context(RunLock(self.run_dir))
 
+    def stop_signals(self):
+        """From here to the run's end a stop signal asks the loop (and then the final test) to stop after
+        the step or batch in flight, instead of raising (utils/run/signals.py StopSignals)."""
+        from utils.run.signals import StopSignals
+
+        self.signals = StopSignals()
+        return self.signals
+
     def stopped_by(self, signum: int | None) -> None:
-        """The loop stopped for this signal (it saved last.pt and said so): exit 128 + N."""
+        """The loop or the final test stopped for this signal (and said what it kept): exit 128 + N."""
         if signum:
             self._signum, self.exit_code = signum, 128 + signum
 
     def release(self) -> None:
-        """Let go of the run lock (on the way out; a test that trains in-process calls it itself)."""
+        """Let go of the run lock, and raise at a signal again (on the way out; a test that trains
+        in-process calls it itself)."""
         self._held.close()
+        if self.signals is not None:
+            self.signals.restore()
 
     def __exit__(self, kind, err, tb) -> bool:
-        self.release()  # the lock first: a requeued job or a resume may take it at once
-        if err is not None:
-            stopped = interruption(err)
-            if stopped:
-                # Plain, like the start-up stop of utils/cli.py: the last line the user sees.
-                print(f"{self.prog}: stopped by {stopped.name} {KEPT.get(self.phase, '')}", file=sys.stderr)
-                self._signum, self.exit_code = stopped.signum, stopped.exit_code
-            elif FULL_ERROR or not isinstance(err, Exception) or not is_user_error(err):
+        self._held.close()  # the lock first: a requeued job or a resume may take it at once
+        try:
+            if err is not None and not self._told(err):
                 return False  # a bug, or the user asked for tracebacks: Python's own report
-            else:
-                self.log.error("%s", one_line(err))
-                self.exit_code = 2
-            if self.phase == "start" and self.fresh and self.run_dir is not None:
-                from utils.run.rundir import discard_run_dir
+            if err is None and self.signals is not None and self.signals.signum and not self._signum:
+                # It came after the test's last batch: nothing was left to stop, the run is whole.
+                print(f"{self.prog}: stopped by {self.signals.name} as the run ended: it had finished.",
+                      file=sys.stderr)  # fmt: skip
+                self.exit_code = self.signals.exit_code
+            elif self._signum == signal.SIGUSR1:
+                self._requeue()
+            return True
+        finally:
+            if self.signals is not None:  # last: until here a signal cannot break into the way out
+                self.signals.restore()
 
-                discard_run_dir(self.run_dir)  # a rejected run leaves no directory behind
-        if self._signum == signal.SIGUSR1:
-            self._requeue()
+    def _told(self, err: BaseException) -> bool:
+        """Tell an error that ends the run in one line and set the exit code; False for a bug."""
+        from utils.run.files import out_of_space, space_left
+
+        stopped = interruption(err)
+        if stopped:
+            # Plain, like the start-up stop of utils/cli.py: the last line the user sees.
+            print(f"{self.prog}: stopped by {stopped.name} {KEPT.get(self.phase, '')}", file=sys.stderr)
+            self._signum, self.exit_code = stopped.signum, stopped.exit_code
+        elif FULL_ERROR or not isinstance(err, Exception):
+            return False
+        elif out_of_space(err):  # the disk filled up: nothing to fix in the code, everything written is whole
+            where = self.run_dir or Path.cwd()
+            self.log.error("no space left on the device of %s (%s); %s: %s", where, space_left(where),
+                           WRITTEN.get(self.phase, ""), one_line(err))  # fmt: skip
+            self.exit_code = 2
+        elif is_user_error(err):
+            self.log.error("%s", one_line(err))
+            self.exit_code = 2
+        else:
+            return False
+        if self.phase == "start" and self.fresh:
+            from utils.run.rundir import discard_run_dir
+
+            # A rejected or stopped run leaves no directory behind (Hydra's, if a stop came before ours).
+            discard_run_dir(self.run_dir or (stopped and stopped.run_dir))
         return True
 
     def _requeue(self) -> None:

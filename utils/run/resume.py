@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from utils.cli import one_line
 from utils.config import ConfigError
 from utils.run.checkpoint import CheckpointError, data_order_state, load_checkpoint
+from utils.run.files import read_json
 from utils.run.resume_target import describe_resume, resume_target
 from utils.run.trust import stored_config
 
@@ -197,7 +198,9 @@ def with_found(own, theirs: dict):
 def check_can_resume(resume: Resume, loader, total_steps: int, run_dir: Path) -> None:
     """Refuse a run that has nothing left to do, and one whose data order is no longer the saved one."""
     step = resume.state.get("step")
-    if isinstance(step, int) and step >= total_steps and (run_dir / "metrics.json").exists():
+    # A metrics.json that does not read back whole (left by an older version killed while writing it) is
+    # no finished run: its test goes on.
+    if isinstance(step, int) and step >= total_steps and read_json(run_dir / "metrics.json") is not None:
         raise ConfigError(
             f"{run_dir} already finished its {step} steps; to train on, resume it with a larger "
             "trainer.max_epochs or trainer.max_steps"

@@ -88,12 +88,16 @@ def find_resume_target(value, output_root: str) -> ResumeTarget | None:
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
-    """metrics.json exists and no last.pt was written after it."""
+    """metrics.json reads back whole and no last.pt was written after it."""
+    from utils.run.files import read_json
+
     run_dir = Path(run_dir)
     metrics, last = run_dir / "metrics.json", run_dir / "checkpoints" / "last.pt"
     try:
         done = metrics.stat().st_mtime_ns
     except OSError:
+        return False
+    if read_json(metrics) is None:  # half-written by an older version: the run did not finish
         return False
     try:
         return last.stat().st_mtime_ns <= done

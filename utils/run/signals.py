@@ -1,17 +1,23 @@
 """Ctrl-C (SIGINT), SIGTERM and SLURM's SIGUSR1 at every moment of a run, each ending in one line and exit
 130 / 143 / 138 (train.py requeues a SLURM job after SIGUSR1).
 
-Outside the training loop (start-up, the final test) a signal raises `Interrupted` at once: train.py
-catches it, says what was kept ("nothing to save" before training; "test skipped, last.pt kept" during the
-test) and exits. Inside the loop `StopSignals` takes over: the loop finishes the optimizer step in flight,
-saves last.pt, closes TensorBoard, prints the resume command and exits. A second signal there exits at
-once, saving nothing.
+Before training (start-up) a signal raises `Interrupted` at once: train.py catches it, says "nothing to
+save" and exits. From the loop's start to the run's end `StopSignals` takes over: the loop finishes the
+optimizer step in flight (or the evaluation batch), saves last.pt, closes TensorBoard, prints the resume
+command and exits; the final test stops after its batch, keeping best.pt and last.pt. A second signal there
+exits at once, saving nothing.
+
+A terminal's Ctrl-C and SLURM's scancel reach the whole process group, DataLoader workers included. The
+workers ignore the stop signals (`quiet_worker`): the main process decides, and shuts them down as it
+exits. They are forked with the signals held (`held_while_forking`), so that none lands in a worker before
+it has said so, nor inside a library's at-fork hook in the main process (logging's, which drops it).
 
 No torch at import: train.py installs the first handlers before it imports anything heavy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -31,6 +37,9 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        # Where Hydra was setting the job up when it came (Hydra forgets it as the error unwinds): a stop
+        # before the run started leaves no directory behind.
+        self.run_dir = _hydra_run_dir()
 
     @property
     def name(self) -> str:
@@ -47,6 +56,15 @@ class Interrupted(BaseException):
 # as it does Python's own KeyboardInterrupt. Seen under load: a Ctrl-C during data set-up, and training went
 # on. raise_if_dropped() honours it at the next safe point: the loop's start, the end of the program.
 _raised: int | None = None
+
+
+def _hydra_run_dir() -> str | None:
+    """The job's output directory while Hydra runs it; None before (never imports Hydra: a handler)."""
+    config = sys.modules.get("hydra.core.hydra_config")
+    try:
+        return str(config.HydraConfig.get().runtime.output_dir) if config else None
+    except Exception:  # no job yet
+        return None
 
 
 def _raise(signum: int, frame) -> None:
@@ -78,7 +96,7 @@ def stop_while_starting(prog: str) -> None:
         # whose library may catch and rewrap it (OmegaConf does) into a traceback. Nothing is open yet.
         os._exit(128 + signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:  # SIGUSR1 too: its default action would end the process without a word
         signal.signal(signum, stop)
 
 
@@ -102,6 +120,30 @@ def raise_on_signals() -> None:
             signal.signal(signum, _raise)
 
 
+def quiet_worker(worker_id: int | None = None) -> None:
+    """A DataLoader worker's first act (worker_init_fn): ignore the stop signals that reach the whole process
+    group. The main process stops the run; a worker that died of the signal would fail the batch in
+    flight, and with it the checkpoint."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def held_while_forking():
+    """Hold the stop signals while DataLoader workers are forked: a child inherits the mask, so a signal
+    to the group waits in it until quiet_worker has set it to be ignored; one sent to the main process
+    meanwhile is delivered as the block ends, to the handler in force."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 class StopSignals:
     """Inside the loop: a signal sets a flag, which the loop reads after each optimizer step. Installs the
     handlers on creation; `restore()` goes back to raising Interrupted."""
@@ -111,6 +153,8 @@ class StopSignals:
 
         raise_if_dropped()  # a signal during set-up that a library swallowed: training must not start
         self.signum: int | None = None
+        # What a first signal does now, as the run's phase says (utils/run/life.py sets it).
+        self.then = "finishing the current step, then saving checkpoints/last.pt"
         self.distributed = is_distributed()
         self._pid = os.getpid()
         self._installed = threading.current_thread() is threading.main_thread()
@@ -147,9 +191,9 @@ class StopSignals:
         if self.signum is None:
             self.signum = signum
             log.warning(
-                "%s: finishing the current step, then saving checkpoints/last.pt (send it again to exit "
-                "at once, without saving).",
+                "%s: %s (send it again to exit at once, without saving).",
                 signal.Signals(signum).name,
+                self.then,
             )
             return
         log.error("%s again: exiting now, without saving.", signal.Signals(signum).name)

@@ -8,7 +8,6 @@ without guards.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from utils.run.files import write_json
 from utils.tensorboard.pictures import log_input_images
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def log_run_start(
     writer.add_text("run/config", config_markdown(cfg, overrides), 0)
     env = environment_info(device)
     env["tags"] = [str(tag) for tag in cfg.get("tags") or []]
-    (Path(run_dir) / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    write_json(Path(run_dir) / "env.json", env)
     writer.add_text("run/environment", environment_markdown(env), 0)
 
     hparams = run_hparams(cfg)
