@@ -324,3 +324,34 @@ def wait_for_moment(proc: subprocess.Popen, moment: str, timeout: float = 180) -
     else:
         return wait_for_line(proc, moment, timeout)
     return ""
+
+
+def wait_for_children(pid: int, count: int, timeout: float = 180) -> None:
+    """Until the process has `count` child processes (DataLoader workers: the validation loader's two,
+    forked by the check before training, then the training loader's two at the loop's first batch)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            raise _ended(pid, f"it had {count} child processes") from None
+        if len(children) >= count:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} did not have {count} child processes within {timeout} s")
+
+
+def wait_for_path(proc: subprocess.Popen, pattern: str, timeout: float = 180) -> Path:
+    """Until a file matching the glob `pattern` exists (a checkpoint's temp file: a write in flight)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := glob.glob(pattern):
+            return Path(found[0])
+        if proc.poll() is not None:
+            raise _ended(proc.pid, f"a file matching {pattern} existed")
+        time.sleep(0.0005)
+    raise AssertionError(f"no file matching {pattern} within {timeout} s")

@@ -4,10 +4,22 @@
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, event_accumulator, read_metrics, run_cli, wait_for_line
+from tests.helpers import (
+    PYTHON,
+    REPO,
+    event_accumulator,
+    needs,
+    read_metrics,
+    run_cli,
+    wait_for_children,
+    wait_for_line,
+    wait_for_moment,
+    wait_for_path,
+)
 from utils.run.checkpoint import load_checkpoint
 
 ENDLESS = [
@@ -140,3 +152,175 @@ def test_a_signal_that_a_library_drops_still_stops_the_run(signum, loop):
     assert "trained" not in done.stdout and "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"train.py: stopped by {signum.name}"), done.stderr
+
+
+# --- Every phase, the signal sent as its sender sends it ------------------------------------------------
+# A terminal's Ctrl-C reaches the whole foreground process group, and SLURM's scancel or preemption every
+# process of the job step: DataLoader workers included. Each run here is its own process group (as a
+# foreground job is) with two workers per loader, and the signal goes to the group.
+
+WORKERS = [
+    "data=fake",
+    "data.num_workers=2",
+    "data.batch_size=8",
+    "data.dataset.train_size=128",
+    "data.dataset.val_size=64",
+    "data.dataset.test_size=64",
+    "logging.progress_bar=false",
+    "logging.every_n_steps=1",
+]
+
+
+def start_group(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([PYTHON, str(REPO / "train.py"), *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def signal_group(proc: subprocess.Popen, signum: int, seen: str) -> str:
+    """The signal to every process of the run's group; everything the run printed."""
+    os.killpg(proc.pid, signum)
+    return seen + proc.communicate(timeout=240)[0]
+
+
+def assert_clean(out: str) -> None:
+    """No worker died of it and no traceback: the run told what happened in its own lines."""
+    for sign in ("Traceback", "exited unexpectedly", "Interrupted", "Exception ignored"):
+        assert sign not in out, out
+
+
+def steps_of(path: Path) -> int:
+    return load_checkpoint(path)["step"]
+
+
+def moment_loop(proc, run):  # the loop runs
+    return wait_for_line(proc, r"step 3/")
+
+
+def moment_first_batch(proc, run):  # the training loader's workers are up: the first batch and its graph
+    wait_for_children(proc.pid, 4)  # the validation loader's two (the check before training), then these
+    return ""
+
+
+def moment_validation(proc, run):  # the epoch's last step is done: validation of a large split follows
+    return wait_for_line(proc, r"step 3/6 ")
+
+
+def moment_checkpoint_write(proc, run):  # a checkpoint of 150 MB is being written
+    wait_for_path(proc, str(run / "checkpoints" / ".last.pt.*.tmp"))
+    return ""
+
+
+PHASES = {
+    "training": (moment_loop, ["trainer.max_epochs=1000"]),
+    "first batch with the graph": (moment_first_batch, ["trainer.max_epochs=1000", "logging.graph=true"]),
+    "validation": (
+        moment_validation,
+        ["trainer.max_epochs=2", "trainer.limit_batches=3", "data.dataset.val_size=4000"],
+    ),
+    "checkpoint write": (
+        moment_checkpoint_write,
+        [
+            "trainer.max_epochs=1000",
+            "model=mlp",
+            "model.hidden_dims=[4096]",
+            "trainer.checkpoint_every_n_steps=1",
+        ],
+    ),
+}
+
+
+@pytest.mark.slow
+@needs("conf/data/fake.yaml")
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "scancel"])
+def test_a_signal_to_the_group_saves_last_pt_and_resume_finishes(tmp_path, phase, signum):
+    moment, args = PHASES[phase]
+    run = tmp_path / "run"
+    proc = start_group([*WORKERS, *args, f"hydra.run.dir={run}"])
+    try:
+        seen = moment(proc, run)
+    except AssertionError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    out = signal_group(proc, signum, seen)
+    assert proc.returncode == 128 + signum, out
+    assert_clean(out)
+    assert f"Stopped by {signal.Signals(signum).name} at step" in out, out
+    last = run / "checkpoints" / "last.pt"
+    stopped = steps_of(last)  # whole: it loads
+    assert stopped >= 1 and not list((run / "checkpoints").glob(".*.tmp")), out
+    if phase == "validation":  # the step in flight was the epoch's last; the validation did not count
+        assert stopped == 3 and not (run / "checkpoints" / "best.pt").exists(), out
+    # The resume command it printed goes on from the step in flight, to the run's end.
+    more = [] if phase == "validation" else [f"trainer.max_steps={stopped + 2}"]
+    done = run_cli([f"resume={run}", *more])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_metrics(run)["steps"] == (6 if phase == "validation" else stopped + 2)
+
+
+@pytest.mark.slow
+@needs("conf/data/fake.yaml")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_during_the_final_test_stops_it_within_a_batch(tmp_path, signum):
+    """The test's workers ignore it, the main process stops after the batch in flight: no test result, best.pt
+    and last.pt kept, and the resume command finishes the test."""
+    run = tmp_path / "run"
+    proc = start_group([*WORKERS, "trainer.max_epochs=1", "trainer.limit_batches=3",
+                        "data.dataset.test_size=4000", f"hydra.run.dir={run}"])  # fmt: skip
+    seen = wait_for_line(proc, r"Testing best\.pt on the test split")
+    out = signal_group(proc, signum, seen)
+    assert proc.returncode == 128 + signum, out
+    assert_clean(out)
+    assert f"Stopped by {signal.Signals(signum).name} during the final test: the test was skipped" in out, out
+    assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    assert not (run / "metrics.json").exists()
+    # No SLURM here: SIGUSR1's requeue says so in its own line; the printed command finishes the test.
+    done = run_cli([f"resume={run}"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_metrics(run)["steps"] == 3
+
+
+@pytest.mark.slow
+@needs("conf/data/fake.yaml")
+def test_a_signal_as_the_run_ends_leaves_a_whole_finished_run(tmp_path):
+    """After the test's last batch nothing is left to stop: metrics.json is whole, the run finished."""
+    run = tmp_path / "run"
+    proc = start_group([*WORKERS, "trainer.max_epochs=1", "trainer.limit_batches=3", f"hydra.run.dir={run}"])
+    seen = wait_for_line(proc, r"Test: ")
+    out = signal_group(proc, signal.SIGTERM, seen)
+    assert proc.returncode in (0, 143), out  # the process may have ended before the signal came
+    assert_clean(out)
+    assert read_metrics(run)["steps"] == 3
+    again = run_cli([f"resume={run}"])
+    assert again.returncode == 2 and "already finished its 3 steps" in again.stdout + again.stderr
+
+
+# From the first handler to the loop's start; none needs the machine to be quiet.
+START_UP = ["handlers installed", "torch importing", "hydra composed", "Run directory:", r"Data: \d+ train"]
+
+
+@pytest.mark.parametrize("moment", START_UP)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGUSR1], ids=["ctrl-c", "slurm-warning"])
+def test_a_signal_during_start_up_is_one_line_and_leaves_no_directory(tmp_path, moment, signum):
+    outputs = tmp_path / "outputs"
+    proc = start_group([*WORKERS, "trainer.max_epochs=1000", f"paths.output_root={outputs}"])
+    try:
+        if moment == "hydra composed":  # Hydra has made the run's directory and written .hydra/ into it
+            wait_for_path(proc, str(outputs / "*" / "*" / ".hydra" / "config.yaml"))
+            seen = ""
+        else:
+            seen = wait_for_moment(proc, moment)
+    except AssertionError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    out = signal_group(proc, signum, seen)
+    assert proc.returncode == 128 + signum, out
+    assert_clean(out)
+    # The stop is the last word: nothing (torch's exit-time INFO lines, say) follows it, but SLURM's requeue
+    # after its warning signal (here: "Not requeued", no SLURM).
+    lines = [line for line in out.strip().splitlines() if "requeue" not in line.lower()]
+    assert f"stopped by {signal.Signals(signum).name}" in lines[-1] and "nothing to save" in lines[-1], out
+    left = [p for p in outputs.rglob("*") if p.is_file()] if outputs.exists() else []
+    assert not left, left

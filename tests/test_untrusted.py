@@ -5,7 +5,6 @@ nothing; resume is exact for DataLoader datasets too. Each case is a real run of
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,6 @@ from tests.helpers import (
     read_metrics,
     run_cli,
     train_in_process,
-    wait_for_line,
-    wait_for_moment,
 )
 from utils.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.run.lock import RunLock
@@ -298,53 +295,7 @@ def test_a_long_name_is_shortened_with_a_hash(tmp_path):
     assert len(runs) == 2 and all(len(r) < 200 for r in runs) and runs[0] != runs[1]
 
 
-# --- 5. Signals at every moment ----------------------------------------------------------------------
-
-
-def popen_lines(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([PYTHON, str(REPO / "train.py"), *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-
-
-# From the first handler to the first step; none needs the machine to be quiet.
-START_UP = ["handlers installed", "hydra starting", "torch importing", "Run directory:", r"Data: \d+ train"]
-
-
-@pytest.mark.parametrize("moment", START_UP)
-def test_ctrl_c_during_start_up_is_one_line(tmp_path, moment):
-    outputs = tmp_path / "outputs"
-    proc = popen_lines(
-        ["trainer.max_epochs=1000", "logging.progress_bar=false", f"paths.output_root={outputs}"]
-    )
-    try:
-        seen = wait_for_moment(proc, moment)
-    except AssertionError:
-        proc.kill()
-        raise
-    proc.send_signal(signal.SIGINT)
-    out = seen + proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, out
-    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
-    # The stop is the last word: nothing (torch's exit-time INFO lines, say) follows it.
-    assert "SIGINT" in out.strip().splitlines()[-1], out
-
-
-@pytest.mark.slow
-@needs("conf/data/fake.yaml")
-def test_sigterm_during_the_final_test_skips_it_and_keeps_the_checkpoints(tmp_path):
-    run = tmp_path / "run"
-    # A large test split of decoded-on-the-fly images: the test takes seconds, the signal lands in it.
-    proc = popen_lines([*FAST, "data=fake", "data.dataset.test_size=20000", "data.num_workers=0",
-                        "data.batch_size=8", f"hydra.run.dir={run}"])  # fmt: skip
-    seen = wait_for_line(proc, r"Testing best\.pt on the test split")
-    proc.send_signal(signal.SIGTERM)
-    out = seen + proc.communicate(timeout=120)[0]
-    assert proc.returncode == 143, out
-    assert "Traceback" not in out and "during the final test" in out, out
-    assert (run / "checkpoints" / "best.pt").is_file() and (run / "checkpoints" / "last.pt").is_file()
-    assert not (run / "metrics.json").exists()
+# --- 5. Signals at every moment: tests/test_signals.py ------------------------------------------------
 
 
 # --- 7. Crashes that must be one line: a full disk, lazy modules, a fixed-length schedule ------------------

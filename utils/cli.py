@@ -89,7 +89,10 @@ def run(main, prog: str, config_name: str) -> None:
             from utils.run.rundir import discard_run_dir
 
             discard_run_dir(stopped.run_dir)  # Hydra may have made the run's directory: it leaves none
-            print(f"{prog}: stopped by {stopped.name} before it started: nothing to save.", file=sys.stderr)
+            life = sys.modules.get("utils.run.life")
+            when = "after its run ended: nothing was lost" if life and life.RunLife.ended else (
+                "before it started: nothing to save")  # fmt: skip
+            print(f"{prog}: stopped by {stopped.name} {when}.", file=sys.stderr)
             sys.exit(stopped.exit_code)
         line = None if FULL_ERROR else hydra_error_line(err, CONF, config_name)
         if line is None:

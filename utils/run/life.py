@@ -35,16 +35,11 @@ KEPT = {
 }
 # What a first stop signal does, by the phase the run is in (the loop's own words are the default).
 STOPPING = {"test": "stopping the final test after its batch in flight; best.pt and last.pt are kept"}
-# What a full disk left, by the phase the run was in: every file is written whole or not at all.
-WRITTEN = {
-    "start": "nothing was written",
-    "train": "checkpoints/ holds the last checkpoint written, whole",
-    "test": "metrics.json was not written; checkpoints/ holds best.pt and last.pt",
-    "evaluate": "metrics.json was not written",
-}
 
 
 class RunLife:
+    ended = 0  # runs of this process that have ended: a signal after one says so, not "before it started"
+
     def __init__(self, prog: str, log: logging.Logger) -> None:
         self.prog, self.log = prog, log
         self.signals = None  # StopSignals, from the loop's start (stop_signals) to the run's end
@@ -131,12 +126,13 @@ class RunLife:
                 self._requeue()
             return True
         finally:
+            RunLife.ended += 1
             if self.signals is not None:  # last: until here a signal cannot break into the way out
                 self.signals.restore()
 
     def _told(self, err: BaseException) -> bool:
         """Tell an error that ends the run in one line and set the exit code; False for a bug."""
-        from utils.run.files import out_of_space, space_left
+        from utils.run.files import out_of_space
 
         stopped = interruption(err)
         if stopped:
@@ -145,13 +141,13 @@ class RunLife:
             self._signum, self.exit_code = stopped.signum, stopped.exit_code
         elif FULL_ERROR or not isinstance(err, Exception):
             return False
-        elif out_of_space(err):  # the disk filled up: nothing to fix in the code, everything written is whole
-            where = self.run_dir or Path.cwd()
-            self.log.error("no space left on the device of %s (%s); %s: %s", where, space_left(where),
-                           WRITTEN.get(self.phase, ""), one_line(err))  # fmt: skip
-            self.exit_code = 2
         elif is_user_error(err):
             self.log.error("%s", one_line(err))
+            self.exit_code = 2
+        elif out_of_space(
+            err
+        ):  # the disk filled up: nothing to fix in the code, and what was written is whole
+            self.log.error("%s", self._out_of_space(err))
             self.exit_code = 2
         else:
             return False
@@ -161,6 +157,19 @@ class RunLife:
             # A rejected or stopped run leaves no directory behind (Hydra's, if a stop came before ours).
             discard_run_dir(self.run_dir or (stopped and stopped.run_dir))
         return True
+
+    def _out_of_space(self, err: OSError) -> str:
+        from utils.run.files import space_left
+
+        where = self.run_dir or Path.cwd()
+        what = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+        if self.phase in ("train", "test"):
+            last = where / "checkpoints" / "last.pt"
+            kept = f"{last} is whole" if last.is_file() else "no checkpoint had been written yet"
+            kept = f"metrics.json was not written; {kept}" if self.phase == "test" else kept
+        else:
+            kept = "nothing was written"
+        return f"no space left on the device of {where} ({space_left(where)}){what}: {kept}"
 
     def _requeue(self) -> None:
         """SLURM's warning before a time limit or preemption: last.pt is saved and the lock released; the

@@ -188,30 +188,38 @@ def unless_resuming(resume, root: str, value):
     return None if resume and find_resume_target(resume, root) else value
 
 
-# What Hydra writes into a new run directory before train.py runs; nothing else is ever deleted.
-_HYDRA_MADE = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log", ".lock")
+# What a new run directory holds before training starts (Hydra's files, the run lock, then the environment and
+# TensorBoard's first events); a run stopped or rejected by then leaves none of it. Nothing else is ever deleted.
+_BEFORE_TRAINING = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log", ".lock",
+                    "env.json")  # fmt: skip
+_FIRST_EVENTS = re.compile(r"events\.out\.tfevents\.[^/]+")
 
 
 def discard_run_dir(path) -> None:
-    """Remove a new run directory that a rejected config left with only Hydra's files in it (and its day
+    """Remove a new run directory that a rejected or stopped run left before training (and its day
     directory, if that is now empty). Anything else in it (a user's file, a checkpoint) keeps it whole."""
     if not path or not os.path.isdir(path) or process_rank() != 0:
         return
-    known = {os.path.normpath(os.path.join(str(path), f)) for f in _HYDRA_MADE}
+    root = os.path.normpath(str(path))
+    known = {os.path.join(root, f) for f in _BEFORE_TRAINING}
     found = []
-    for top, _dirs, files in os.walk(str(path)):
+    for top, _dirs, files in os.walk(root):
         found += [os.path.normpath(os.path.join(top, f)) for f in files]
-    if any(f not in known for f in found):
+    tb = os.path.join(root, "tb")
+    if any(f not in known and not (os.path.dirname(f) == tb and _FIRST_EVENTS.fullmatch(os.path.basename(f)))
+           for f in found):  # fmt: skip
         return
     for f in found:
         os.unlink(f)
-    for sub in (".hydra", ""):
+    for sub in (".hydra", "tb", ""):
         try:
-            os.rmdir(os.path.join(str(path), sub))
+            os.rmdir(os.path.join(root, sub))
+        except FileNotFoundError:
+            continue
         except OSError:
             return
     with contextlib.suppress(OSError):  # the day directory, when empty
-        os.rmdir(os.path.dirname(os.path.normpath(str(path))))
+        os.rmdir(os.path.dirname(root))
 
 
 def sweep_direction(mode: str) -> str:

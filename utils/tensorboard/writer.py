@@ -24,7 +24,28 @@ def open_writer(logdir: str, enabled: bool = True, purge_step: int | None = None
         return None
     from torch.utils.tensorboard import SummaryWriter
 
+    _quiet_when_out_of_space()
     return SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
+
+
+def _quiet_when_out_of_space() -> None:
+    """The writer's own thread writes the events; a full disk there would print a thread's traceback, then
+    reach the main thread at the next flush, which tells it in one line (utils/run/life.py). Only that
+    error is kept quiet here; any other in any thread is reported as before."""
+    import threading
+
+    from utils.run.files import out_of_space
+
+    previous = threading.excepthook
+    if getattr(previous, "quiet_out_of_space", False):
+        return
+
+    def hook(args) -> None:
+        if not out_of_space(args.exc_value):
+            previous(args)
+
+    hook.quiet_out_of_space = True
+    threading.excepthook = hook
 
 
 def add_scalars(writer, values: Mapping[str, float], step: int, prefix: str = "") -> None:
