@@ -16,6 +16,9 @@ that exists: it writes its files beside what is there and asks before overwritin
   one that is not a question of copier.yml, not a YAML list where one is asked, or not a yes/no is one
   line, not copier's traceback (asked interactively, copier shows that line and asks again);
 - the project name's default is DEST's folder name in ASCII (accents dropped: `ünï` gives `uni`);
+- a name too long for the file system (DEST's folder, the project name) and a description or author with a
+  control character (a carriage return, ESC, DEL: they would reach README.md and pyproject.toml) are refused
+  in one line before copier runs, as copier.yml's validators refuse them when copier is run directly;
 - the project is rendered into a temporary directory beside DEST, its pyproject.toml read back (a
   Unicode answer must give valid TOML), and moved into place once complete: whatever fails, nothing
   half-written is left.
@@ -96,6 +99,44 @@ def check_data(data: dict[str, str]) -> None:
 
 BOOLEANS = {"true", "false", "yes", "no", "y", "n", "on", "off", "1", "0"}
 
+# The project name is in the names of the files an install writes, with the version and tags added (pip's
+# editable install: __editable___<name>_<version>_finder.py; a wheel: <name>-<version>-py3-none-any.whl),
+# and a file name holds at most NAME_MAX bytes (255 on Linux's and macOS's file systems): 100 characters
+# leave room for versions of up to about 130 characters. copier.yml's validator says the same.
+MAX_NAME = 100
+# Control characters (C0, DEL, C1: Unicode's category Cc): a carriage return or an escape sequence in a
+# one-line answer would reach README.md and pyproject.toml as they are. copier.yml's validators say the same.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_answers(data: dict[str, str], dest: Path, defaults: bool) -> None:
+    """What copier.yml's validators refuse, refused before copier runs (and before anything is written): a
+    project name over MAX_NAME characters (given, or DEST's folder name taken as the default without asking),
+    a control character in a one-line answer. Raises ValueError with copier.yml's line."""
+    name = data.get("project_name", ascii_name(dest.name) if defaults else "")
+    if len(name) > MAX_NAME:
+        given = "" if "project_name" in data else " (the folder's name: give --data project_name=NAME)"
+        raise ValueError(
+            f"the project name '{name[:20]}...' is {len(name)} characters, at most {MAX_NAME}: it names the files "
+            f"an install writes, with the version added, and a file name holds at most 255 bytes{given}"
+        )
+    for key in ("description", "author"):
+        found = CONTROL.search(data.get(key, ""))
+        if found:
+            raise ValueError(
+                f"the {key} holds a control character, {found.group()!r}, at character {found.start() + 1}: "
+                "it is one line of printable text"
+            )
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of `folder` takes: NAME_MAX, 255 (Linux's and macOS's
+    file systems) where it cannot say (the folder does not exist, or its own path is too long)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
 
 def check_written(project: Path) -> None:
     """Read the rendered pyproject.toml back, as pip would: a TOML error raises ValueError."""
@@ -131,6 +172,15 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     dest = args.dest.expanduser().absolute()
+    # First: asking the system anything about a path with a name longer than it takes fails with a
+    # traceback (ENAMETOOLONG). Each folder of the path, DEST's own name most likely.
+    most = name_max(dest.parent)
+    for part in dest.parts:
+        if len(os.fsencode(part)) > most:
+            return fail(
+                f"the folder name '{part[:20]}...' is {len(os.fsencode(part))} bytes; a file name holds at most "
+                f"{most} bytes (NAME_MAX): give a shorter one (nothing was written)"
+            )
     if dest.is_symlink() and not dest.exists():
         return fail(f"{dest} is a link that leads nowhere (broken, or a loop): give a new directory")
     if dest.exists() and not dest.is_dir():
@@ -147,14 +197,16 @@ def main(argv: list[str]) -> int:
         return status
     try:
         check_data(data)
+        check_answers(data, dest, args.defaults)
     except ValueError as err:
         return fail(f"{err} (nothing was written)")
 
     from copier import run_copy
 
     # Beside DEST (same filesystem: the final move is a rename), in a folder of DEST's name, which copier
-    # offers as the project name.
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    # offers as the project name. The staging folder's own name is cut short: DEST's name may be as long as
+    # a file name can be.
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name[:32]}.", dir=dest.parent))
     try:
         run_copy(
             str(REPO),

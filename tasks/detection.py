@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from tasks.base import Task, TaskError, check_ids, collection, describe, require
+from tasks.base import Task, TaskError, collection, describe, require
 
 GREEN, RED = (0, 200, 0), (230, 40, 40)
 
@@ -49,7 +49,14 @@ class Detection(Task):
 
     def forward(self, model, batch):
         images, targets = batch
-        return model(images, targets) if model.training else model(images)
+        if not model.training:
+            return model(images)  # evaluation checked this batch on the CPU (utils/evaluation.py)
+        # A training batch: checked here while its targets are still on the CPU (a CPU run; train.py moves
+        # batches to an accelerator before the task sees them, and reading values there would be a device
+        # sync per batch, so there it is left to the CPU side of the loop, as evaluation does).
+        if images.device.type == "cpu":
+            self.check_batch(batch, "a training batch")
+        return model(images, targets)
 
     def loss(self, output, batch) -> dict:
         if not isinstance(output, dict):
@@ -120,6 +127,28 @@ class Detection(Task):
 
     # --- before training ------------------------------------------------------------------------------
     def check(self, output, batch) -> None:
+        self.check_batch(batch, "the batch checked before training")  # once: on a GPU, one sync
+        images = batch[0]
+        require(
+            isinstance(output, (list, tuple)) and len(output) == len(images),
+            f"detection needs the model to return one dict of boxes, scores and labels per image in eval "
+            f"mode (a list of {len(images)}), got {describe(output)}",
+        )
+        keys = {"boxes", "scores", "labels"}
+        require(
+            all(isinstance(o, dict) and keys <= set(o) for o in output),
+            f"detection needs each of the model's eval outputs to be a dict with {sorted(keys)}, got "
+            f"{describe(output[0]) if not isinstance(output[0], dict) else sorted(output[0])}",
+        )
+
+    def check_batch(self, batch, name: str = "the batch") -> None:
+        """Every batch, before the model sees it: the structure (cheap checks of types and shapes) and the
+        targets' values, which torchvision's detectors do not check or check with a traceback: each box
+        finite with x2 > x1 and y2 > y1 (FCOS, like every torchvision detector, asserts a strictly positive
+        width and height in train mode; an inf or NaN box would reach the loss, the mAP or the pictures),
+        each label in 0..num_classes-1 (FCOS has no background class: -1 would index the last class, 99
+        fail inside the loss). One TaskError naming the sample of the batch, the field and its value.
+        Meant for CPU tensors: on a GPU, reading the values is a device sync."""
         shape = "(images [batch, channels, height, width], a list of {boxes, labels} per image)"
         require(
             isinstance(batch, (tuple, list)) and len(batch) == 2,
@@ -138,35 +167,58 @@ class Detection(Task):
         )
         for target in targets:
             self.check_target(target)
-        labels = torch.cat([target["labels"].reshape(-1) for target in targets])
-        if len(labels):
-            check_ids(labels, self.num_classes, "box labels", "data.num_classes", "box labels are integers")
-        require(
-            isinstance(output, (list, tuple)) and len(output) == len(images),
-            f"detection needs the model to return one dict of boxes, scores and labels per image in eval "
-            f"mode (a list of {len(images)}), got {describe(output)}",
-        )
-        keys = {"boxes", "scores", "labels"}
-        require(
-            all(isinstance(o, dict) and keys <= set(o) for o in output),
-            f"detection needs each of the model's eval outputs to be a dict with {sorted(keys)}, got "
-            f"{describe(output[0]) if not isinstance(output[0], dict) else sorted(output[0])}",
+        if not targets:
+            return
+        # The whole batch in a few vectorized operations (a batch's boxes are a few hundred numbers); the
+        # culprit is looked for only when there is one.
+        boxes = torch.cat([target["boxes"] for target in targets])
+        labels = torch.cat([target["labels"] for target in targets])
+        finite = boxes.isfinite().all(dim=1)
+        sized = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        known = (labels >= 0) & (labels < self.num_classes)
+        bad = ~(finite & sized & known)
+        if not bad.any():
+            return
+        first = int(bad.nonzero()[0])
+        counts = torch.tensor([len(target["labels"]) for target in targets])
+        sample = int((counts.cumsum(0) <= first).sum())
+        box = first - int(counts[:sample].sum())
+        where = f"detection target: sample {sample} of {name}:"
+        values = [round(v, 4) for v in boxes[first].tolist()]
+        if not finite[first]:
+            raise TaskError(
+                f"{where} boxes[{box}] = {values} is not finite (boxes are x1, y1, x2, y2 in pixels)"
+            )
+        if not sized[first]:
+            side = "x2 <= x1" if not boxes[first, 2] > boxes[first, 0] else "y2 <= y1"
+            raise TaskError(
+                f"{where} boxes[{box}] = {values} has {side} (boxes are x1, y1, x2, y2 in pixels, each with "
+                "a positive width and height)"
+            )
+        raise TaskError(
+            f"{where} labels[{box}] = {int(labels[first])} is outside 0..{self.num_classes - 1} "
+            f"(data.num_classes={self.num_classes})"
         )
 
     def check_target(self, target) -> None:
-        require(
-            isinstance(target, dict) and {"boxes", "labels"} <= set(target),
-            f"detection needs each target to be a dict with boxes and labels, got {describe(target)}",
-        )
+        # Run on every batch: the messages are made only on failure (describe() on each target of every
+        # batch cost more than the values' check).
+        if not (isinstance(target, dict) and "boxes" in target and "labels" in target):
+            raise TaskError(
+                f"detection needs each target to be a dict with boxes and labels, got {describe(target)}"
+            )
         boxes, labels = target["boxes"], target["labels"]
-        require(
+        if not (
             isinstance(boxes, torch.Tensor) and boxes.is_floating_point() and boxes.dim() == 2
-            and boxes.shape[1] == 4,
-            f"detection needs float boxes [n, 4] (x1, y1, x2, y2), got {describe(boxes)}",
-        )  # fmt: skip
-        require(
+            and boxes.shape[1] == 4
+        ):  # fmt: skip
+            raise TaskError(f"detection needs float boxes [n, 4] (x1, y1, x2, y2), got {describe(boxes)}")
+        if not (
             isinstance(labels, torch.Tensor)
             and not labels.is_floating_point()
-            and labels.shape == boxes.shape[:1],
-            f"detection needs integer labels [n], one per box, got {describe(labels)} for boxes {describe(boxes)}",
-        )
+            and labels.shape == boxes.shape[:1]
+        ):
+            raise TaskError(
+                f"detection needs integer labels [n], one per box, got {describe(labels)} for boxes "
+                f"{describe(boxes)}"
+            )

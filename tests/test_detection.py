@@ -165,7 +165,7 @@ def test_the_loss_is_the_models_dict_and_forward_gives_targets_in_train_mode_onl
         (None, (torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)), "a list of 2 targets, one per image"),
         (None, (torch.zeros(1, 3, 8, 8), [target([[0, 0, 4]], [0])]), r"float boxes \[n, 4\] .* got float32 \[1, 3\]"),
         (None, (torch.zeros(1, 3, 8, 8), [target([[0, 0, 4, 4]], [[0]])]), r"integer labels \[n\], one per box"),
-        (None, (torch.zeros(1, 3, 8, 8), [target([[0, 0, 4, 4]], [3])]), r"labels run from 3 to 3, outside 0..2 \(data.num_classes=3\)"),
+        (None, (torch.zeros(1, 3, 8, 8), [target([[0, 0, 4, 4]], [3])]), r"sample 0 of the batch checked before training: labels\[0\] = 3 is outside 0..2 \(data.num_classes=3\)"),
         (torch.zeros(1, 3), (torch.zeros(1, 3, 8, 8), [target([[0, 0, 4, 4]], [0])]), r"one dict of boxes, scores and labels per image in eval mode \(a list of 1\), got float32 \[1, 3\]"),
         ([{"boxes": 0}], (torch.zeros(1, 3, 8, 8), [target([[0, 0, 4, 4]], [0])]), r"a dict with \['boxes', 'labels', 'scores'\], got \['boxes'\]"),
     ],
@@ -176,6 +176,40 @@ def test_checks_say_in_one_line_what_does_not_look_like_detection(output, batch,
     with pytest.raises(TaskError, match=message) as caught:
         detection().check(output, batch)
     assert "\n" not in str(caught.value)
+
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize(
+    ("boxes", "labels", "message"),
+    [
+        ([[0, 0, 4, 4], [5, 2, 1, 8]], [0, 1], r"boxes\[1\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1 \("),
+        ([[0, 0, 4, 4], [5, 2, 5, 8]], [0, 1], r"boxes\[1\] = \[5.0, 2.0, 5.0, 8.0\] has x2 <= x1 \("),  # no width
+        ([[1, 8, 5, 3]], [2], r"boxes\[0\] = \[1.0, 8.0, 5.0, 3.0\] has y2 <= y1 \("),
+        ([[1, 2, INF, 8]], [0], r"boxes\[0\] = \[1.0, 2.0, inf, 8.0\] is not finite"),
+        ([[-INF, 2, 3, 8]], [0], r"boxes\[0\] = \[-inf, 2.0, 3.0, 8.0\] is not finite"),
+        ([[0, 0, 4, 4], [NAN, 2, 4, 8]], [0, 0], r"boxes\[1\] = \[nan, 2.0, 4.0, 8.0\] is not finite"),
+        ([[0, 0, 4, 4], [1, 1, 2, 2]], [0, 99], r"labels\[1\] = 99 is outside 0..2 \(data.num_classes=3\)"),
+        ([[0, 0, 4, 4]], [-1], r"labels\[0\] = -1 is outside 0..2 \(data.num_classes=3\)"),
+        ([[0, 0, 4, 4]], [3], r"labels\[0\] = 3 is outside 0..2 \(data.num_classes=3\)"),
+    ],
+)  # fmt: skip
+def test_check_batch_names_the_sample_the_field_and_the_value_of_a_bad_target(boxes, labels, message):
+    from tasks.base import TaskError
+
+    # The bad target is the third of four; the first sample has no box at all, which is fine.
+    good, empty = (
+        target([[0, 0, 4, 4]], [2]),
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    )
+    batch = (torch.zeros(4, 3, 8, 8), [empty, good, target(boxes, labels), good])
+    with pytest.raises(
+        TaskError, match=rf"^detection target: sample 2 of evaluation batch 5: {message}"
+    ) as caught:
+        detection().check_batch(batch, "evaluation batch 5")
+    assert "\n" not in str(caught.value)
+    detection().check_batch((batch[0], [good, good, good, target([[0, 0, 1, 1], [7, 7, 8, 8]], [0, 2])]))
 
 
 def test_log_pictures_draws_the_true_and_the_predicted_boxes(tmp_path):
@@ -286,6 +320,46 @@ def test_labels_beyond_the_classes_stop_before_training_in_one_line(tmp_path):
     assert done.returncode == 2 and "Traceback" not in out, out
     [line] = [x for x in out.splitlines() if "[ERROR]" in x]
     assert re.search(
-        r"task=detection data=boxes model=detector: box labels run from \d to 2, outside 0..1", line
+        r"task=detection data=boxes model=detector: detection target: sample \d+ of the batch checked before "
+        r"training: labels\[\d\] = 2 is outside 0..1 \(data.num_classes=2\)$",
+        line,
     )
     assert not list(tmp_path.rglob("metrics.json"))
+
+
+# One bad value in one sample, at a known place: (split, position in its first epoch, field, value, the line).
+# 16 images a split in batches of 8: position 11 is sample 3 of the second batch; position 3 of val is in the
+# batch checked before training. Each case is one short train.py run that stops at that batch.
+BAD_TARGETS = [
+    ("train", 11, "boxes", "[5.0,2.0,1.0,8.0]",
+     r"sample 3 of a training batch: boxes\[0\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1"),
+    ("val", 11, "boxes", "[5.0,2.0,1.0,8.0]",
+     r"sample 3 of evaluation batch 1: boxes\[0\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1"),
+    ("train", 11, "labels", "99", r"sample 3 of a training batch: labels\[0\] = 99 is outside 0..2"),
+    ("train", 11, "labels", "-1", r"sample 3 of a training batch: labels\[0\] = -1 is outside 0..2"),
+    ("val", 3, "boxes", "[1.0,2.0,inf,8.0]",
+     r"sample 3 of the batch checked before training: boxes\[0\] = \[1.0, 2.0, inf, 8.0\] is not finite"),
+    ("val", 11, "boxes", "[nan,2.0,4.0,8.0]",
+     r"sample 3 of evaluation batch 1: boxes\[0\] = \[nan, 2.0, 4.0, 8.0\] is not finite"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("split", "position", "field", "value", "line"),
+    BAD_TARGETS,
+    ids=["train-x2<x1", "val-x2<x1", "train-label99", "train-label-1", "val-inf-first-batch", "val-nan"],
+)
+def test_a_bad_target_stops_the_run_in_one_line_naming_the_sample(
+    tmp_path, split, position, field, value, line
+):
+    """Before this check: torchvision's AssertionError traceback (x2 < x1), an IndexError traceback from the
+    loss (label 99), a ValueError from the pictures (inf), or a run that ends with exit 0 (label -1, NaN)."""
+    bad = [f"+data.dataset.{k}={v}" for k, v in (("split", split), ("position", position), ("field", field))]
+    done = run_cli([*RUN, "data.dataset.num_train=16", "data.dataset.num_val=16", "data.dataset.num_test=8",
+                    "trainer.max_epochs=1", "data.dataset._target_=tests.bad_boxes.bad_boxes", *bad,
+                    f"+data.dataset.value={value}", f"paths.output_root={tmp_path}"])  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in out, out[-3000:]
+    [error] = [x for x in out.splitlines() if "[ERROR]" in x]
+    assert re.search(rf"detection target: {line} \(", error), error
+    assert not list(tmp_path.rglob("metrics.json"))  # stopped at that batch, before any test

@@ -648,6 +648,24 @@ BAD_ANSWERS = {
         {"tasks": ["classification"], "models": ["mlp", "gpt"], "datasets": ["digits"]},
         "model gpt fits none of the chosen tasks",
     ),
+    # Before these checks: accepted (the name), or written into README.md and pyproject.toml as they are.
+    "a name too long for a file name": (
+        {"project_name": "a" * 101},
+        "is 101 characters, at most 100: it names",
+    ),
+    "a carriage return in the description": (
+        {"description": "one\rtwo"},
+        "the description holds a control character, '\\r', at character 4: it is one line of printable text",
+    ),
+    "an escape sequence in the description": (
+        {"description": "red \x1b[31m text"},
+        "the description holds a control character, '\\x1b', at character 5",
+    ),
+    "DEL in the description": ({"description": "del\x7f"}, "control character, '\\x7f', at character 4"),
+    "a tab in the author": (
+        {"author": "Jo\tSmith"},
+        "the author holds a control character, '\\t', at character 3",
+    ),
 }
 
 
@@ -688,12 +706,13 @@ def test_bad_data_is_refused_in_one_line_with_nothing_written(template, tmp_path
 
 
 def test_unicode_answers_and_folder_name_give_a_valid_pyproject(template, tmp_path):
-    """An emoji, quotes, a backslash and DEL in the answers: pyproject.toml still reads back (tomllib, as pip
-    reads it) with the very text answered; a folder named in another script gives an ASCII default name."""
+    """An emoji, quotes and a backslash in the answers: pyproject.toml still reads back (tomllib, as pip
+    reads it) with the very text answered; a folder named in another script gives an ASCII default name.
+    (Control characters, DEL among them, are refused: BAD_ANSWERS.)"""
     import tomllib
 
     answers = {k: v for k, v in PROJECTS["minimum"].items() if k != "project_name"}
-    answers |= {"author": "Jo 🚀 Smith", "description": 'Ünïcode "quoted" \\ back\x7f slash 𝄞'}
+    answers |= {"author": "Jo 🚀 Smith", "description": 'Ünïcode "quoted" \\ back slash 𝄞'}
     dst = tmp_path / "ünï"
     proc = new_project(template, dst, answers)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -745,3 +764,29 @@ def test_a_destination_that_is_a_dangling_link_is_refused_in_one_line(template, 
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert "is a link that leads nowhere" in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop"] and dst.is_symlink()
+
+
+def test_a_folder_name_too_long_is_refused_in_one_line_before_anything_is_written(template, tmp_path):
+    """A 250-character folder name was an OSError traceback (the staging folder beside it, named after it,
+    passed NAME_MAX); as the default project name it is too long too. 256 bytes is no file name at all."""
+    unnamed = {k: v for k, v in PROJECTS["minimum"].items() if k != "project_name"}
+    proc = new_project(template, tmp_path / ("a" * 250), unnamed)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stdout + proc.stderr
+    assert "is 250 characters, at most 100" in proc.stderr and "give --data project_name=NAME" in proc.stderr
+    # copier itself refuses the folder's name as the default name.
+    direct = generate(template, tmp_path / ("b" * 250), {})
+    assert direct.returncode != 0 and "is 250 characters, at most 100" in direct.stderr.splitlines()[-1]
+    proc = new_project(template, tmp_path / ("é" * 128), PROJECTS["minimum"])  # 128 characters, 256 bytes
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stdout + proc.stderr
+    assert "is 256 bytes; a file name holds at most 255 bytes (NAME_MAX)" in proc.stderr
+    script, above = (
+        template / "scripts" / "new_project.py",
+        tmp_path / ("d" * 300) / "new",
+    )  # a folder above it
+    proc = run([PYTHON, str(script), str(above), "--defaults"], tmp_path)
+    assert proc.returncode == 2 and "is 300 bytes; a file name holds at most 255" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # 255 bytes is a file name: the project is made there, with a name of its own.
+    proc = new_project(template, tmp_path / ("c" * 255), PROJECTS["minimum"] | {"project_name": "short"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c" * 255]

@@ -21,6 +21,7 @@ def evaluate(model, loader, task, device, precision: str, channels_last: bool = 
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
+        task.check_batch(batch, f"evaluation batch {i}")  # on the CPU side: no device sync
         batch = to_device(batch, device, channels_last)
         first = batch if first is None else first
         with autocast(device, precision):
