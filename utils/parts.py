@@ -25,7 +25,7 @@ def build(group: str, node: DictConfig, *args, **kwargs):
     node = without_legacy_declarations(group, node)
     try:
         obj = instantiate(node)
-        return obj(*args, **kwargs) if args or kwargs else obj
+        obj = obj(*args, **kwargs) if args or kwargs else obj
     except (InstantiationException, TypeError, ValueError) as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
         if is_user_error(cause, "data.splits", "tasks.base"):  # the data's or the task's own one line
@@ -39,6 +39,19 @@ def build(group: str, node: DictConfig, *args, **kwargs):
         raise ConfigError(
             f"could not build {group} ({target}): {type(cause).__name__}: {one_line(cause)}{hint}"
         ) from None
+    if group == "model" and not _is_module(obj):  # `_partial_: true` gives a function: no weights, no .to()
+        hint = ": a model is built whole, without _partial_" if node.get("_partial_") else ""
+        raise ConfigError(
+            f"could not build model ({node.get('_target_', '?')}): it gave a {type(obj).__name__}, not a "
+            f"torch.nn.Module{hint}"
+        )
+    return obj
+
+
+def _is_module(obj) -> bool:
+    import torch
+
+    return isinstance(obj, torch.nn.Module)
 
 
 def without_legacy_declarations(group: str, node: DictConfig) -> DictConfig:

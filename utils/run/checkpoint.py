@@ -38,6 +38,8 @@ def checkpoint_of(parts, state) -> dict:
     """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
     from omegaconf import OmegaConf
 
+    from utils.run.trust import literal
+
     return {
         FORMAT_KEY: FORMAT_VERSION,
         **{name: getattr(parts, name).state_dict() for name in PARTS},
@@ -46,7 +48,8 @@ def checkpoint_of(parts, state) -> dict:
         "mode": parts.task.mode,
         "rng": rng_state(),
         "data_order": data_order_state(parts.loaders.train, state.epoch, state.batch_in_epoch),
-        "config": OmegaConf.to_container(parts.cfg, resolve=True),
+        # Resolved, and escaped as text: data found in a user's file (a class named `${x}`) reads back as it was.
+        "config": literal(OmegaConf.to_container(parts.cfg, resolve=True)),
     }
 
 
@@ -169,6 +172,9 @@ def load_model_state(model: torch.nn.Module, state: dict, path: str | os.PathLik
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The checkpoint at `path`, read with torch.load(weights_only=True) and checked field by field
+    (`check_fields`), so that every reader (eval.py, resume=, load_trained, init_from=) gets the same
+    answers: a file that is damaged or crafted is one CheckpointError line, never a traceback or a hang."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -191,7 +197,68 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"checkpoint {path} has format version {version!r}, which this code does not read (it reads 1 to "
             f"{FORMAT_VERSION}); it was written by another version of the template"
         )
+    check_fields(state, path)
     return state
+
+
+# The most a checkpoint may hold outside its tensors: far above a large model's optimizer state (a few
+# entries per parameter tensor), far below what would hang its reader. Shared parts count each time they
+# are reached: pickle stores a list doubled 40 times in a few hundred KB, a reader walks 2^40 items.
+MAX_NODES = 2_000_000
+MAX_DEPTH = 32
+# The counters' bound: no run takes 10^12 steps; TensorBoard's step is an int64 and JSON's numbers are exact
+# to 2^53 only.
+MAX_COUNT = 10**12
+COUNTERS = ("step", "epoch", "batch_in_epoch", "nonfinite_skipped")
+STATE_DICTS = ("model", *PARTS[1:], "ema")  # each the state_dict() of an object: a dict (ema: or None)
+
+
+def check_fields(state: dict, path) -> None:
+    """Every field a reader takes from a checkpoint, checked once for all of them: a bounded tree, its
+    counters whole numbers from 0 to MAX_COUNT (not bools), its state dicts dicts with text keys, its
+    config plain data (utils/run/trust.py checks what it may build). A field an older format lacks stays
+    absent; its readers keep their defaults."""
+    stack, nodes = [(state, 0)], 0
+    while stack:  # tensors are leaves; only the containers around them could explode
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES or depth > MAX_DEPTH:
+            too = f"nested more than {MAX_DEPTH} levels deep" if depth > MAX_DEPTH else (
+                f"more than {MAX_NODES:,} values")  # fmt: skip
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed or evaluated: it is {too} outside its tensors (damaged "
+                "or crafted); refused unread"
+            )
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in (*node.keys(), *node.values()))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((child, depth + 1) for child in node)
+    for name in COUNTERS:
+        value = state.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed or evaluated: its {name} is {_short(value)}, not a whole "
+                f"number >= 0 (at most {MAX_COUNT:,})"
+            )
+    for name in STATE_DICTS:
+        value = state.get(name)
+        if value is None and name != "model":
+            continue
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed or evaluated: its {name} is {_short(value)}, not a state "
+                "dict (a dict of named tensors)"
+            )
+    config = state.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise CheckpointError(
+            f"checkpoint {path} cannot be resumed or evaluated: its config is {_short(config)}, not a mapping"
+        )
+
+
+def _short(value) -> str:
+    text = repr(value) if isinstance(value, (bool, int, float, str)) else f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def rng_state() -> dict:

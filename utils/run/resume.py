@@ -23,7 +23,7 @@ from utils.config import ConfigError
 from utils.run.checkpoint import CheckpointError, data_order_state, load_checkpoint
 from utils.run.files import read_json
 from utils.run.resume_target import describe_resume, resume_target
-from utils.run.trust import stored_config
+from utils.run.trust import literal, read_stored_config, stored_config, unliteral
 
 log = logging.getLogger("train")
 
@@ -76,12 +76,8 @@ def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
         raise CheckpointError(
             f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
         )
-    state = load_checkpoint(path)
-    step = state.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(
-            f"checkpoint {path} cannot be resumed: its step is {step!r}, not a whole number >= 0"
-        )
+    state = load_checkpoint(path)  # its fields checked there, for every reader
+    step = state.get("step", 0)
     # Data, never code: allowed _target_s only, nothing resolved (utils/run/trust.py).
     saved = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
     check_own_run(saved, run_dir, path)
@@ -109,20 +105,38 @@ def yaml_scalar(text: str):
     return yaml.safe_load(text.strip() or "null")
 
 
-def _plain_resolved(tree, root=None, depth: int = 0):
+# A run's own config has a few dozen references; a crafted one could double its text at every one
+# (`r1: ${r0}${r0}`, ... `r18`): a bounded number of lookups and a bounded length end it in one line.
+MAX_LOOKUPS = 10_000
+MAX_TEXT = 100_000
+
+
+class _NoKey(ConfigError):
+    """A reference to a key the config lacks: an oc.select takes its default then."""
+
+
+def _plain_resolved(tree, root=None, depth: int = 0, budget: list | None = None):
     """Resolve the node references (`${data.num_classes}`) of a config read from YAML, with no resolver
-    called: a `${name:...}` resolver call raises ConfigError. Enough for a run's own .hydra/config.yaml."""
+    called: a `${name:...}` resolver call raises ConfigError. Enough for a run's own .hydra/config.yaml.
+    Text that `literal()` escaped (data found in a user's file) is that text, not a reference."""
     root = tree if root is None else root
+    budget = [MAX_LOOKUPS] if budget is None else budget
     if depth > 20:
         raise ConfigError("interpolation loop")
     if isinstance(tree, dict):
-        return {k: _plain_resolved(v, root, depth) for k, v in tree.items()}
+        return {k: _plain_resolved(v, root, depth, budget) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_plain_resolved(v, root, depth) for v in tree]
+        return [_plain_resolved(v, root, depth, budget) for v in tree]
     if not isinstance(tree, str) or "${" not in tree:
         return tree
+    escaped = unliteral(tree)
+    if escaped is not None:
+        return escaped
 
     def lookup(key: str):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(f"its interpolations take more than {MAX_LOOKUPS} lookups to resolve")
         node = root
         for part in key.split("."):
             if isinstance(node, list) and part.isdigit() and int(part) < len(node):
@@ -130,14 +144,20 @@ def _plain_resolved(tree, root=None, depth: int = 0):
             elif isinstance(node, dict) and part in node:
                 node = node[part]
             else:
-                raise ConfigError(f"${{{key}}} names no key")
-        return _plain_resolved(node, root, depth + 1)
+                raise _NoKey(f"${{{key}}} names no key")
+        return _plain_resolved(node, root, depth + 1, budget)
+
+    def text_of(key: str) -> str:
+        found = str(lookup(key))
+        if len(found) > MAX_TEXT:
+            raise ConfigError(f"its interpolations make a text longer than {MAX_TEXT} characters")
+        return found
 
     select = _SELECT.fullmatch(tree)  # ${oc.select:key,default}: OmegaConf's own, calls no code
     if select:
         try:
             return lookup(select[1])
-        except ConfigError:
+        except _NoKey:
             default = yaml_scalar(select[2])  # YAML decodes "\x24\x7b" to "${": never a way to a resolver
             if isinstance(default, str) and "${" in default:
                 raise ConfigError(f"{tree!r} calls a resolver") from None
@@ -145,7 +165,9 @@ def _plain_resolved(tree, root=None, depth: int = 0):
     whole = _REFERENCE.fullmatch(tree)
     if whole:
         return lookup(whole[1])
-    text = _REFERENCE.sub(lambda m: str(lookup(m[1])), tree)
+    text = _REFERENCE.sub(lambda m: text_of(m[1]), tree)
+    if len(text) > MAX_TEXT:
+        raise ConfigError(f"its interpolations make a text longer than {MAX_TEXT} characters")
     if "${" in text:
         raise ConfigError(f"{tree!r} calls a resolver")
     return text
@@ -170,8 +192,8 @@ def check_own_run(saved: DictConfig, run_dir: Path, path: Path) -> None:
 
     own_file = run_dir / ".hydra" / "config.yaml"
     theirs = OmegaConf.to_container(saved, resolve=True)
-    try:
-        own = _plain_resolved(with_found(yaml.safe_load(own_file.read_text()), theirs))
+    try:  # read with bounds (size, depth, values, no YAML aliases), resolved with bounds (lookups, length)
+        own = _plain_resolved(with_found(read_stored_config(own_file), theirs))
     except (OSError, yaml.YAMLError, ConfigError) as err:
         raise CheckpointError(f"{own_file} cannot be read as this run's config ({one_line(err)})") from None
     ignored = ("resume", *RESUME_OVERRIDES)
@@ -191,7 +213,7 @@ def with_found(own, theirs: dict):
     found = data.get("found_in_files") if isinstance(data, dict) else None
     if not isinstance(own, dict) or not isinstance(own.get("data"), dict) or not isinstance(found, list):
         return own
-    filled = {k: data.get(k) for k in found if isinstance(k, str)}
+    filled = {k: literal(data.get(k)) for k in found if isinstance(k, str)}  # text, never a reference
     return {**own, "data": {**own["data"], **filled, "found_in_files": found}}
 
 
