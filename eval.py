@@ -79,7 +79,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     check_fit(run_cfg, task, model, splits, loaders.test, device)  # lazy modules take their shapes first
     load_model_state(model, {"model": TrainState.evaluated_weights(state)}, path)
     t = run_cfg.trainer
-    test, _, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last)
+    test, _, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last, split="test")
 
     step = int(state.get("step", 0))
 

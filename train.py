@@ -164,6 +164,7 @@ def fit(parts: Parts, state: TrainState, session: Session) -> None:
         for i, batch in enumerate(parts.loaders.train, start=state.batch_in_epoch):
             if i >= plan.batches_per_epoch:
                 break
+            parts.task.check_batch(batch, f"training batch {i} of epoch {epoch}")  # still on the CPU
             if parts.move_batches:
                 batch = to_device(batch, parts.device, t.channels_last)
             if state.step == 0 and i == 0:  # the graph, traced at the first step, and the input images
@@ -271,7 +272,7 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
     model = state.evaluated_model(parts.eval_model)
     stop = session.stop_now if session else None
     done = evaluate(model, getattr(parts.loaders, split), parts.task, parts.device, t.precision,
-                    t.channels_last, limit, stop)  # fmt: skip
+                    t.channels_last, limit, stop, split)  # fmt: skip
     if done is None:
         return None
     numbers, metrics, first = done

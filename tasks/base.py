@@ -164,8 +164,9 @@ class Task:
     def check_batch(self, batch, name: str = "the batch") -> None:
         """Raise TaskError (one line naming the sample of `name` and the field) if this batch holds values
         that the model cannot learn from (detection: a box with x2 <= x1, a label outside the classes).
-        Called on every evaluation batch as the loader made it, before it moves to the device
-        (utils/evaluation.py), where reading its values costs no device sync: a few vectorized operations."""
+        Called on every batch as the loader made it, training (train.py) and evaluation
+        (utils/evaluation.py), before it moves to the device, where reading its values costs no device sync:
+        keep it to a few vectorized operations."""
 
     def check_targets(self, targets: torch.Tensor) -> None:
         """Raise TaskError if a whole split's targets (when the data holds them in memory) cannot work."""

@@ -50,13 +50,8 @@ class Detection(Task):
     def forward(self, model, batch):
         images, targets = batch
         if not model.training:
-            return model(images)  # evaluation checked this batch on the CPU (utils/evaluation.py)
-        # A training batch: checked here while its targets are still on the CPU (a CPU run; train.py moves
-        # batches to an accelerator before the task sees them, and reading values there would be a device
-        # sync per batch, so there it is left to the CPU side of the loop, as evaluation does).
-        if images.device.type == "cpu":
-            self.check_batch(batch, "a training batch")
-        return model(images, targets)
+            return model(images)
+        return model(images, targets)  # every batch was checked on the CPU side of the loop (check_batch)
 
     def loss(self, output, batch) -> dict:
         if not isinstance(output, dict):

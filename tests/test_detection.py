@@ -332,15 +332,15 @@ def test_labels_beyond_the_classes_stop_before_training_in_one_line(tmp_path):
 # batch checked before training. Each case is one short train.py run that stops at that batch.
 BAD_TARGETS = [
     ("train", 11, "boxes", "[5.0,2.0,1.0,8.0]",
-     r"sample 3 of a training batch: boxes\[0\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1"),
+     r"sample 3 of training batch 1 of epoch 0: boxes\[0\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1"),
     ("val", 11, "boxes", "[5.0,2.0,1.0,8.0]",
-     r"sample 3 of evaluation batch 1: boxes\[0\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1"),
-    ("train", 11, "labels", "99", r"sample 3 of a training batch: labels\[0\] = 99 is outside 0..2"),
-    ("train", 11, "labels", "-1", r"sample 3 of a training batch: labels\[0\] = -1 is outside 0..2"),
+     r"sample 3 of val batch 1: boxes\[0\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1"),
+    ("train", 11, "labels", "99", r"sample 3 of training batch 1 of epoch 0: labels\[0\] = 99 is outside 0..2"),
+    ("train", 11, "labels", "-1", r"sample 3 of training batch 1 of epoch 0: labels\[0\] = -1 is outside 0..2"),
     ("val", 3, "boxes", "[1.0,2.0,inf,8.0]",
      r"sample 3 of the batch checked before training: boxes\[0\] = \[1.0, 2.0, inf, 8.0\] is not finite"),
     ("val", 11, "boxes", "[nan,2.0,4.0,8.0]",
-     r"sample 3 of evaluation batch 1: boxes\[0\] = \[nan, 2.0, 4.0, 8.0\] is not finite"),
+     r"sample 3 of val batch 1: boxes\[0\] = \[nan, 2.0, 4.0, 8.0\] is not finite"),
 ]  # fmt: skip
 
 

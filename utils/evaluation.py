@@ -10,7 +10,10 @@ from utils.runtime import autocast, to_device
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, device, precision: str, channels_last: bool = False, limit=None, stop=None):
+def evaluate(
+    model, loader, task, device, precision: str, channels_last: bool = False, limit=None, stop=None,
+    split: str = "evaluation",
+):  # fmt: skip
     """Returns (numbers, metrics, first batch on the device): the task's numbers for the split, the metrics
     they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from.
     `stop`, asked after each batch: when it says so, the evaluation ends at once and returns None."""
@@ -21,7 +24,7 @@ def evaluate(model, loader, task, device, precision: str, channels_last: bool = 
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
-        task.check_batch(batch, f"evaluation batch {i}")  # on the CPU side: no device sync
+        task.check_batch(batch, f"{split} batch {i}")  # on the CPU side: no device sync
         batch = to_device(batch, device, channels_last)
         first = batch if first is None else first
         with autocast(device, precision):
