@@ -147,6 +147,7 @@ class Template:
         import torch
 
         import train
+        from utils.run.signals import StopSignals
         from utils.session import Session
         from utils.tensorboard.dashboards import open_run_writer
 
@@ -154,7 +155,7 @@ class Template:
         parts, state = train.set_up(cfg, run_dir)
         parts.writer = open_run_writer(parts, None)
         self.run, self.state = parts, state
-        self.session = Session(parts, state)
+        self.session = Session(parts, state, StopSignals())
         self.batches = Batches(parts.loaders.train, parts.plan.batches_per_epoch)
         parts.train_model.train()
         self.initial = copy.deepcopy(parts.model.state_dict())
