@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 
 import pytest
@@ -18,7 +17,6 @@ from tests.helpers import (
     PYTHON,
     REPO,
     event_accumulator,
-    kill9_once_written,
     needs,
     read_metrics,
     run_cli,
@@ -279,22 +277,6 @@ def test_a_run_logs_each_loss_and_map_with_its_pictures_and_eval_py_agrees(whole
 
 
 @pytest.mark.slow
-def test_kill9_and_resume_is_bit_identical(whole, tmp_path):
-    killed = tmp_path / "killed"
-    victim = subprocess.Popen([PYTHON, str(REPO / "train.py"), *RUN, "trainer.checkpoint_every_n_steps=3",
-                               f"hydra.run.dir={killed}"], cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    assert kill9_once_written(victim, killed / "checkpoints" / "step_00000006.pt") == -signal.SIGKILL
-    resumed = run_cli([f"resume={killed}"])
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    a, b = (
-        torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"] for run in (whole, killed)
-    )
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert read_metrics(killed)["test/map"] == read_metrics(whole)["test/map"]
-
-
-@pytest.mark.slow
 def test_torchrun_two_processes_measure_the_whole_split(tmp_path):
     """Each rank evaluates its half of the test split; the mAP is of the boxes of both (torchmetrics gathers
     them), so eval.py in one process on the same weights finds the same numbers."""
@@ -329,13 +311,12 @@ def test_labels_beyond_the_classes_stop_before_training_in_one_line(tmp_path):
 
 # One bad value in one sample, at a known place: (split, position in its first epoch, field, value, the line).
 # 16 images a split in batches of 8: position 11 is sample 3 of the second batch; position 3 of val is in the
-# batch checked before training. Each case is one short train.py run that stops at that batch.
+# batch checked before training. Each case is one short train.py run that stops at that batch: one for each
+# place a batch is checked (training, validation, the check before training), and the label that used to
+# train silently; the unit test above has every rule.
 BAD_TARGETS = [
     ("train", 11, "boxes", "[5.0,2.0,1.0,8.0]",
      r"sample 3 of training batch 1 of epoch 0: boxes\[0\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1"),
-    ("val", 11, "boxes", "[5.0,2.0,1.0,8.0]",
-     r"sample 3 of val batch 1: boxes\[0\] = \[5.0, 2.0, 1.0, 8.0\] has x2 <= x1"),
-    ("train", 11, "labels", "99", r"sample 3 of training batch 1 of epoch 0: labels\[0\] = 99 is outside 0..2"),
     ("train", 11, "labels", "-1", r"sample 3 of training batch 1 of epoch 0: labels\[0\] = -1 is outside 0..2"),
     ("val", 3, "boxes", "[1.0,2.0,inf,8.0]",
      r"sample 3 of the batch checked before training: boxes\[0\] = \[1.0, 2.0, inf, 8.0\] is not finite"),
@@ -347,7 +328,7 @@ BAD_TARGETS = [
 @pytest.mark.parametrize(
     ("split", "position", "field", "value", "line"),
     BAD_TARGETS,
-    ids=["train-x2<x1", "val-x2<x1", "train-label99", "train-label-1", "val-inf-first-batch", "val-nan"],
+    ids=["train-x2<x1", "train-label-1", "val-inf-first-batch", "val-nan"],
 )
 def test_a_bad_target_stops_the_run_in_one_line_naming_the_sample(
     tmp_path, split, position, field, value, line

@@ -249,6 +249,11 @@ def check_fields(state: dict, path) -> None:
                 f"checkpoint {path} cannot be resumed or evaluated: its {name} is {_short(value)}, not a state "
                 "dict (a dict of named tensors)"
             )
+    best = state.get("best")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        raise CheckpointError(
+            f"checkpoint {path} cannot be resumed or evaluated: its best is {_short(best)}, not a number"
+        )
     config = state.get("config")
     if config is not None and not isinstance(config, dict):
         raise CheckpointError(
