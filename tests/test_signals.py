@@ -1,7 +1,9 @@
 """SIGINT / SIGTERM: finish the step, save last.pt, close TensorBoard, print the resume command, exit
 130 / 143. A second signal exits at once. Real runs of train.py, stopped with real signals."""
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -332,3 +334,35 @@ def test_a_signal_during_start_up_is_one_line_and_leaves_no_directory(tmp_path, 
     assert f"stopped by {signal.Signals(signum).name}" in lines[-1] and "nothing to save" in lines[-1], out
     left = [p for p in outputs.rglob("*") if p.is_file()] if outputs.exists() else []
     assert not left, left
+
+
+def process_tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(p for child in children for p in process_tree(int(child)))]
+
+
+@pytest.mark.slow
+@needs("conf/data/fake.yaml")
+def test_scancel_of_a_torchrun_step_stops_every_rank_at_one_step(tmp_path):
+    """SLURM signals every process of a job step: torchrun's agent, each rank and its DataLoader workers. The
+    agent also forwards the signal to each rank, which so gets it twice: the copy is not a second request
+    (that would exit at once, without saving). Every rank stops at the same step and last.pt holds it."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
+         *WORKERS, "data.dataset.train_size=512", "trainer.max_epochs=1000", f"hydra.run.dir={run}"],
+        cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    seen = wait_for_line(proc, r"step 3/")
+    wait_for_children(proc.pid, 2)
+    for pid in process_tree(proc.pid):  # as SLURM's step cgroup: every process at once
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    out = seen + proc.communicate(timeout=240)[0]
+    # torchrun itself exits 1 with its own SignalException report; the ranks are what this template owns.
+    stops = re.findall(r"Stopped by SIGTERM at step (\d+)\. Resume with", out)
+    assert len(stops) == 2 and stops[0] == stops[1], out
+    assert "exiting now, without saving" not in out and "exited unexpectedly" not in out, out
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == int(stops[0])

@@ -156,6 +156,10 @@ class StopSignals:
         # What a first signal does now, as the run's phase says (utils/run/life.py sets it).
         self.then = "finishing the current step, then saving checkpoints/last.pt"
         self.distributed = is_distributed()
+        # Under torchrun a signal sent to every process of a SLURM job step (scancel, a preemption) comes
+        # twice: from the sender, and from torchrun's agent, which forwards each signal it gets to the
+        # ranks. The first repeat of the same signal is that copy, not a second request.
+        self._agent_copy = "TORCHELASTIC_RUN_ID" in os.environ
         self._pid = os.getpid()
         self._installed = threading.current_thread() is threading.main_thread()
         if self._installed:
@@ -195,6 +199,9 @@ class StopSignals:
                 signal.Signals(signum).name,
                 self.then,
             )
+            return
+        if self._agent_copy and signum == self.signum:
+            self._agent_copy = False
             return
         log.error("%s again: exiting now, without saving.", signal.Signals(signum).name)
         os._exit(128 + signum)
