@@ -32,19 +32,19 @@ ENDLESS = [
 ]
 
 
+def start_train(args: list[str], group: bool = False) -> subprocess.Popen:
+    """`python train.py ARGS`, its output a pipe; `group`: in a process group of its own, as a terminal's
+    foreground job is (a signal to the group reaches its DataLoader workers too)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([PYTHON, str(REPO / "train.py"), *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=group)  # fmt: skip
+
+
 def start_until(args: list[str], line_pattern: str) -> tuple[subprocess.Popen, list[str]]:
     """Start train.py and read its output until a line matches (the loop is then running, and its handlers
     installed), with a bound: a run that hangs fails the test instead of blocking it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.Popen(
-        [PYTHON, str(REPO / "train.py"), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_train(args)
     try:
         return proc, [wait_for_line(proc, line_pattern)]
     except AssertionError:
@@ -166,11 +166,16 @@ WORKERS = [
 ]
 
 
-def start_group(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([PYTHON, str(REPO / "train.py"), *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+def stop_at(args: list[str], moment, signum: int) -> tuple[subprocess.Popen, str]:
+    """Start a run in its own process group, wait until `moment(proc)` says it is there, signal the group;
+    the ended process and everything it printed."""
+    proc = start_train(args, group=True)
+    try:
+        seen = moment(proc)
+    except AssertionError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc, signal_group(proc, signum, seen)
 
 
 def signal_group(proc: subprocess.Popen, signum: int, seen: str) -> str:
@@ -239,13 +244,7 @@ def test_a_signal_to_the_group_saves_last_pt_and_resume_finishes(tmp_path, phase
     moment, args = PHASES[phase]
     signum = SIGNALS[sender]
     run = tmp_path / "run"
-    proc = start_group([*WORKERS, *args, f"hydra.run.dir={run}"])
-    try:
-        seen = moment(proc, run)
-    except AssertionError:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    out = signal_group(proc, signum, seen)
+    proc, out = stop_at([*WORKERS, *args, f"hydra.run.dir={run}"], lambda proc: moment(proc, run), signum)
     assert proc.returncode == 128 + signum, out
     assert_clean(out)
     assert f"Stopped by {signal.Signals(signum).name} at step" in out, out
@@ -274,10 +273,9 @@ def test_a_signal_during_the_final_test_stops_it_within_a_batch(tmp_path, signum
     """The test's workers ignore it, the main process stops after the batch in flight: no test result, best.pt
     and last.pt kept, and the resume command finishes the test."""
     run = tmp_path / "run"
-    proc = start_group([*WORKERS, "trainer.max_epochs=1", "trainer.limit_batches=3",
-                        "data.dataset.test_size=4000", f"hydra.run.dir={run}"])  # fmt: skip
-    seen = wait_for_line(proc, r"Testing best\.pt on the test split")
-    out = signal_group(proc, signum, seen)
+    args = [*WORKERS, "trainer.max_epochs=1", "trainer.limit_batches=3", "data.dataset.test_size=4000"]
+    proc, out = stop_at([*args, f"hydra.run.dir={run}"],
+                        lambda proc: wait_for_line(proc, r"Testing best\.pt on the test split"), signum)  # fmt: skip
     assert proc.returncode == 128 + signum, out
     assert_clean(out)
     assert f"Stopped by {signal.Signals(signum).name} during the final test: the test was skipped" in out, out
@@ -295,9 +293,8 @@ def test_a_signal_during_the_final_test_stops_it_within_a_batch(tmp_path, signum
 def test_a_signal_as_the_run_ends_leaves_a_whole_finished_run(tmp_path):
     """After the test's last batch nothing is left to stop: metrics.json is whole, the run finished."""
     run = tmp_path / "run"
-    proc = start_group([*WORKERS, "trainer.max_epochs=1", "trainer.limit_batches=3", f"hydra.run.dir={run}"])
-    seen = wait_for_line(proc, r"Test: ")
-    out = signal_group(proc, signal.SIGTERM, seen)
+    args = [*WORKERS, "trainer.max_epochs=1", "trainer.limit_batches=3", f"hydra.run.dir={run}"]
+    proc, out = stop_at(args, lambda proc: wait_for_line(proc, r"Test: "), signal.SIGTERM)
     assert proc.returncode in (0, 143), out  # the process may have ended before the signal came
     assert_clean(out)
     assert read_metrics(run)["steps"] == 3
@@ -315,17 +312,14 @@ START_UP = ["handlers installed", "torch importing", "hydra composed", "Run dire
 ])  # fmt: skip
 def test_a_signal_during_start_up_is_one_line_and_leaves_no_directory(tmp_path, moment, signum):
     outputs = tmp_path / "outputs"
-    proc = start_group([*WORKERS, "trainer.max_epochs=1000", f"paths.output_root={outputs}"])
-    try:
+
+    def there(proc) -> str:
         if moment == "hydra composed":  # Hydra has made the run's directory and written .hydra/ into it
             wait_for_path(proc, str(outputs / "*" / "*" / ".hydra" / "config.yaml"))
-            seen = ""
-        else:
-            seen = wait_for_moment(proc, moment)
-    except AssertionError:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    out = signal_group(proc, signum, seen)
+            return ""
+        return wait_for_moment(proc, moment)
+
+    proc, out = stop_at([*WORKERS, "trainer.max_epochs=1000", f"paths.output_root={outputs}"], there, signum)
     assert proc.returncode == 128 + signum, out
     assert_clean(out)
     # The stop is the last word: nothing (torch's exit-time INFO lines, say) follows it, but SLURM's requeue
