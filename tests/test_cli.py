@@ -53,6 +53,13 @@ def test_typo_in_a_key_is_named(tmp_path):
     assert proc.returncode == 2 and len((proc.stdout + proc.stderr).strip().splitlines()) == 1
 
 
+def test_a_typo_in_a_key_of_eval_py_is_one_line(tmp_path):
+    """eval.py's config has a value to give (`ckpt: ???`): the hint's walk over its keys must not read it."""
+    proc = run_cli(["ckpt=x.pt", "devise=cpu"], cwd=tmp_path, script="eval.py")
+    assert_clean_failure(proc, "devise is not a config key (did you mean device?)")
+    assert proc.returncode == 2 and len((proc.stdout + proc.stderr).strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -144,7 +144,10 @@ def _known_keys(conf_dir, config_name: str) -> list[str]:
         for k in node:
             full = f"{prefix}{k}"
             yield full
-            if not OmegaConf.is_interpolation(node, k) and isinstance(node[k], DictConfig):
+            # Not read where it is `???` (eval.py's ckpt) or an interpolation: either would raise or resolve.
+            if OmegaConf.is_missing(node, k) or OmegaConf.is_interpolation(node, k):
+                continue
+            if isinstance(node[k], DictConfig):
                 yield from walk(node[k], full + ".")
 
     return list(walk(cfg))
