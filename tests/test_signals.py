@@ -155,7 +155,9 @@ def test_a_signal_that_a_library_drops_still_stops_the_run(signum, loop):
 # foreground job is) with two workers per loader, and the signal goes to the group.
 
 WORKERS = [
+    "task=classification",
     "data=fake",
+    "model=mlp",
     "data.num_workers=2",
     "data.batch_size=8",
     "data.dataset.train_size=128",
@@ -164,6 +166,8 @@ WORKERS = [
     "logging.progress_bar=false",
     "logging.every_n_steps=1",
 ]
+# In a generated project without these parts the tests of this section are not collected.
+WORKER_RUN = needs("conf/task/classification.yaml", "conf/data/fake.yaml", "conf/model/mlp.yaml")
 
 
 def stop_at(args: list[str], moment, signum: int) -> tuple[subprocess.Popen, str]:
@@ -238,7 +242,7 @@ SIGNALS = {"ctrl-c": signal.SIGINT, "scancel": signal.SIGTERM}
 
 
 @pytest.mark.slow
-@needs("conf/data/fake.yaml")
+@WORKER_RUN
 @pytest.mark.parametrize("phase, sender", SENDERS.items())
 def test_a_signal_to_the_group_saves_last_pt_and_resume_finishes(tmp_path, phase, sender):
     moment, args = PHASES[phase]
@@ -267,7 +271,7 @@ def test_a_signal_to_the_group_saves_last_pt_and_resume_finishes(tmp_path, phase
 
 
 @pytest.mark.slow
-@needs("conf/data/fake.yaml")
+@WORKER_RUN
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_during_the_final_test_stops_it_within_a_batch(tmp_path, signum):
     """The test's workers ignore it, the main process stops after the batch in flight: no test result, best.pt
@@ -289,7 +293,7 @@ def test_a_signal_during_the_final_test_stops_it_within_a_batch(tmp_path, signum
 
 
 @pytest.mark.slow
-@needs("conf/data/fake.yaml")
+@WORKER_RUN
 def test_a_signal_as_the_run_ends_leaves_a_whole_finished_run(tmp_path):
     """After the test's last batch nothing is left to stop: metrics.json is whole, the run finished."""
     run = tmp_path / "run"
@@ -307,6 +311,7 @@ def test_a_signal_as_the_run_ends_leaves_a_whole_finished_run(tmp_path):
 START_UP = ["handlers installed", "torch importing", "hydra composed", "Run directory:", r"Data: \d+ train"]
 
 
+@WORKER_RUN
 @pytest.mark.parametrize("moment, signum", [
     (moment, (signal.SIGUSR1, signal.SIGINT, signal.SIGTERM)[i % 3]) for i, moment in enumerate(START_UP)
 ])  # fmt: skip
@@ -336,7 +341,7 @@ def process_tree(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-@needs("conf/data/fake.yaml")
+@WORKER_RUN
 def test_scancel_of_a_torchrun_step_stops_every_rank_at_one_step(tmp_path):
     """SLURM signals every process of a job step: torchrun's agent, each rank and its DataLoader workers. The
     agent also forwards the signal to each rank, which so gets it twice: the copy is not a second request

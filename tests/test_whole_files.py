@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, read_metrics, run_cli, wait_for_line
+from tests.helpers import PYTHON, REFERENCE_RUN, REPO, read_metrics, run_cli, wait_for_line
 from utils.run.checkpoint import load_checkpoint
 from utils.run.files import atomic_file, write_json
 
@@ -93,6 +93,7 @@ MOMENTS = {
 
 
 @pytest.mark.slow
+@REFERENCE_RUN  # a small run of known length and checkpoint size (the 16 MiB disk holds its checkpoints)
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_a_full_disk_is_one_line_and_the_resume_finishes_the_run(small_disk, moment):
     line, kept = MOMENTS[moment]
