@@ -187,11 +187,11 @@ def test_every_task_resumes_bit_identically_after_kill9(task, data, model, tmp_p
     reference = start_cli([*args, f"hydra.run.dir={whole}"])
     victim = start_cli([*args, f"hydra.run.dir={killed}"])
     first = killed / "checkpoints" / "step_00000003.pt"
-    kill9_once_written(victim, first, timeout=180)
-    assert first.exists(), "no step checkpoint before the kill"
-    if not (killed / "metrics.json").exists():
-        resumed = run_cli([f"resume={killed}"])
-        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # A victim that finished before the kill would compare a run with itself: that fails, never passes.
+    assert kill9_once_written(victim, first, timeout=180) == -signal.SIGKILL, "the victim finished first"
+    assert first.exists() and not (killed / "metrics.json").exists(), "no kill mid-run"
+    resumed = run_cli([f"resume={killed}"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert reference.wait(timeout=300) == 0
     a, b = weights(whole), weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

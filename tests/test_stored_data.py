@@ -125,7 +125,9 @@ def test_every_public_callable_of_every_allowed_module_is_judged_by_its_group():
     helpers = ["data.csv.write_example", "data.imagefolder.write_example", "data.splits.split_indices",
                "tasks.base.TaskError", "torch.optim.Optimizer", "models.resnet.models.resnet18"]  # fmt: skip
     assert not [h for h in helpers if any(h in names for names in accepted.values())]
-    assert all(accepted.values()), accepted  # each group builds something
+    # Each group that conf/ builds (in a generated project, of the parts it has) accepts something.
+    built = {group_of(at) for at, _ in conf_targets() if not at.startswith("hydra")}
+    assert all(accepted[group] for group in built), accepted
 
 
 def conf_targets():
@@ -154,14 +156,14 @@ def test_what_conf_builds_is_accepted_and_no_example_writer_is():
     writers = [
         yaml.safe_load(p.read_text()).get("declares", {}).get("example") for p in CONF.glob("data/*.yaml")
     ]
-    assert "data.csv.write_example" in writers
-    for writer in filter(None, writers):
+    for writer in filter(None, writers):  # every data config's example writer, whichever a project has
         for group in GROUPS:
             with pytest.raises(ConfigError, match="stored config refused"):
                 check_target(writer, f"{group}._target_", group)
 
 
 @pytest.mark.slow
+@needs("conf/data/csv.yaml", "conf/data/imagefolder.yaml")  # the writers of the issue's case
 def test_an_example_writer_in_a_stored_config_writes_nothing(trained, tmp_path):
     """The issue's case: eval.py and resume= made /anywhere/evil/table.csv; load_trained wrote PNGs."""
     evil = tmp_path / "evil"
