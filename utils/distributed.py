@@ -18,6 +18,7 @@ import os
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -179,4 +180,10 @@ def cleanup_distributed() -> None:
         # hooks), so only the collector frees it. Left to interpreter shutdown, gloo's teardown aborts the
         # process ("terminate called without an active exception", exit 134) in about 1 run of 7.
         gc.collect()
+        if dist.get_backend() == "gloo":
+            # Leave together: a rank that tears gloo down while a peer is still busy (rank 0 writes the
+            # run's last files) aborted the same way, once in a loaded CI run. A peer that died instead
+            # answers within the timeout, and this rank leaves alone.
+            with contextlib.suppress(RuntimeError):
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
         dist.destroy_process_group()
