@@ -19,7 +19,7 @@ train: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) scripts/check_portability.py
+	$(PY) tools/check_portability.py
 
 format: install
 	$(VENV)/bin/ruff check --fix .
@@ -32,14 +32,14 @@ test: install lint
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 # The template's steps against a hand-written loop (paired, interleaved blocks with 95% intervals), whole runs
-# against scripts/handwritten_train.py, startup, graph logging; writes docs/benchmarks.md. ARGS=--quick: a minute.
+# against tools/handwritten_train.py, startup, graph logging; writes docs/benchmarks.md. ARGS=--quick: a minute.
 bench: install
-	$(PY) scripts/bench.py $(ARGS)
+	$(PY) tools/bench.py $(ARGS)
 
 # The quality targets that take minutes (segmentation mIoU, language-model bits per character): trains each
 # heavy experiment and writes docs/quality.md; exits 1 if one is missed.
 quality: install
-	$(PY) scripts/quality.py $(ARGS)
+	$(PY) tools/quality.py $(ARGS)
 
 # Projects generated from this template by copier (copier.yml), with the sets of answers of
 # tests/generated.py (everything, the minimum, one in between; PROJECTS="minimum" for one), each through

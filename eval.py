@@ -13,7 +13,7 @@ refused, unread.
 from __future__ import annotations
 
 # First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
-from utils.run.signals import stop_while_starting  # isort: skip
+from system.signals import stop_while_starting  # isort: skip
 
 if __name__ == "__main__":
     stop_while_starting("eval.py")
@@ -25,9 +25,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from utils.config import ConfigError, check_config
-from utils.run.life import RunLife
-from utils.run.rundir import register_resolvers
+from life.run import RunLife
+from setup.config import ConfigError, check_config
+from store.rundir import register_resolvers
 
 log = logging.getLogger("eval")
 register_resolvers()
@@ -47,18 +47,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # torch is imported here, not at the top, so `eval.py --help` stays instant.
     from hydra.core.hydra_config import HydraConfig
 
-    from utils.evaluation import evaluate
-    from utils.parts import build, build_data, build_loaders, check_fit
-    from utils.run.checkpoint import load_checkpoint, load_model_state
-    from utils.run.files import write_json
-    from utils.run.trust import stored_config
-    from utils.runtime import pick_device
-    from utils.state import TrainState
-    from utils.tensorboard.writer import open_writer
+    from board.writer import open_writer
+    from loop.evaluation import evaluate
+    from loop.state import TrainState
+    from setup.parts import build, build_data, build_loaders, check_fit
+    from setup.runtime import pick_device
+    from setup.trust import stored_config
+    from store.checkpoint import load_checkpoint, load_model_state
+    from system.files import write_json
 
     path = Path(str(cfg.ckpt))
     state = load_checkpoint(path)
-    # Data, never code: allowed _target_s only, nothing resolved (utils/run/trust.py).
+    # Data, never code: allowed _target_s only, nothing resolved (setup/trust.py).
     run_cfg = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
     data_name = HydraConfig.get().runtime.choices.get("data")
     trained = run_cfg.data
@@ -133,6 +133,6 @@ def check_same_shape(trained: DictConfig, chosen: DictConfig, name: str | None) 
 
 
 if __name__ == "__main__":
-    from utils.cli import run
+    from life.cli import run
 
     run(main, "eval.py", "eval")

@@ -5,17 +5,17 @@
     python train.py experiment=<name>                   # a saved experiment (conf/experiment/)
 
 The story, top to bottom: `train` sets the run up (its parts, built once, and its state, which changes and
-is checkpointed: utils/state.py), `fit` runs the epochs, `step` is one optimizer step, `validate_and_save`
+is checkpointed: loop/state.py), `fit` runs the epochs, `step` is one optimizer step, `validate_and_save`
 keeps best.pt and last.pt, and `test` tests the best weights and writes metrics.json. The task (tasks/)
 owns the loss, the metrics and the pictures; this file names none of them. A run's life around the loop
-(signals, the run lock, one-line errors, exit codes, SLURM's requeue) is utils/run/life.py. docs/loop.md
+(signals, the run lock, one-line errors, exit codes, SLURM's requeue) is life/run.py. docs/loop.md
 shows how to change the loop: an EMA of the weights, a second optimizer, a new checkpointed field.
 """
 
 from __future__ import annotations
 
 # First, before anything slow: Ctrl-C or SIGTERM from here on ends in one line, never a traceback.
-from utils.run.signals import stop_while_starting  # isort: skip
+from system.signals import stop_while_starting  # isort: skip
 
 if __name__ == "__main__":  # the tests import this file to train in-process
     stop_while_starting("train.py")
@@ -29,9 +29,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from utils.cli import answers_at_once, run
-from utils.run.life import RunLife
-from utils.run.rundir import register_resolvers
+from life.cli import answers_at_once, run
+from life.run import RunLife
+from store.rundir import register_resolvers
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -61,20 +61,21 @@ if __name__ == "__main__" and answers_at_once(sys.argv):  # --help, --cfg job, t
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from utils.config import ConfigError, LoggingSchema, TrainerSchema, check_config, parse_max_time
-from utils.distributed import barrier, check_weights_in_sync, init_distributed, sync_gradients, wrap_ddp
-from utils.evaluation import evaluate
-from utils.nonfinite import drop_nonfinite, total_loss
-from utils.parts import build, build_data, build_loaders, check_fit, describe
-from utils.run import checkpoint, files
-from utils.run.init_from import load_initial_weights, log_summary
-from utils.run.resume import check_can_resume, load_resume, resume_command
-from utils.run.timebudget import Deadline
-from utils.runtime import autocast, fused_on_cuda, grad_scaler, seed_everything, to_device
-from utils.session import Session
-from utils.state import Parts, Plan, TrainState, typed
-from utils.tensorboard import dashboards
-from utils.tensorboard.writer import add_scalars, unwrap
+from board import dashboards
+from board.writer import add_scalars, unwrap
+from loop.evaluation import evaluate
+from loop.nonfinite import drop_nonfinite, total_loss
+from loop.session import Session
+from loop.state import Parts, Plan, TrainState, typed
+from loop.timebudget import Deadline
+from setup.config import ConfigError, LoggingSchema, TrainerSchema, check_config, parse_max_time
+from setup.distributed import barrier, check_weights_in_sync, init_distributed, sync_gradients, wrap_ddp
+from setup.parts import build, build_data, build_loaders, check_fit, describe
+from setup.runtime import autocast, fused_on_cuda, grad_scaler, seed_everything, to_device
+from store import checkpoint
+from store.init_from import load_initial_weights, log_summary
+from store.resume import check_can_resume, load_resume, resume_command
+from system import files
 
 
 def train(cfg: DictConfig, life: RunLife) -> Outcome:

@@ -19,7 +19,7 @@ class Splits:
     test: Dataset
     # What only the files tell (a table's number of features and classes, whether its target is a class or
     # a real, the target's train mean and std), as data config keys: written into cfg.data before the task
-    # and the model are built (utils/parts.py build_data), whose configs read them (${data.num_classes}).
+    # and the model are built (setup/parts.py build_data), whose configs read them (${data.num_classes}).
     found: dict = field(default_factory=dict)
 
 

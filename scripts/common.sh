@@ -1,6 +1,6 @@
 # common.sh: helpers that serve_tb.sh, tunnel.sh and tb.sh share. Sourced, never run. The caller sets PROG;
 # take_ssh_option also reads SSH_REFUSED_FLAGS and appends to the caller's ssh_opts array.
-# Laptop side: bash 3.2 and BSD tools too (macOS); scripts/check_portability.py guards it.
+# Laptop side: bash 3.2 and BSD tools too (macOS); tools/check_portability.py guards it.
 # shellcheck shell=bash
 
 die() {

@@ -7,7 +7,7 @@
 # on 127.0.0.1, checks that the TensorBoard answering on its port is its own, and stops it when the
 # session ends. Both sides send a heartbeat: a frozen laptop or a cut network stops the remote
 # TensorBoard within 30 s, and this side reconnects to the same local URL when the connection dies.
-# Runs with bash 3.2 and BSD tools (macOS) too: scripts/check_portability.py guards that.
+# Runs with bash 3.2 and BSD tools (macOS) too: tools/check_portability.py guards that.
 set -euo pipefail
 
 PROG=${0##*/}

@@ -1,6 +1,6 @@
 # serve_tb_session.sh: one ssh session of serve_tb.sh (connect, watch, tear down). Sourced by serve_tb.sh,
 # never run; it uses serve_tb.sh's settings (host, tmp, tag, ssh_common, ports, heartbeat, mode).
-# Laptop side: bash 3.2 and BSD tools too (scripts/check_portability.py).
+# Laptop side: bash 3.2 and BSD tools too (tools/check_portability.py).
 # shellcheck shell=bash disable=SC2154,SC2034  # settings come from serve_tb.sh, results go back to it
 
 ssh_pid="" writer_pid="" sleep_pid="" fds_open=0

@@ -165,7 +165,7 @@ class Task:
         """Raise TaskError (one line naming the sample of `name` and the field) if this batch holds values
         that the model cannot learn from (detection: a box with x2 <= x1, a label outside the classes).
         Called on every batch as the loader made it, training (train.py) and evaluation
-        (utils/evaluation.py), before it moves to the device, where reading its values costs no device sync:
+        (loop/evaluation.py), before it moves to the device, where reading its values costs no device sync:
         keep it to a few vectorized operations."""
 
     def check_targets(self, targets: torch.Tensor) -> None:

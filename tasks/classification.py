@@ -64,7 +64,7 @@ class Classification(Task):
 
     def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
         if "confusion" in sums:
-            from utils.tensorboard.pictures import log_per_class
+            from board.pictures import log_per_class
 
             # IMAGES: confusion matrix and per-class accuracy; SCALARS: one accuracy curve per class.
             log_per_class(writer, sums["confusion"].view(self.num_classes, -1).cpu(), step, prefix)

@@ -77,7 +77,7 @@ class Detection(Task):
         return {"map50": float(result["map_50"]), "map": float(result["map"])}
 
     def log_pictures(self, writer, metrics, model, batch, step, prefix="val") -> None:
-        from utils.tensorboard.pictures import add_png
+        from board.pictures import add_png
 
         # IMAGES: for the first images, one row each: the true boxes, and the predicted ones scored above
         # picture_score, with their class names (and scores).

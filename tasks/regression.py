@@ -66,7 +66,7 @@ class Regression(Task):
         }
 
     def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
-        from utils.tensorboard.pictures import add_png
+        from board.pictures import add_png
 
         # IMAGES: predicted (up) against true (across) for the first batch, in the target's units.
         output = self.forward(model, batch).detach().double().cpu()

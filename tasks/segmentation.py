@@ -56,7 +56,7 @@ class Segmentation(Task):
         }
 
     def log_pictures(self, writer, sums, model, batch, step, prefix="val"):
-        from utils.tensorboard.pictures import add_png
+        from board.pictures import add_png
 
         # IMAGES: for the first samples, one row each: the image, its true mask, the predicted mask.
         n = self.num_pictures
@@ -96,7 +96,7 @@ def mean_iou(confusion: torch.Tensor) -> float:
 def mask_rows(x, true, pred, num_classes: int, mean=None, std=None, min_size: int = 64) -> torch.Tensor:
     """uint8 [3, H, W]: one row a sample, [image | true mask | predicted mask], 2 px apart. Masks are
     coloured by class (viridis, background dark); small images are enlarged, nearest neighbour."""
-    from utils.tensorboard.pictures import colormap
+    from board.pictures import colormap
 
     x, true, pred = x.detach().float().cpu(), true.detach().cpu(), pred.detach().cpu()
     if mean is not None and std is not None:

@@ -1,7 +1,7 @@
 """A dataset for the detection target checks: the boxes data with one target value set to a bad one.
 
 `split` (train, val or test) and `position`: where the bad sample comes in that split's first epoch (for
-train, utils/loaders.epoch_order's shuffled order, as tests/poisoned_data.py does), so that a test knows
+train, setup/loaders.epoch_order's shuffled order, as tests/poisoned_data.py does), so that a test knows
 which batch and which sample of it holds the bad value; `field` (boxes or labels), `box` (which of the
 sample's boxes) and `value` (four numbers for boxes, one for labels; inf and nan as Hydra's
 override grammar spells them, or as strings). Configs
@@ -14,7 +14,7 @@ import torch
 
 from data.boxes import boxes
 from data.splits import Splits
-from utils.loaders import epoch_order
+from setup.loaders import epoch_order
 
 
 def bad_boxes(split: str, position: int, field: str, value, box: int = 0, **kwargs) -> Splits:

@@ -22,9 +22,16 @@ PYTHON = sys.executable
 FAST = ["trainer.max_epochs=1", "trainer.limit_batches=3", "data.batch_size=32", "logging.progress_bar=false"]
 
 
+def runnable(*extra: str) -> list[str]:
+    """What a copy of the project needs to run: the entry points, its configs and every package on disk (the
+    template's own floors and the parts), read from the checkout rather than listed."""
+    packages = sorted(p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name != "tests")
+    return ["train.py", "eval.py", "pyproject.toml", "conf", *packages, *extra]
+
+
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
     """The config exactly as `python train.py <overrides>` would see it, with its run dir at run_dir."""
-    from utils.run.rundir import register_resolvers
+    from store.rundir import register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -43,7 +50,7 @@ def train_in_process(overrides: list[str], run_dir: Path) -> float:
     import logging
 
     import train
-    from utils.run.life import RunLife
+    from life.run import RunLife
 
     cfg = compose_config(overrides, run_dir)
     write_run_config(cfg, run_dir)
@@ -310,8 +317,8 @@ def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 180) ->
 def wait_for_moment(proc: subprocess.Popen, moment: str, timeout: float = 180) -> str:
     """Wait until train.py or eval.py is at `moment` of its start-up, a state it is in (never a time after
     its start, which a loaded machine stretches); returns the output read meanwhile (see wait_for_line).
-    "handlers installed": utils/signals.stop_while_starting ran (SIGTERM is caught only from then on);
-    "hydra starting": utils/cli.run ran raise_on_signals (the first to catch SIGUSR1); "torch importing":
+    "handlers installed": system/signals.stop_while_starting ran (SIGTERM is caught only from then on);
+    "hydra starting": life/cli.run ran raise_on_signals (the first to catch SIGUSR1); "torch importing":
     torch's libraries are loaded, its import under way; anything else: a regex for a line of the output."""
     import signal
 

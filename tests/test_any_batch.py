@@ -13,7 +13,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.helpers import PYTHON, REPO, event_accumulator, kill9_once_written, needs, read_metrics
+from tests.helpers import PYTHON, REPO, event_accumulator, kill9_once_written, needs, read_metrics, runnable
 
 FORK_FILES = {
     "bumps.py": "tasks",
@@ -24,7 +24,7 @@ FORK_FILES = {
     "bump_finder.yaml": "conf/model",
 }
 pytestmark = needs("tests/user_task/bumps.py")  # a generated project may leave the example forks out
-RUNNABLE = ("train.py", "eval.py", "pyproject.toml", "conf", "models", "data", "tasks", "utils")
+RUNNABLE = runnable()
 RUN = ["task=bumps", "data=bump_signals", "model=bump_finder", "logging.progress_bar=false",
        "logging.every_n_steps=4", "trainer.max_epochs=3"]  # fmt: skip
 

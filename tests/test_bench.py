@@ -10,13 +10,13 @@ from tests.helpers import PYTHON, REPO
 
 @pytest.mark.slow
 def test_bench_quick_prints_paired_ratios_and_writes_the_table(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
     import bench
 
     cases = [case.name for case in bench.cases_for("cpu", quick=True).values()]  # those this checkout has
     out = tmp_path / "benchmarks.md"
     proc = subprocess.run(
-        [PYTHON, "scripts/bench.py", "--quick", "--output", str(out)],
+        [PYTHON, "tools/bench.py", "--quick", "--output", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -52,7 +52,7 @@ def test_bench_quick_prints_paired_ratios_and_writes_the_table(tmp_path, monkeyp
 
 
 def test_bootstrap_interval_and_verdict(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
     import bench_paired
 
     med, low, high = bench_paired.bootstrap_median([1.0, 1.01, 0.99, 1.02, 0.98] * 20)
@@ -63,7 +63,7 @@ def test_bootstrap_interval_and_verdict(monkeypatch):
 
 
 def test_bench_replaces_only_its_own_device_section(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
     import bench
 
     doc = tmp_path / "b.md"
@@ -79,7 +79,7 @@ def test_bench_replaces_only_its_own_device_section(tmp_path, monkeypatch):
 def test_cases_follow_the_configs_on_disk(tmp_path, monkeypatch):
     """A generated project with some models, datasets and tasks benchmarks those it has, and an asked-for
     case it lacks is one line."""
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
     from bench_paired import available
 
     (tmp_path / "model").mkdir()
@@ -89,7 +89,7 @@ def test_cases_follow_the_configs_on_disk(tmp_path, monkeypatch):
     assert not available(["model=mlp", "data=fake"], conf=tmp_path)
     assert not available(["model=gpt"], conf=tmp_path)
     result = subprocess.run(
-        [PYTHON, "scripts/bench.py", "--cases", "nope"], cwd=REPO, capture_output=True, text=True
+        [PYTHON, "tools/bench.py", "--cases", "nope"], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 2
     assert "error: no case nope here (this checkout has: " in result.stderr.strip().splitlines()[-1]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.helpers import FAST, PYTHON, REPO, event_accumulator, run_cli, train_in_process
-from utils.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def error_lines(proc) -> list[str]:
@@ -69,7 +69,7 @@ def test_keep_step_checkpoints_deletes_the_oldest_as_new_ones_land(tmp_path):
 SAVER = textwrap.dedent(
     """
     import sys, torch
-    from utils.run.checkpoint import save_checkpoint
+    from store.checkpoint import save_checkpoint
     path, i = sys.argv[1], 0
     while True:
         i += 1

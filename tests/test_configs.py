@@ -42,7 +42,7 @@ def test_every_config_declares_what_it_takes_and_gives():
 @pytest.mark.parametrize(("task", "data", "model"), COMBOS)
 def test_model_output_fits_the_task_on_the_declared_input(task, data, model, tmp_path):
     """The model built for the data's declared input shape gives what the task checks, on a fake batch."""
-    from utils.parts import build, build_data
+    from setup.parts import build, build_data
 
     overrides = [f"task={task}", f"data={data}", f"model={model}"]
     # Files of the data's own format, where it reads files (imagefolder's root, and its number of classes).
@@ -98,7 +98,7 @@ def test_every_option_of_the_other_groups_composes(group, tmp_path):
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_optimizer_and_scheduler_build_and_step(optimizer, scheduler, tmp_path):
-    from utils.parts import build
+    from setup.parts import build
 
     cfg = compose_config([f"optimizer={optimizer}", f"scheduler={scheduler}"], tmp_path / "run")
     net = build("model", cfg.model)

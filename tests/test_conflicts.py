@@ -1,5 +1,5 @@
 """Merge conflicts left by `copier update` (or git): this project holds none; a conflicted config stops
-train.py and eval.py in one line, before Hydra reads it; `python -m utils.conflicts` lists every file left
+train.py and eval.py in one line, before Hydra reads it; `python -m setup.conflicts` lists every file left
 to resolve."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, REPO
-from utils.conflicts import conflict_markers, leftovers
+from setup.conflicts import conflict_markers, leftovers
+from tests.helpers import PYTHON, REPO, runnable
 
 # What copier update --conflict inline leaves where both sides changed a line.
 CONFLICT = "<<<<<<< before updating\nwidth: 48\n=======\nwidth: 64\n>>>>>>> after updating\n"
@@ -27,7 +27,7 @@ def test_this_project_holds_no_leftover_merge_conflict():
 def conflicted_copy(root: Path) -> Path:
     """A copy of the project's code and configs whose model config holds a merge conflict."""
     root.mkdir()
-    for name in ("train.py", "eval.py", "conf", "models", "data", "tasks", "utils"):
+    for name in runnable():
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -64,7 +64,7 @@ def test_the_check_lists_every_file_left_to_resolve(tmp_path):
     (project / "docs").mkdir()
     (project / "docs" / "notes.md").write_text("Title\n=======\n\nA Markdown underline is no conflict.\n")
     proc = subprocess.run(
-        [PYTHON, "-m", "utils.conflicts"], cwd=project, capture_output=True, text=True, timeout=60
+        [PYTHON, "-m", "setup.conflicts"], cwd=project, capture_output=True, text=True, timeout=60
     )
     model = sorted((project / "conf" / "model").glob("*.yaml"))[0].name
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -75,4 +75,4 @@ def test_the_check_lists_every_file_left_to_resolve(tmp_path):
         f"conf/model/{model}:7 (>>>>>>>): unresolved merge conflict",
         "Makefile.rej: the template's side of a conflict (copier update --conflict rej): merge it, then delete it",
     ], proc.stdout
-    assert proc.stderr == "utils.conflicts: 3 file(s) to resolve\n"
+    assert proc.stderr == "setup.conflicts: 3 file(s) to resolve\n"

@@ -21,18 +21,18 @@ from omegaconf import OmegaConf
 from PIL import Image
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from tasks.classification import Classification
-from tests.helpers import FAST, REPO, compose_config, event_accumulator, read_metrics, train_in_process
-from utils.config import ConfigError, check_config
-from utils.evaluation import evaluate
-from utils.tensorboard import dashboards, pictures
-from utils.tensorboard.pictures import (
+from board import dashboards, pictures
+from board.pictures import (
     colormap,
     confusion_matrix_image,
     input_image_grid,
     per_class_accuracy,
     per_class_accuracy_image,
 )
+from loop.evaluation import evaluate
+from setup.config import ConfigError, check_config
+from tasks.classification import Classification
+from tests.helpers import FAST, REPO, compose_config, event_accumulator, read_metrics, train_in_process
 
 # The HPARAMS metric columns of a classification run, in the order the task gives them.
 METRIC_TAGS = ["val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc"]

@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from setup.distributed import weights_digest
+from setup.loaders import build_dataloaders
 from tests.helpers import (
     FAST,
     PYTHON,
@@ -25,8 +27,6 @@ from tests.helpers import (
     require_extra,
     run_cli,
 )
-from utils.distributed import weights_digest
-from utils.loaders import build_dataloaders
 
 # No dropout: with the same global batches, one process and two then compute the same thing.
 SAME_MATH = [*FAST, "model.dropout=0", "logging.every_n_steps=1"]
@@ -115,7 +115,7 @@ def test_slurm_tasks_started_by_srun_train_with_ddp(tmp_path):
 
 def resolve_in_process(root: Path, env: dict) -> subprocess.Popen:
     """A fresh process (as each torchrun rank is) that resolves the run directory and prints it."""
-    code = "import sys; from utils.run.rundir import unique_run_dir; print(unique_run_dir(sys.argv[1], 'mlp', 'digits'))"
+    code = "import sys; from store.rundir import unique_run_dir; print(unique_run_dir(sys.argv[1], 'mlp', 'digits'))"
     launcher_vars = ("TORCHELASTIC_RUN_ID", "RANK", "SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID")
     clean = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     return subprocess.Popen(
@@ -163,7 +163,7 @@ def test_ranks_of_one_launch_share_a_run_dir_and_a_restart_finds_it(tmp_path):
     ],
 )
 def test_other_ranks_keep_off_rank_zeros_files(monkeypatch, env, rank):
-    from utils.run.rundir import on_main, process_rank, rank_log
+    from store.rundir import on_main, process_rank, rank_log
 
     for name in ("RANK", "SLURM_PROCID", "SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_GLOBALID"):
         monkeypatch.delenv(name, raising=False)

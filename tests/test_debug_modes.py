@@ -30,7 +30,7 @@ def train_batches(t) -> float:
 @pytest.mark.parametrize("experiment", [None, *options("experiment")])
 @pytest.mark.parametrize("mode", options("debug"))
 def test_every_debug_mode_bounds_every_experiment(mode, experiment, tmp_path):
-    from utils.config import check_config
+    from setup.config import check_config
 
     overrides = [f"debug={mode}", *([f"experiment={experiment}"] if experiment else [])]
     cfg = compose_config(overrides, tmp_path / "run")

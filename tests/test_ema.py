@@ -5,10 +5,10 @@ import signal
 import pytest
 import torch
 
+from loop.state import TrainState
+from store.checkpoint import load_checkpoint
 from tests.helpers import REFERENCE_RUN, kill9_once_written, read_metrics, run_cli
 from tests.test_resume import start_cli
-from utils.run.checkpoint import load_checkpoint
-from utils.state import TrainState
 
 pytestmark = REFERENCE_RUN
 

@@ -370,7 +370,7 @@ def test_a_project_s_bench_labels_name_what_they_run(projects, name):
     defaults = {}
     for entry in yaml.safe_load((project / "conf" / "train.yaml").read_text())["defaults"]:
         defaults |= entry if isinstance(entry, dict) else {}
-    code = "import sys; sys.path.insert(0, 'scripts'); import bench; print(*(c.name for c in bench.cases_for('cpu', False).values()), sep='\\n')"
+    code = "import sys; sys.path.insert(0, 'tools'); import bench; print(*(c.name for c in bench.cases_for('cpu', False).values()), sep='\\n')"
     proc = run([PYTHON, "-c", code], project)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"default run: {defaults['model']} on {defaults['data']}" in proc.stdout.splitlines(), proc.stdout
@@ -577,7 +577,7 @@ def test_update_merges_a_later_template_into_a_project_its_user_changed(template
     assert re.search(r"^<<<<<<< .*\n  width: 48\n=======\n  width: 64\n>>>>>>> ", text, re.M), text
     # copier says nothing of it (exit 0): the project's own check lists the file, and train.py stops in one
     # line instead of YAML's traceback.
-    check = run([PYTHON, "-m", "utils.conflicts"], project)
+    check = run([PYTHON, "-m", "setup.conflicts"], project)
     assert check.returncode == 1 and "conf/model/simple_cnn.yaml:" in check.stdout, (
         check.stdout + check.stderr
     )

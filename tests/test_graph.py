@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from board.writer import log_graph_once
 from tests.helpers import FAST, REFERENCE_RUN, event_accumulator, needs, train_in_process
-from utils.tensorboard.writer import log_graph_once
 
 
 def final_weights(run_dir):
-    from utils.run.checkpoint import load_checkpoint
+    from store.checkpoint import load_checkpoint
 
     return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
 

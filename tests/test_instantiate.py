@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from setup.config import DECLARES, ConfigError, check_config
 from tasks.base import Task
 from tests.helpers import (
     COMBOS,
@@ -28,7 +29,6 @@ from tests.helpers import (
     run_cli,
     written,
 )
-from utils.config import DECLARES, ConfigError, check_config
 
 
 def compose_as_a_user(overrides: list[str], hydra_node: bool = False) -> DictConfig:
@@ -112,7 +112,7 @@ def test_a_model_parameter_is_overridden_as_in_any_hydra_group():
 def test_declaration_keys_left_in_a_fresh_model_config_are_refused_naming_where_they_go(tmp_path):
     """A fork's model yaml written for an older template (its declarations inside `model:`) fails in one
     line that says where they go now: a fresh config's model node is passed whole."""
-    from utils.parts import build
+    from setup.parts import build
 
     cfg = compose_config([f"model={default_run()['model']}"], tmp_path / "run")
     with open_dict(cfg):

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from data.splits import Splits
-from utils.loaders import SampledLoader, TensorBatches, build_dataloaders
+from setup.loaders import SampledLoader, TensorBatches, build_dataloaders
 
 
 class Numbers(Dataset):

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from loop.evaluation import measure
 from tests.helpers import needs, options
-from utils.evaluation import measure
 
 
 @needs("conf/task/classification.yaml")

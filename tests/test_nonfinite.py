@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
+from loop.nonfinite import NonFiniteLossError
+from store.checkpoint import load_checkpoint
 from tests.helpers import run_cli, train_in_process
-from utils.nonfinite import NonFiniteLossError
-from utils.run.checkpoint import load_checkpoint
 
 BATCH = 32
 

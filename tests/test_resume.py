@@ -9,6 +9,8 @@ import subprocess
 import pytest
 import torch
 
+from setup.config import ConfigError
+from store.checkpoint import load_checkpoint
 from tests.helpers import (
     PYTHON,
     REFERENCE_RUN,
@@ -20,8 +22,6 @@ from tests.helpers import (
     run_cli,
     train_in_process,
 )
-from utils.config import ConfigError
-from utils.run.checkpoint import load_checkpoint
 
 # Two epochs of 157 batches of 8 digits; a checkpoint every 25 steps, a log line every 7.
 KILL_RUN = [

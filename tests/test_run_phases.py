@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
+from store.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
 from tests.helpers import FAST, REFERENCE_RUN, run_cli, train_in_process
-from utils.run.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
 
 pytestmark = REFERENCE_RUN
 

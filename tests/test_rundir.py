@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from utils.run.rundir import safe_name, unique_run_dir
+from store.rundir import safe_name, unique_run_dir
 
 
 def test_safe_name_keeps_only_safe_characters():
@@ -13,7 +13,7 @@ def test_safe_name_keeps_only_safe_characters():
 
 
 def test_same_second_runs_get_distinct_directories(tmp_path):
-    import utils.run.rundir as rundir
+    import store.rundir as rundir
 
     first = unique_run_dir(str(tmp_path), "mlp", "digits")
     rundir._reserved.clear()  # as a second process would start with nothing reserved

@@ -1,4 +1,4 @@
-"""utils/run/lock.py: exactly one holder of a run directory, whatever the timing; a killed holder's lock is
+"""system/lock.py: exactly one holder of a run directory, whatever the timing; a killed holder's lock is
 free at once. Real processes racing behind a barrier, a real kill -9."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
+from setup.config import ConfigError
+from system.lock import RunLock
 from tests.helpers import PYTHON, REPO, wait_for_line
-from utils.config import ConfigError
-from utils.run.lock import RunLock
 
 WORKERS, ROUNDS = 4, 150
 
@@ -70,7 +70,7 @@ def test_processes_racing_for_the_lock_get_exactly_one_holder(tmp_path):
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from utils.run.lock import RunLock
+    from system.lock import RunLock
     lock = RunLock(sys.argv[1]).acquire()
     print("holding", flush=True)
     time.sleep(600)

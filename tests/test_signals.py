@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from store.checkpoint import load_checkpoint
 from tests.helpers import (
     PYTHON,
     REPO,
@@ -22,7 +23,6 @@ from tests.helpers import (
     wait_for_moment,
     wait_for_path,
 )
-from utils.run.checkpoint import load_checkpoint
 
 ENDLESS = [
     "trainer.max_epochs=1000",
@@ -87,7 +87,7 @@ def test_second_signal_exits_at_once_without_saving(tmp_path):
 LANDS_IN_A_LIBRARYS_CLEANUP = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-from utils.cli import run
+from life.cli import run
 
 def main():
     state = {{"flags": object()}}
@@ -119,8 +119,8 @@ def test_a_signal_inside_a_librarys_cleanup_is_still_one_line(signum):
 DROPPED_BY_A_LIBRARY = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-from utils.cli import run
-from utils.run.signals import StopSignals
+from life.cli import run
+from system.signals import StopSignals
 
 def main():
     try:  # a library call that drops every error, as C code that clears a pending one does

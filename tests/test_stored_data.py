@@ -19,12 +19,12 @@ import pytest
 import torch
 import yaml
 
+from setup.config import ConfigError
+from setup.trust import ALLOWED_TARGETS, GROUPS, check_target, group_of, read_stored_config, stored_config
+from store.checkpoint import CheckpointError, load_checkpoint
+from store.trained import load_trained
 from tests.helpers import CONF, FAST, REFERENCE_RUN, needs, run_cli, train_in_process
 from tests.test_untrusted import assert_one_line, run_eval
-from utils.config import ConfigError
-from utils.run.checkpoint import CheckpointError, load_checkpoint
-from utils.run.trust import ALLOWED_TARGETS, GROUPS, check_target, group_of, read_stored_config, stored_config
-from utils.trained import load_trained
 
 pytestmark = REFERENCE_RUN
 
@@ -204,7 +204,7 @@ def test_a_stored_model_left_partial_is_one_line(trained, tmp_path):
     """It was an AttributeError traceback: a partial has no .to() and no weights."""
     from omegaconf import OmegaConf
 
-    from utils.parts import build
+    from setup.parts import build
 
     state = with_config(trained)
     state["config"]["model"]["_partial_"] = True
@@ -241,7 +241,7 @@ def nested_anchors() -> str:
     ],
 )
 def test_a_run_config_that_would_hang_resume_is_one_line(trained, tmp_path, text, message):
-    from utils.run.resume import _plain_resolved
+    from store.resume import _plain_resolved
 
     run = run_with(trained, tmp_path, load_checkpoint(trained / "checkpoints" / "last.pt"))
     own = run / ".hydra" / "config.yaml"

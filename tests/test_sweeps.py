@@ -164,8 +164,8 @@ def test_the_search_direction_follows_the_task(tmp_path):
     require_extra("hydra_plugins.hydra_optuna_sweeper", "sweep")
     from omegaconf import OmegaConf
 
+    from store.rundir import register_resolvers
     from tests.helpers import options, written
-    from utils.run.rundir import register_resolvers
 
     register_resolvers()
     for search in options("hparams_search"):

@@ -4,10 +4,10 @@ or a run directory gives the model with its weights, its task and its config, un
 import pytest
 import torch
 
+from setup.config import ConfigError
+from store.checkpoint import CheckpointError, load_checkpoint
+from store.trained import load_trained
 from tests.helpers import FAST, REFERENCE_RUN, read_metrics, train_in_process
-from utils.config import ConfigError
-from utils.run.checkpoint import CheckpointError, load_checkpoint
-from utils.trained import load_trained
 
 pytestmark = REFERENCE_RUN
 
@@ -20,7 +20,7 @@ def run(tmp_path_factory):
 
 
 def test_a_run_directory_gives_its_best_model_task_and_config(run):
-    from utils.parts import build
+    from setup.parts import build
 
     trained = load_trained(run)
     assert trained.path == run / "checkpoints" / "best.pt" and not trained.model.training

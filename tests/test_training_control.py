@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from store.checkpoint import load_checkpoint
 from tests.helpers import (
     FAST,
     PYTHON,
@@ -24,7 +25,6 @@ from tests.helpers import (
     run_cli,
     train_in_process,
 )
-from utils.run.checkpoint import load_checkpoint
 
 # A learning rate too small to learn anything: validation stops improving at once.
 STALLED = ["optimizer.lr=1e-12", "scheduler=none", "trainer.limit_batches=2", "data.batch_size=16",

@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from setup.config import ConfigError
+from store.checkpoint import CheckpointError, save_checkpoint
 from tests.helpers import REFERENCE_RUN, REPO, compose_config, needs
-from utils.config import ConfigError
-from utils.run.checkpoint import CheckpointError, save_checkpoint
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def stop_index(stopper, values, first_step: int = 0) -> int | None:
 
 
 def test_early_stopping_stops_after_patience_validations_without_improvement():
-    from utils.earlystop import EarlyStopping
+    from loop.earlystop import EarlyStopping
 
     stopper = EarlyStopping(patience=3, min_delta=0.0, mode="min")
     assert stop_index(stopper, [1.0, 0.9, 0.95, 0.9, 0.91, 0.92]) == 4  # 0.9 again is no improvement
@@ -54,7 +54,7 @@ def test_early_stopping_stops_after_patience_validations_without_improvement():
 
 
 def test_early_stopping_min_delta_and_max_mode():
-    from utils.earlystop import EarlyStopping
+    from loop.earlystop import EarlyStopping
 
     # max mode: gains of 0.005 are not improvements when min_delta is 0.01.
     stopper = EarlyStopping(patience=2, min_delta=0.01, mode="max")
@@ -68,7 +68,7 @@ def test_early_stopping_min_delta_and_max_mode():
 
 
 def test_early_stopping_nan_is_no_improvement_and_disabled_never_stops():
-    from utils.earlystop import EarlyStopping
+    from loop.earlystop import EarlyStopping
 
     stopper = EarlyStopping(patience=2, min_delta=0.0, mode="min")
     assert stop_index(stopper, [math.nan, 1.0, math.nan, math.nan]) == 3
@@ -83,7 +83,7 @@ def test_early_stopping_nan_is_no_improvement_and_disabled_never_stops():
 
 
 def test_early_stopping_resumed_from_its_checkpointed_state_stops_at_the_same_step(tmp_path):
-    from utils.earlystop import EarlyStopping
+    from loop.earlystop import EarlyStopping
 
     values = [0.9, 0.8, 0.82, 0.79, 0.81, 0.80, 0.795, 0.83]
     whole = EarlyStopping(patience=3, min_delta=0.005, mode="min")
@@ -108,7 +108,7 @@ def test_early_stopping_resumed_from_its_checkpointed_state_stops_at_the_same_st
 
 
 def test_early_stopping_describe_says_why_in_one_line():
-    from utils.earlystop import EarlyStopping
+    from loop.earlystop import EarlyStopping
 
     stopper = EarlyStopping(patience=3, min_delta=0.001, mode="min", monitor="val/rmse")
     stopper.update(0.6, step=60)
@@ -139,7 +139,7 @@ def test_early_stopping_describe_says_why_in_one_line():
     ],
 )
 def test_early_stopping_refuses_bad_settings_in_one_line(kwargs, key):
-    from utils.earlystop import EarlyStopping
+    from loop.earlystop import EarlyStopping
 
     with pytest.raises(ConfigError) as err:
         EarlyStopping(**{"min_delta": 0.0, "mode": "min", **kwargs})
@@ -166,7 +166,7 @@ def test_early_stopping_refuses_bad_settings_in_one_line(kwargs, key):
     ],
 )
 def test_parse_max_time_accepts_clock_times_and_minutes(value, seconds):
-    from utils.run.timebudget import parse_max_time
+    from loop.timebudget import parse_max_time
 
     assert parse_max_time(value) == seconds
 
@@ -177,7 +177,7 @@ def test_parse_max_time_accepts_clock_times_and_minutes(value, seconds):
      "inf", math.nan, True, "1:00:00:00:00", "1h", [1]],
 )  # fmt: skip
 def test_parse_max_time_refuses_anything_else_in_one_line(value):
-    from utils.run.timebudget import parse_max_time
+    from loop.timebudget import parse_max_time
 
     with pytest.raises(ConfigError) as err:
         parse_max_time(value)
@@ -187,7 +187,7 @@ def test_parse_max_time_refuses_anything_else_in_one_line(value):
 
 
 def test_deadline_expires_and_carries_its_use_across_a_resume():
-    from utils.run.timebudget import Deadline, format_seconds
+    from loop.timebudget import Deadline, format_seconds
 
     never = Deadline(None)
     assert not never.enabled and not never.expired() and never.remaining() is None
@@ -210,7 +210,7 @@ def test_deadline_expires_and_carries_its_use_across_a_resume():
 
 
 def test_deadline_expired_is_cheap():
-    from utils.run.timebudget import Deadline
+    from loop.timebudget import Deadline
 
     deadline = Deadline(3600)
     start = time.perf_counter()
@@ -249,7 +249,7 @@ def fake_scontrol(tmp_path, monkeypatch):
 
 
 def test_slurm_job_ids(fake_scontrol, monkeypatch):
-    from utils.run.slurm import restart_count, slurm_job_id
+    from system.slurm import restart_count, slurm_job_id
 
     assert slurm_job_id() is None and restart_count() == 0
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
@@ -261,7 +261,7 @@ def test_slurm_job_ids(fake_scontrol, monkeypatch):
 
 
 def test_requeue_calls_scontrol_with_the_job_id(fake_scontrol, monkeypatch, caplog):
-    from utils.run.slurm import requeue
+    from system.slurm import requeue
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     log = logging.getLogger("test.slurm")
@@ -277,7 +277,7 @@ def test_requeue_calls_scontrol_with_the_job_id(fake_scontrol, monkeypatch, capl
 
 
 def test_requeue_failure_is_one_warning_with_scontrols_reason(fake_scontrol, monkeypatch, caplog):
-    from utils.run.slurm import requeue
+    from system.slurm import requeue
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("FAKE_SCONTROL_MODE", "fail")
@@ -289,20 +289,20 @@ def test_requeue_failure_is_one_warning_with_scontrols_reason(fake_scontrol, mon
 
 
 def test_requeue_gives_up_after_its_timeout(fake_scontrol, monkeypatch, caplog):
-    import utils.run.slurm
+    import system.slurm
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("FAKE_SCONTROL_MODE", "hang")
-    monkeypatch.setattr(utils.run.slurm, "REQUEUE_TIMEOUT_S", 0.5)  # 30 s in real use
+    monkeypatch.setattr(system.slurm, "REQUEUE_TIMEOUT_S", 0.5)  # 30 s in real use
     start = time.monotonic()
     with caplog.at_level(logging.INFO, logger="test.slurm"):
-        assert utils.run.slurm.requeue(logging.getLogger("test.slurm")) is False
+        assert system.slurm.requeue(logging.getLogger("test.slurm")) is False
     assert time.monotonic() - start < 5
     assert "no answer" in caplog.records[0].getMessage()
 
 
 def test_requeue_outside_slurm_or_without_scontrol(fake_scontrol, monkeypatch, tmp_path, caplog):
-    from utils.run.slurm import requeue
+    from system.slurm import requeue
 
     log = logging.getLogger("test.slurm")
     with caplog.at_level(logging.INFO, logger="test.slurm"):
@@ -335,7 +335,7 @@ def make_run(root: Path, day: str, stamp: str, last: bool = True, finished: bool
 
 
 def test_resume_target_takes_a_run_dir_a_checkpoint_file_or_its_folder(tmp_path, monkeypatch):
-    from utils.run.resume_target import resume_target
+    from store.resume_target import resume_target
 
     run = make_run(tmp_path / "outputs", "2026-11-26", "15-45-04_mlp_digits")
     for name in ("best.pt", "step_00000120.pt"):
@@ -353,7 +353,7 @@ def test_resume_target_takes_a_run_dir_a_checkpoint_file_or_its_folder(tmp_path,
 
 
 def test_resume_target_refuses_what_is_no_run_in_one_line(tmp_path):
-    from utils.run.resume_target import find_resume_target, resume_target
+    from store.resume_target import find_resume_target, resume_target
 
     run = make_run(tmp_path / "outputs", "2026-11-26", "15-45-04_mlp_digits")
     plain_dir = tmp_path / "notes"
@@ -381,7 +381,7 @@ def test_resume_target_refuses_what_is_no_run_in_one_line(tmp_path):
 
 
 def test_resume_latest_picks_the_newest_unfinished_run(tmp_path):
-    from utils.run.resume_target import latest_unfinished_run, resume_target
+    from store.resume_target import latest_unfinished_run, resume_target
 
     root = tmp_path / "outputs"
     make_run(root, "2026-11-25", "23-59-59_mlp_digits")
@@ -408,7 +408,7 @@ def test_resume_latest_picks_the_newest_unfinished_run(tmp_path):
     assert latest_unfinished_run(root) == extended
 
     # A run that a live process is training right now is not resumable.
-    from utils.run.lock import RunLock
+    from system.lock import RunLock
 
     with RunLock(extended):
         assert latest_unfinished_run(root) == b
@@ -417,7 +417,7 @@ def test_resume_latest_picks_the_newest_unfinished_run(tmp_path):
 
 
 def test_resume_latest_without_a_run_says_where_it_looked(tmp_path):
-    from utils.run.resume_target import resume_target
+    from store.resume_target import resume_target
 
     root = tmp_path / "outputs"
     with pytest.raises(ConfigError) as err:
@@ -431,7 +431,7 @@ def test_resume_latest_without_a_run_says_where_it_looked(tmp_path):
 
 
 def test_describe_resume_names_the_run_its_step_and_age(tmp_path):
-    from utils.run.resume_target import ago, describe_resume, resume_target
+    from store.resume_target import ago, describe_resume, resume_target
 
     run = make_run(tmp_path / "outputs", "2026-11-26", "12-00-00_mlp_digits")
     last = run / "checkpoints" / "last.pt"
@@ -445,7 +445,7 @@ def test_describe_resume_names_the_run_its_step_and_age(tmp_path):
 def test_the_startup_modules_import_no_torch():
     code = (
         "import sys\n"
-        "import utils.run.resume_target, utils.run.timebudget, utils.run.slurm, utils.earlystop\n"
+        "import store.resume_target, loop.timebudget, system.slurm, loop.earlystop\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
@@ -472,7 +472,7 @@ def checkpoint_of(model, path: Path) -> Path:
 
 @USES_MLP
 def test_init_from_loads_every_weight_of_the_same_model(tmp_path):
-    from utils.run.init_from import load_initial_weights
+    from store.init_from import load_initial_weights
 
     source = mlp(seed=1)
     path = checkpoint_of(source, tmp_path / "a.pt")
@@ -491,7 +491,7 @@ def test_init_from_loads_every_weight_of_the_same_model(tmp_path):
 
 @USES_MLP
 def test_init_from_a_run_directory_takes_best_then_last(tmp_path):
-    from utils.run.init_from import load_initial_weights
+    from store.init_from import load_initial_weights
 
     run = tmp_path / "run"
     last, best = mlp(seed=1), mlp(seed=2)
@@ -510,7 +510,7 @@ def test_init_from_a_run_directory_takes_best_then_last(tmp_path):
 
 @USES_MLP
 def test_init_from_another_head_strict_refuses_lenient_loads_the_body(tmp_path):
-    from utils.run.init_from import load_initial_weights
+    from store.init_from import load_initial_weights
 
     source = mlp(num_outputs=10, seed=1)
     path = checkpoint_of(source, tmp_path / "a.pt")
@@ -532,7 +532,7 @@ def test_init_from_another_head_strict_refuses_lenient_loads_the_body(tmp_path):
 
 @USES_MLP
 def test_init_from_missing_and_unexpected_keys(tmp_path, caplog):
-    from utils.run.init_from import load_initial_weights, log_summary
+    from store.init_from import load_initial_weights, log_summary
 
     path = checkpoint_of(mlp(hidden=(32, 16)), tmp_path / "a.pt")
     deeper = mlp(hidden=(32, 16, 16))  # one more hidden layer: keys shift
@@ -556,7 +556,7 @@ def test_init_from_missing_and_unexpected_keys(tmp_path, caplog):
 
 
 def test_init_from_log_summary_is_at_most_one_line_per_kind(tmp_path, caplog):
-    from utils.run.init_from import log_summary
+    from store.init_from import log_summary
 
     result = {
         "path": "x.pt",
@@ -580,7 +580,7 @@ def test_init_from_log_summary_is_at_most_one_line_per_kind(tmp_path, caplog):
 @needs("conf/model/simple_cnn.yaml")
 def test_init_from_what_is_no_checkpoint_or_of_another_model(tmp_path):
     from models.simple_cnn import SimpleCNN
-    from utils.run.init_from import load_initial_weights
+    from store.init_from import load_initial_weights
 
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
@@ -607,7 +607,7 @@ class LazyMLP(torch.nn.Sequential):
 
 
 def test_init_from_a_lazy_model_wants_its_shapes_first(tmp_path):
-    from utils.run.init_from import load_initial_weights
+    from store.init_from import load_initial_weights
 
     source = LazyMLP(10)
     source(torch.zeros(2, 1, 8, 8))
@@ -636,7 +636,7 @@ def train_steps(profiler, steps: int) -> None:
 
 
 def test_profiler_writes_a_trace_and_logs_the_top_operators(tmp_path, caplog, one_thread):
-    from utils.profiling import StepProfiler, build_profiler
+    from loop.profiling import StepProfiler, build_profiler
 
     with caplog.at_level(logging.INFO, logger="test.profile"):
         profiler = build_profiler(3, tmp_path, "cpu", log=logging.getLogger("test.profile"))
@@ -658,7 +658,7 @@ def test_profiler_writes_a_trace_and_logs_the_top_operators(tmp_path, caplog, on
 
 
 def test_profiler_stopped_early_writes_what_it_recorded(tmp_path, caplog, one_thread):
-    from utils.profiling import build_profiler
+    from loop.profiling import build_profiler
 
     log = logging.getLogger("test.profile")
     profiler = build_profiler(5, tmp_path / "a", "cpu", log=log)
@@ -675,7 +675,7 @@ def test_profiler_stopped_early_writes_what_it_recorded(tmp_path, caplog, one_th
 
 
 def test_profiler_off_is_a_no_op():
-    from utils.profiling import NoProfiler, build_profiler
+    from loop.profiling import NoProfiler, build_profiler
 
     for steps in (None, 0):
         profiler = build_profiler(steps, "/nonexistent", "cpu")
@@ -685,7 +685,7 @@ def test_profiler_off_is_a_no_op():
 
 
 def test_top_operators_with_cuda_times_adds_a_second_table():
-    from utils.profiling import top_operators
+    from loop.profiling import top_operators
 
     class Event:
         def __init__(self, key, cpu, cuda, count=1):
@@ -723,7 +723,7 @@ class Augmented(Dataset):
 
 def test_overfit_splits_of_in_memory_data(tmp_path):
     from data.splits import Splits
-    from utils.overfit import overfit_splits
+    from setup.overfit import overfit_splits
 
     x, y = torch.randn(50, 3), torch.arange(50)
     splits = Splits(TensorDataset(x[:30], y[:30]), TensorDataset(x[30:40], y[30:40]), TensorDataset(x[40:]))
@@ -738,7 +738,7 @@ def test_overfit_splits_of_in_memory_data(tmp_path):
 
 def test_overfit_splits_see_training_samples_through_the_validation_transform():
     from data.splits import Splits
-    from utils.overfit import overfit_splits
+    from setup.overfit import overfit_splits
 
     def augment(x):
         return x + 1000 * torch.rand(1)  # random: never the same twice
@@ -763,8 +763,8 @@ def test_overfit_splits_see_training_samples_through_the_validation_transform():
 
 def test_same_batches_every_epoch():
     from data.splits import Splits
-    from utils.loaders import build_dataloaders
-    from utils.overfit import overfit_splits, same_batches_every_epoch
+    from setup.loaders import build_dataloaders
+    from setup.overfit import overfit_splits, same_batches_every_epoch
 
     data = Augmented(40, lambda x: x)
     for splits in (
@@ -809,8 +809,8 @@ def test_debug_overfit_drives_the_train_loss_near_zero_on_digits(tmp_path, one_t
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from utils.loaders import build_dataloaders
-    from utils.overfit import overfit_splits, same_batches_every_epoch
+    from setup.loaders import build_dataloaders
+    from setup.overfit import overfit_splits, same_batches_every_epoch
 
     cfg = compose_config(["debug=overfit"], tmp_path / "run")
     t = cfg.trainer

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from system.lock import RunLock
 from tests.helpers import (
     FAST,
     PYTHON,
@@ -22,8 +24,6 @@ from tests.helpers import (
     run_cli,
     train_in_process,
 )
-from utils.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from utils.run.lock import RunLock
 
 
 def error_lines(proc) -> list[str]:
@@ -146,10 +146,10 @@ def test_a_stored_interpolation_is_never_resolved_by_resume(tmp_path):
 
 
 def test_the_own_runs_config_check_resolves_nothing():
-    """utils/run/resume.py reads .hydra/config.yaml without resolvers: an oc.select default that YAML decodes
+    """store/resume.py reads .hydra/config.yaml without resolvers: an oc.select default that YAML decodes
     to `${...}` is a resolver call too."""
-    from utils.config import ConfigError
-    from utils.run.resume import _plain_resolved
+    from setup.config import ConfigError
+    from store.resume import _plain_resolved
 
     tree = {"a": 1, "b": "${oc.select:a,0}", "c": '${oc.select:nope,"\\x24\\x7boc.env:SECRETX\\x7d"}'}
     with pytest.raises(ConfigError, match="calls a resolver"):
@@ -166,7 +166,7 @@ def test_literal_values_stay_values_through_every_round_trip(text, monkeypatch):
     string as it was, however often it is done."""
     from omegaconf import OmegaConf
 
-    from utils.run.trust import literal
+    from setup.trust import literal
 
     monkeypatch.setenv("SECRETX", SECRET)
     node = OmegaConf.create(literal({"v": text, "w": [text]}))
@@ -310,7 +310,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
 import resource, signal, torch
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
-from utils.run.checkpoint import CheckpointError, save_checkpoint
+from store.checkpoint import CheckpointError, save_checkpoint
 try:
     save_checkpoint({{"model": {{"w": torch.zeros(1_000_000)}}}}, {str(path)!r})
 except CheckpointError as err:

@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from loop.evaluation import measure
 from tasks.base import TaskError
-from tests.helpers import PYTHON, REPO, read_metrics
-from utils.evaluation import measure
+from tests.helpers import PYTHON, REPO, read_metrics, runnable
 
 USER_TASK = REPO / "tests" / "user_task"
 # Where a user puts each file in their fork: nowhere else is anything added or edited.
@@ -29,7 +29,7 @@ USER_FILES = {
     "digit_attributes.yaml": "conf/data",
 }
 # What a fork needs to train and run its tests (no .venv, .git or outputs).
-RUNNABLE = ("train.py", "eval.py", "pyproject.toml", "conf", "models", "data", "tasks", "utils", "tests")
+RUNNABLE = runnable("tests")
 USER_RUN = ["task=multilabel", "data=digit_attributes", "model=mlp", "logging.progress_bar=false"]
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from store.checkpoint import load_checkpoint
+from system.files import atomic_file, write_json
 from tests.helpers import PYTHON, REFERENCE_RUN, REPO, read_metrics, run_cli, wait_for_line
-from utils.run.checkpoint import load_checkpoint
-from utils.run.files import atomic_file, write_json
 
 RUN = ["logging.progress_bar=false", "logging.every_n_steps=1", "data.batch_size=32"]
 
@@ -30,8 +30,8 @@ def test_a_signal_while_a_file_is_written_leaves_the_previous_one(tmp_path):
     code = f"""
 import os, signal, sys
 sys.path.insert(0, {str(REPO)!r})
-from utils.run.files import atomic_file
-from utils.run.signals import raise_on_signals
+from system.files import atomic_file
+from system.signals import raise_on_signals
 raise_on_signals()
 with atomic_file({str(path)!r}, "w") as f:
     f.write('{{"steps": ')

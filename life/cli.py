@@ -1,0 +1,153 @@
+"""The command line of train.py and eval.py: however a run ends before it starts, one line.
+
+Hydra reports a bad command line (an unknown option, a key that does not exist, bad override syntax) in
+five to ten lines of its own; a signal during start-up would print a traceback. Here both become one line
+and exit 2 (or 128 + the signal's number). HYDRA_FULL_ERROR=1, set by the user, still shows everything.
+No torch here: `train.py --help` imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from setup.config import _nearest
+from setup.conflicts import conflict_line
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# Read once, before run() sets the variable for Hydra: whether the user asked for full tracebacks.
+FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+# The errors a user can fix (told in one line, exit 2), by the module that defines each.
+USER_ERRORS = {
+    "setup.config": "ConfigError",
+    "omegaconf.errors": "OmegaConfBaseException",
+    "data.splits": "DatasetError",
+    "tasks.base": "TaskError",
+    "store.checkpoint": "CheckpointError",
+    "loop.nonfinite": "NonFiniteLossError",
+}
+
+
+def one_line(err: BaseException, limit: int = 2000) -> str:
+    """An error in one line: its first line, and the config key where OmegaConf names one (its errors span
+    several lines: message, full_key, object_type)."""
+    key = getattr(err, "full_key", None)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+    return f"{first} (config key: {key})" if key and key not in first else first
+
+
+def is_user_error(err: BaseException, *modules: str) -> bool:
+    """Whether err is one a user can fix (of one of `modules`, when given). Its class is looked up only
+    among modules already imported (an error can only come from one): importing data.splits to ask would
+    import torch, and utils/ would depend on tasks/ and data/."""
+    wanted = modules or tuple(USER_ERRORS)
+    kinds = tuple(getattr(sys.modules[m], USER_ERRORS[m]) for m in wanted if m in sys.modules)
+    return isinstance(err, kinds)
+
+
+# Hydra's options that answer without running the task (help, the composed config, tab completion).
+QUICK_OPTIONS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+)
+
+
+def answers_at_once(argv: list[str]) -> bool:
+    """Whether this command line only asks Hydra a question (`--help`, `--cfg job`, tab completion): the
+    entry point then answers it before importing torch."""
+    return any(arg.split("=", 1)[0] in QUICK_OPTIONS for arg in argv[1:])
+
+
+def run(main, prog: str, config_name: str) -> None:
+    """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
+    from system.signals import Interrupted, dropped, interruption, raise_on_signals
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        # From here on a signal raises Interrupted, which becomes one line: inside the try, so that one landing
+        # right after the handler is installed is caught too (the load test found it in the line after).
+        raise_on_signals()
+        if conflict := conflict_line(CONF):  # a merge left in conf/: one line, not YAML's traceback
+            print(f"{prog}: error: {conflict}", file=sys.stderr)
+            sys.exit(2)
+        main()
+    except (Exception, Interrupted) as err:  # Interrupted: a signal during Hydra's own start-up
+        if stopped := interruption(err):
+            from store.rundir import discard_run_dir
+
+            discard_run_dir(stopped.run_dir)  # Hydra may have made the run's directory: it leaves none
+            life = sys.modules.get("life.run")
+            when = "after its run ended: nothing was lost" if life and life.RunLife.ended else (
+                "before it started: nothing to save")  # fmt: skip
+            print(f"{prog}: stopped by {stopped.name} {when}.", file=sys.stderr)
+            sys.exit(stopped.exit_code)
+        line = None if FULL_ERROR else hydra_error_line(err, CONF, config_name)
+        if line is None:
+            raise
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        sys.exit(2)
+    # A library swallowed the signal's Interrupted (system/signals.py): the run was still stopped.
+    if signum := dropped():
+        name = signal.Signals(signum).name
+        print(f"{prog}: stopped by {name} as it ended: it had finished by then.", file=sys.stderr)
+        sys.exit(128 + signum)
+
+
+def hydra_error_line(err: Exception, conf_dir, config_name: str) -> str | None:
+    """Hydra's report of a bad command line, in one line (None for anything that is not one): an unknown
+    option with the available ones, a key that does not exist with the nearest one, bad override syntax."""
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
+    if not isinstance(err, HydraException):
+        return None
+    text = " ".join(str(err).split())
+    if isinstance(err, MissingConfigException):
+        options = getattr(err, "options", None) or []
+        head, _, rest = text.partition(" Available options in ")
+        group = rest.split(":", 1)[0] if rest else "it"
+        return head + (f". Available options in {group}: {', '.join(options)}" if options else "")
+    if isinstance(err, OverrideParseException):
+        return text
+    cause = err.__cause__
+    key = getattr(cause, "full_key", None)
+    if key and "not in struct" in str(cause):
+        return f"{key} is not a config key{_nearest(key, _known_keys(conf_dir, config_name))}; a new key needs +{key}=..."
+    return text
+
+
+def _known_keys(conf_dir, config_name: str) -> list[str]:
+    """Every key of the default composed config (for the nearest-key hint of an error)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name)
+    except Exception:
+        return []
+
+    def walk(node, prefix=""):
+        for k in node:
+            full = f"{prefix}{k}"
+            yield full
+            # Not read where it is `???` (eval.py's ckpt) or an interpolation: either would raise or resolve.
+            if OmegaConf.is_missing(node, k) or OmegaConf.is_interpolation(node, k):
+                continue
+            if isinstance(node[k], DictConfig):
+                yield from walk(node[k], full + ".")
+
+    return list(walk(cfg))

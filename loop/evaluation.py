@@ -1,0 +1,53 @@
+"""A whole split through the model: the task's metrics, kept on the device, summed (or synced) over DDP ranks
+once at the end."""
+
+from __future__ import annotations
+
+import torch
+
+from setup.distributed import all_reduce_sum
+from setup.runtime import autocast, to_device
+
+
+@torch.no_grad()
+def evaluate(
+    model, loader, task, device, precision: str, channels_last: bool = False, limit=None, stop=None,
+    split: str = "evaluation",
+):  # fmt: skip
+    """Returns (numbers, metrics, first batch on the device): the task's numbers for the split, the metrics
+    they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from.
+    `stop`, asked after each batch: when it says so, the evaluation ends at once and returns None."""
+    was_training = model.training
+    model.eval()
+    metrics = task.init_metrics(device)
+    first = None
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        task.check_batch(batch, f"{split} batch {i}")  # on the CPU side: no device sync
+        batch = to_device(batch, device, channels_last)
+        first = batch if first is None else first
+        with autocast(device, precision):
+            output = task.forward(model, batch)
+        task.update(metrics, output, batch)
+        if stop is not None and stop():
+            model.train(was_training)
+            return None
+    model.train(was_training)
+    return measure(task, metrics), metrics, first
+
+
+def measure(task, metrics) -> dict[str, float]:
+    """The task's numbers from its metrics, the same on every DDP rank (every rank must call this): its
+    tensors summed over the ranks in one call, each torchmetrics metric computed on every rank (synced over
+    them; it keeps the result, so that what the task reads later, its pictures on rank 0 alone, needs no
+    rank's help)."""
+    parts = metrics.values() if isinstance(metrics, dict) else [metrics]
+    for metric in parts:
+        if not isinstance(metric, torch.Tensor) and hasattr(metric, "compute"):
+            metric.compute()
+    if isinstance(metrics, dict):
+        sums = sorted(k for k, v in metrics.items() if isinstance(v, torch.Tensor))
+        if sums:
+            metrics.update(zip(sums, all_reduce_sum(*(metrics[k] for k in sums)), strict=True))
+    return task.compute(metrics)

@@ -1,0 +1,330 @@
+"""The one schema every run's config passes before anything is built: types, ranges, unknown keys and
+cross-checks, each failure one line naming the key.
+
+Hydra already rejects unknown groups, unknown options and typo'd keys of existing groups. This adds what
+YAML cannot say: `trainer.max_epochs=ten` (a type), `trainer.grad_clip=-1` (a range),
+`+trainer.val_check_interval=0.5` (a key that nothing reads, which Hydra's `+` lets through), and
+`trainer.limit_batches` with `trainer.max_steps` that disagree. Where a forker adds keys of their own:
+model, data (`data.dataset` and beside it), optimizer, scheduler and task parameters are free; the
+trainer, logging, paths and top-level keys are the template's and are all checked, and so is `declares`
+(what the model and task configs declare they take and give, read by the check before training).
+
+No torch here: this module is imported before Hydra parses the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import MISSING, dataclass, field, fields
+from types import SimpleNamespace
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(Exception):
+    """A config value that cannot work; the message says which key and why."""
+
+
+@dataclass
+class EarlyStoppingSchema:
+    patience: Optional[int] = None
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainerSchema:
+    max_epochs: int
+    max_steps: Optional[int]
+    limit_batches: Optional[int]
+    device: str
+    precision: str
+    grad_clip: Optional[float]
+    accumulate_grad_batches: int
+    val_every_n_epochs: int
+    seed: int
+    deterministic: bool
+    compile: bool
+    channels_last: bool
+    cudnn_benchmark: bool
+    checkpoint_every_n_steps: Optional[int]
+    keep_step_checkpoints: Optional[int]
+    skip_nonfinite: bool
+    val_every_n_steps: Optional[int] = None
+    limit_val_batches: Optional[int] = None
+    limit_test_batches: Optional[int] = None
+    early_stopping: EarlyStoppingSchema = field(default_factory=EarlyStoppingSchema)
+    max_time: Optional[str] = None
+    overfit_batches: Optional[int] = None
+    profile_steps: Optional[int] = None
+    detect_anomaly: bool = False
+    ema_decay: Optional[float] = None
+
+
+@dataclass
+class DataSchema:
+    batch_size: int
+    num_workers: int
+    # null: found in the data's files when they are read, before the model is built (data=csv).
+    input_shape: Optional[list[int]]
+    num_outputs: Optional[int]
+    # Makes a batch of a DataLoader's samples: {_target_: module.function, _partial_: true} (null: stack them).
+    collate_fn: Optional[Any] = None
+    # Image data only; others declare input_shape alone.
+    in_channels: Optional[int] = None
+    num_classes: Optional[int] = None
+    image_size: Optional[int] = None
+    # Optional: a config stored by an older version of the template declared `input` and `target` beside
+    # its other keys (csv's `target` is the column to predict).
+    # What the samples are and where they come from: input, target, source and example (checked below).
+    declares: Optional[Any] = None
+
+
+@dataclass
+class LoggingSchema:
+    graph: bool
+    every_n_steps: int
+    progress_bar: bool
+    images: bool
+    histograms_every_n_epochs: int
+    lr_per_group: bool
+
+
+SCHEMAS = {"trainer": TrainerSchema, "data": DataSchema, "logging": LoggingSchema}
+# Groups whose every key the template reads: anything else there is a typo or a key that does nothing.
+CLOSED = {
+    "trainer": TrainerSchema,
+    "logging": LoggingSchema,
+    "paths": ("output_root", "multirun_root", "data_dir"),
+}
+TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
+             "allowed_targets", "init_from", "init_strict", "tags", "declares")  # fmt: skip
+# What a model and a task config declare, under `declares.model` and `declares.task` (beside the group's
+# node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
+# and the output it gives; the data's target a task reads and the model output it needs. Another group
+# may declare what it likes under `declares.<group>`: the template reads only these.
+# Where a data config's samples come from (data.declares.source): no download and no files, fetched when
+# online, or the user's files.
+SOURCES = ("builtin", "download", "files")
+DECLARES = {"model": ("input", "output"), "task": ("target", "output")}
+
+CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
+# (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
+RANGES = (
+    ("trainer.max_epochs", 1, None),
+    ("trainer.max_steps", 1, None),
+    ("trainer.limit_batches", 1, None),
+    ("trainer.accumulate_grad_batches", 1, None),
+    ("trainer.val_every_n_epochs", 1, None),
+    ("trainer.checkpoint_every_n_steps", 1, None),
+    ("trainer.keep_step_checkpoints", 1, None),
+    ("trainer.seed", 0, None),
+    ("trainer.val_every_n_steps", 1, None),
+    ("trainer.limit_val_batches", 1, None),
+    ("trainer.limit_test_batches", 1, None),
+    ("trainer.early_stopping.patience", 1, None),
+    ("trainer.early_stopping.min_delta", 0, None),
+    ("trainer.overfit_batches", 1, None),
+    ("trainer.profile_steps", 1, None),
+    ("data.batch_size", 1, None),
+    ("data.num_workers", 0, None),
+    ("data.num_outputs", 1, None),
+    ("data.in_channels", 1, None),
+    ("data.num_classes", 1, None),
+    ("data.image_size", 1, None),
+    ("logging.every_n_steps", 1, None),
+    ("logging.histograms_every_n_epochs", 0, "off"),
+    ("scheduler.warmup_steps", 0, None),
+    ("scheduler.step_size", 1, None),
+    ("optimizer.weight_decay", 0, None),
+)
+# Strictly positive, finite floats (inf passes `> 0` and would train to a non-finite loss).
+POSITIVE = ("trainer.grad_clip", "optimizer.lr")
+SEED_LIMIT = 2**32 - 1  # numpy's seed range
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first bad key; convert values in place (e.g. precision 16 -> "16")."""
+    missing = sorted(_missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"missing value{'s' if len(missing) > 1 else ''} (???) for {', '.join(missing)}: set "
+            f"{'them' if len(missing) > 1 else 'it'} on the command line, e.g. {missing[0]}=..."
+        )
+    _check_unknown_keys(cfg)
+    _check_declares(cfg)
+    for group, schema in SCHEMAS.items():
+        node = cfg[group]
+        names = [f.name for f in fields(schema) if f.name in node]
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(schema), {k: node[k] for k in names})
+        except OmegaConfBaseException as err:
+            key = str(getattr(err, "full_key", None) or getattr(err, "key", "?"))
+            first = str(err).splitlines()[0]
+            raise ConfigError(
+                f"{key if key.startswith(group + '.') else f'{group}.{key}'}: {first}"
+            ) from None
+        for f in fields(schema):
+            if f.name in node:
+                node[f.name] = typed[f.name]
+            elif f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{group}.{f.name} is missing: the {group} config must declare it")
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if str(value) not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    for key, lowest, meaning in RANGES:
+        value = _number(cfg, key)
+        if value is not None and value < lowest:
+            bound = f"{lowest} ({meaning}) or more" if meaning else f"at least {lowest}"
+            raise ConfigError(f"{key}={value} must be {bound}")
+    for key in POSITIVE:
+        value = _number(cfg, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}={value} must be greater than 0")
+        if value is not None and math.isinf(value):
+            raise ConfigError(f"{key}={value} must be a finite number")
+    ema = cfg.trainer.get("ema_decay")
+    if ema is not None and not 0 < ema < 1:
+        raise ConfigError(f"trainer.ema_decay={ema} must be between 0 and 1, e.g. 0.999 (null: off)")
+    if cfg.trainer.seed > SEED_LIMIT:
+        raise ConfigError(f"trainer.seed={cfg.trainer.seed} must be at most {SEED_LIMIT}")
+    parse_max_time(cfg.trainer.max_time)  # one line for a malformed budget
+    if cfg.get("init_from") and cfg.get("resume"):
+        raise ConfigError("init_from starts a new run from weights, resume continues one: give only one")
+    if not isinstance(cfg.get("init_strict", True), bool):
+        raise ConfigError(f"init_strict={cfg.init_strict!r} must be true or false")
+    tags = cfg.get("tags") or []
+    if not isinstance(tags, (list, ListConfig)) or any(not isinstance(x, (str, int, float)) for x in tags):
+        raise ConfigError(f"tags={tags} must be a list of words, e.g. tags=[baseline,lr_sweep]")
+    shape = cfg.data.input_shape  # null: found in the data's files when they are read (data=csv)
+    if shape is not None and (not shape or any(not isinstance(d, int) or d < 1 for d in shape)):
+        raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")
+
+
+# trainer.max_time (loop/timebudget.py counts it down).
+ACCEPTED = 'HH:MM:SS, DD:HH:MM:SS or minutes (e.g. "02:30:00", "1:00:00:00", 90, 0.5); null: no limit'
+_CLOCK = re.compile(r"\d+(:\d+){2,3}", re.ASCII)
+
+
+def parse_max_time(value) -> float | None:
+    """Seconds of the budget, or None for no limit. Raises ConfigError naming trainer.max_time."""
+    if value is None:
+        return None
+
+    def bad(why: str = "") -> ConfigError:
+        return ConfigError(f"trainer.max_time={value!r}{why} must be {ACCEPTED}")
+
+    if isinstance(value, bool):
+        raise bad()
+    if isinstance(value, (int, float)):
+        minutes = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if _CLOCK.fullmatch(text):
+            parts = [int(p) for p in text.split(":")]
+            days, hours, minutes_, seconds = parts if len(parts) == 4 else [0, *parts]
+            if minutes_ >= 60 or seconds >= 60 or (len(parts) == 4 and hours >= 24):
+                raise bad(" (hours < 24 with days, minutes and seconds < 60)")
+            total = ((days * 24 + hours) * 60 + minutes_) * 60 + seconds
+            if total <= 0:
+                raise bad(" (zero)")
+            return float(total)
+        try:
+            minutes = float(text)
+        except ValueError:
+            raise bad() from None
+    else:
+        raise bad()
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise bad(" (minutes > 0)")
+    return minutes * 60.0
+
+
+def _missing_keys(node, prefix: str = ""):
+    """The `???` values a user must still set, found without resolving anything (an interpolation that
+    points at one would otherwise fail first, naming the key that points instead of the one to set)."""
+    keys = range(len(node)) if isinstance(node, ListConfig) else node.keys()
+    for key in keys:
+        full = f"{prefix}[{key}]" if isinstance(node, ListConfig) else f"{prefix}{'.' if prefix else ''}{key}"
+        if OmegaConf.is_missing(node, key):
+            yield full
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], (DictConfig, ListConfig)):
+            yield from _missing_keys(node[key], full)
+
+
+def _number(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None or isinstance(value, bool):
+        return None
+    if not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is not a number") from None
+    return value
+
+
+def _check_unknown_keys(cfg: DictConfig) -> None:
+    for key in cfg:
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{key} is not a config key this template reads{_nearest(key, TOP_LEVEL)}")
+    for group, known in CLOSED.items():
+        names = [f.name for f in fields(known)] if isinstance(known, type) else list(known)
+        for key in cfg.get(group) or {}:
+            if key not in names:
+                full = [f"{group}.{n}" for n in names]
+                raise ConfigError(
+                    f"{group}.{key} is not a config key this template reads{_nearest(f'{group}.{key}', full)}"
+                )
+
+
+def _check_declares(cfg: DictConfig) -> None:
+    """`declares.<group>` for groups of this config only, the template's keys only for the model and the
+    task (a typo there would silently turn the check before training off), each a word (a model's input:
+    a list of words)."""
+    source = OmegaConf.select(cfg, "data.declares.source", default=None)
+    if source is not None and source not in SOURCES:
+        raise ConfigError(f"data.declares.source={source!r} is not one of: {', '.join(SOURCES)}")
+    declares = cfg.get("declares")
+    if declares is None:
+        return
+    if not isinstance(declares, DictConfig):
+        raise ConfigError(f"declares={declares!r} must map config groups to what they declare")
+    groups = [k for k in cfg if k != "declares" and isinstance(cfg.get(k), DictConfig)]
+    for group, node in declares.items():
+        if group not in groups:
+            near = _nearest(f"declares.{group}", [f"declares.{g}" for g in groups])
+            raise ConfigError(f"declares.{group} names no config group{near}")
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"declares.{group}={node!r} must be a mapping, e.g. {{output: vector}}")
+        for key, value in node.items() if group in DECLARES else ():
+            full = f"declares.{group}.{key}"
+            if key not in DECLARES[group]:
+                known = [f"declares.{group}.{k}" for k in DECLARES[group]]
+                raise ConfigError(f"{full} is not a config key this template reads{_nearest(full, known)}")
+            if key == "input":  # the input kinds a model takes
+                ok = isinstance(value, ListConfig) and len(value) > 0
+                ok = ok and all(isinstance(w, str) and w for w in value)
+            else:
+                ok = isinstance(value, str) and bool(value)
+            if not ok:
+                shape = "a list of words, e.g. [image]" if key == "input" else "a word, e.g. vector"
+                raise ConfigError(f"{full}={_plain(value)!r} must be {shape}")
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _nearest(key: str, known) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def plain(node: DictConfig) -> SimpleNamespace:
+    """A config group as plain Python attributes, resolved: for code that reads values in a hot loop."""
+    return SimpleNamespace(**OmegaConf.to_container(node, resolve=True))

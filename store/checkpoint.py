@@ -1,0 +1,296 @@
+"""Checkpoints: the one owner of their format, written so that they survive a kill mid-write, read without
+running pickled code.
+
+A checkpoint is the parts' state dicts (PARTS), the loop's TrainState fields (loop/state.py), the RNG
+streams, the data order, the run's config and FORMAT_VERSION; `checkpoint_of` writes that dict and
+`restore` reads it back into freshly built parts, checking what a file could get wrong (its version, its
+position). It holds plain containers and tensors only, so `torch.load(weights_only=True)` reads it; a
+file carrying any other pickled object is refused before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from system.files import atomic_file, fsync_dir, out_of_space, space_left
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, truncated, foreign or unsafe; the message names the file."""
+
+
+# The format this code writes. A file without the key is of format 1 (the same keys, before the version was
+# stored). A newer format is refused: an older template cannot know what it would leave out.
+FORMAT_VERSION = 1
+FORMAT_KEY = "format_version"
+# The parts whose own state_dict() a checkpoint holds, under these names (attributes of loop.state.Parts).
+PARTS = ("model", "optimizer", "scheduler", "scaler")
+
+
+def checkpoint_of(parts, state) -> dict:
+    """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
+    from omegaconf import OmegaConf
+
+    from setup.trust import literal
+
+    return {
+        FORMAT_KEY: FORMAT_VERSION,
+        **{name: getattr(parts, name).state_dict() for name in PARTS},
+        **state.state_dict(),
+        "monitor": parts.task.monitor,
+        "mode": parts.task.mode,
+        "rng": rng_state(),
+        "data_order": data_order_state(parts.loaders.train, state.epoch, state.batch_in_epoch),
+        # Resolved, and escaped as text: data found in a user's file (a class named `${x}`) reads back as it was.
+        "config": literal(OmegaConf.to_container(parts.cfg, resolve=True)),
+    }
+
+
+def restore(parts, state, saved: dict, path) -> None:
+    """Load a checkpoint into freshly built parts and state, and set the RNG streams: call it after
+    everything that draws random numbers at set-up (model init), right before the loop."""
+    load_model_state(parts.model, saved, path)
+    try:
+        for name in PARTS[1:]:
+            getattr(parts, name).load_state_dict(saved[name])
+        state.load_state_dict(saved)
+        check_position(state, parts.plan)
+        check_schedule_length(parts.scheduler, parts.plan.total_steps)
+        set_rng_state(saved["rng"])
+    except (CheckpointError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        what = err if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+        first = (str(what).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} cannot be resumed: {first}") from None
+
+
+def check_schedule_length(scheduler, total_steps: int) -> None:
+    """A schedule that stores its own length (OneCycleLR) cannot be stretched by a resume with more steps."""
+    from setup.config import ConfigError
+
+    stored = getattr(scheduler, "total_steps", None)
+    if stored is not None and stored != total_steps:
+        raise ConfigError(
+            f"the schedule {type(scheduler).__name__} was built for {stored} steps and cannot be resumed for "
+            f"{total_steps}; resume with the run's own length"
+        )
+
+
+def check_position(state, plan) -> None:
+    """A position the loop can go on from: inside the run's epochs, and no more steps than its batches."""
+    if state.batch_in_epoch > plan.batches_per_epoch:
+        raise CheckpointError(
+            f"its batch_in_epoch {state.batch_in_epoch} is past the epoch's {plan.batches_per_epoch} batches"
+        )
+    most = state.epoch * plan.steps_per_epoch + math.ceil(
+        state.batch_in_epoch * plan.steps_per_epoch / max(plan.batches_per_epoch, 1)
+    )
+    if state.step > most:
+        raise CheckpointError(
+            f"its step {state.step} is more than epoch {state.epoch} batch {state.batch_in_epoch} can have "
+            f"taken ({most})"
+        )
+
+
+def data_order_state(loader, epoch: int, batch: int) -> dict:
+    """The data order at this point: the (seed, epoch) permutation that setup/loaders.py draws, the batch
+    reached in it, and its first indices, by which a resume checks that the order is still the same."""
+    from setup.loaders import epoch_order
+
+    sampler = getattr(loader, "sampler", loader)
+    n = len(loader.dataset)
+    head = epoch_order(n, sampler.seed, epoch, sampler.shuffle)[:16].clone()
+    return {"seed": sampler.seed, "epoch": epoch, "batch": batch, "num_samples": n, "head": head}
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write whole or not at all (system/files.py): a reader or a crash sees the old file or the new one."""
+    path = Path(path)
+    try:
+        with atomic_file(path) as f:
+            torch.save(state, f)
+    except (OSError, RuntimeError) as err:
+        if not out_of_space(err):
+            raise
+        kept = "the previous one is intact" if path.exists() else "there was none before"
+        raise CheckpointError(
+            f"no space left to write {path.name} in {path.parent} ({space_left(path.parent)}); {kept}"
+        ) from None
+
+
+def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make `dst` a second name of the finished checkpoint `src`, atomically: hard-link under a temp name,
+    then os.replace. No second copy is written; where hard links are not supported, it is copied."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    fsync_dir(dst.parent)
+
+
+STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
+
+
+def prune_step_checkpoints(ckpt_dir: str | os.PathLike, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` step_<N>.pt files (by N) in `ckpt_dir`; None keeps them all.
+    Returns what was deleted. last.pt and best.pt have other names, so they are never touched."""
+    if keep is None:
+        return []
+    found = [(int(m[1]), p) for p in Path(ckpt_dir).iterdir() if (m := STEP_CHECKPOINT.fullmatch(p.name))]
+    old = [p for _, p in sorted(found)[:-keep]]
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: str | os.PathLike) -> None:
+    """model.load_state_dict(state["model"]), but a checkpoint of another architecture (a different model
+    config, an edited model file) fails in one line that names the file and the first differences."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        summary = "; ".join(details)[:300] or str(err).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this {type(model).__name__} (was it saved with another model "
+            f"config?): {summary}"
+        ) from None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The checkpoint at `path`, read with torch.load(weights_only=True) and checked field by field
+    (`check_fields`), so that every reader (eval.py, resume=, load_trained, init_from=) gets the same
+    answers: a file that is damaged or crafted is one CheckpointError line, never a traceback or a hang."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        if "unsupported global" in str(err).lower():  # a class or function to import: code, not data
+            raise CheckpointError(
+                f"checkpoint {path} holds pickled objects other than tensors and plain containers; "
+                "refused unread (it may run code). Only load files you trust with weights_only=False."
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable or truncated, or not a checkpoint ({type(err).__name__})"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of this template (no 'model' entry)")
+    version = state.get(FORMAT_KEY, 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}, which this code does not read (it reads 1 to "
+            f"{FORMAT_VERSION}); it was written by another version of the template"
+        )
+    check_fields(state, path)
+    return state
+
+
+# The most a checkpoint may hold outside its tensors: far above a large model's optimizer state (a few
+# entries per parameter tensor), far below what would hang its reader. Shared parts count each time they
+# are reached: pickle stores a list doubled 40 times in a few hundred KB, a reader walks 2^40 items.
+MAX_NODES = 2_000_000
+MAX_DEPTH = 32
+# The counters' bound: no run takes 10^12 steps; TensorBoard's step is an int64 and JSON's numbers are exact
+# to 2^53 only.
+MAX_COUNT = 10**12
+COUNTERS = ("step", "epoch", "batch_in_epoch", "nonfinite_skipped")
+STATE_DICTS = ("model", *PARTS[1:], "ema")  # each the state_dict() of an object: a dict (ema: or None)
+
+
+def check_fields(state: dict, path) -> None:
+    """Every field a reader takes from a checkpoint, checked once for all of them: a bounded tree, its
+    counters whole numbers from 0 to MAX_COUNT (not bools), its state dicts dicts with text keys, its
+    config plain data (setup/trust.py checks what it may build). A field an older format lacks stays
+    absent; its readers keep their defaults."""
+    stack, nodes = [(state, 0)], 0
+    while stack:  # tensors are leaves; only the containers around them could explode
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES or depth > MAX_DEPTH:
+            too = f"nested more than {MAX_DEPTH} levels deep" if depth > MAX_DEPTH else (
+                f"more than {MAX_NODES:,} values")  # fmt: skip
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed or evaluated: it is {too} outside its tensors (damaged "
+                "or crafted); refused unread"
+            )
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in (*node.keys(), *node.values()))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((child, depth + 1) for child in node)
+    for name in COUNTERS:
+        value = state.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed or evaluated: its {name} is {_short(value)}, not a whole "
+                f"number >= 0 (at most {MAX_COUNT:,})"
+            )
+    for name in STATE_DICTS:
+        value = state.get(name)
+        if value is None and name != "model":
+            continue
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed or evaluated: its {name} is {_short(value)}, not a state "
+                "dict (a dict of named tensors)"
+            )
+    best = state.get("best")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        raise CheckpointError(
+            f"checkpoint {path} cannot be resumed or evaluated: its best is {_short(best)}, not a number"
+        )
+    config = state.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise CheckpointError(
+            f"checkpoint {path} cannot be resumed or evaluated: its config is {_short(config)}, not a mapping"
+        )
+
+
+def _short(value) -> str:
+    text = repr(value) if isinstance(value, (bool, int, float, str)) else f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def rng_state() -> dict:
+    """Every random stream the run draws from, as plain containers and tensors."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,129 @@
+"""`init_from=PATH`: start a new run from another run's weights (fine-tuning), and nothing else of it.
+
+PATH is a checkpoint file or a run directory (its checkpoints/best.pt, else last.pt). Only the model's
+weights are taken: the new run has its own directory, optimizer, schedule and step 0, and the current
+config. With `init_strict=true` every key and shape must match; with `init_strict=false` what fits is
+loaded and the rest (a new head for another class count) keeps its fresh initialization, each kind of
+difference named in one log line.
+
+Call it on the plain model (not wrapped by DDP or torch.compile), after one batch went through it (lazy
+modules take their shapes then; until they do, a changed head could not be told from a fitting one).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from store.checkpoint import CheckpointError, load_checkpoint
+
+SHOWN = 5  # names per log line before "... and N more"
+
+
+def initial_weights_path(path: str | os.PathLike) -> Path:
+    """The checkpoint file that `init_from=path` means."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / "checkpoints" / name).is_file():
+                return p / "checkpoints" / name
+        raise CheckpointError(
+            f"init_from={path}: a directory without checkpoints/best.pt or checkpoints/last.pt"
+        )
+    if not p.exists():
+        raise CheckpointError(f"init_from={path} does not exist")
+    return p
+
+
+def _shape(t) -> tuple[int, ...] | None:
+    """The shape of a tensor; None for a lazy (not yet materialized) parameter or a non-tensor entry (a
+    module's extra state)."""
+    if not isinstance(t, torch.Tensor) or torch.nn.parameter.is_lazy(t):
+        return None
+    return tuple(t.shape)
+
+
+def load_initial_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool) -> dict:
+    """Load the weights of the checkpoint that `path` names into `model`.
+
+    Returns {"path", "missing", "unexpected", "skipped": [(name, ckpt_shape, model_shape)], "loaded"}.
+    Raises CheckpointError (one line) for a file that is no checkpoint, for any difference when strict, and
+    when not a single tensor fits."""
+    lazy = [k for k, t in model.state_dict().items() if _shape(t) is None and isinstance(t, torch.Tensor)]
+    if lazy:
+        raise ValueError(
+            f"load_initial_weights: {lazy[0]} is not materialized yet: run one batch through the model first"
+        )
+    file = initial_weights_path(path)
+    theirs = load_checkpoint(file)["model"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    skipped = []
+    for k, t in own.items():
+        if k in theirs:
+            mine, saved = _shape(t), _shape(theirs[k])
+            if mine is not None and saved is not None and mine != saved:
+                skipped.append((k, saved, mine))
+    result = {"path": str(file), "missing": missing, "unexpected": unexpected, "skipped": skipped}
+    if strict and (missing or unexpected or skipped):
+        raise CheckpointError(
+            f"init_from={path}: {file} does not fit this {type(model).__name__}: {_differences(result)}; "
+            "use init_strict=false to load what fits (e.g. a new head for another class count)"
+        )
+    bad = {k for k, *_ in skipped}
+    fitting = {k: v for k, v in theirs.items() if k in own and k not in bad}
+    if own and not fitting:
+        raise CheckpointError(
+            f"init_from={path}: none of the {len(theirs)} tensors in {file} fits this {type(model).__name__} "
+            f"({_differences(result)}): is it a checkpoint of another model?"
+        )
+    model.load_state_dict(fitting, strict=False)
+    result["loaded"] = len(fitting)
+    return result
+
+
+def _names(items: list, what: str) -> str:
+    shown = ", ".join(items[:SHOWN])
+    more = f" and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return f"{len(items)} {what} ({shown}{more})"
+
+
+def _skipped_text(skipped: list) -> list[str]:
+    return [f"{k} {list(saved)} in the checkpoint, {list(mine)} here" for k, saved, mine in skipped]
+
+
+def _differences(result: dict) -> str:
+    parts = []
+    if result["missing"]:
+        parts.append(_names(result["missing"], "missing"))
+    if result["unexpected"]:
+        parts.append(_names(result["unexpected"], "unexpected"))
+    if result["skipped"]:
+        parts.append(_names(_skipped_text(result["skipped"]), "of another shape"))
+    return "; ".join(parts) or "no differences"
+
+
+def log_summary(result: dict, log) -> None:
+    """One info line for what was loaded, and at most one warning line each for the missing, unexpected
+    and skipped keys."""
+    total = result["loaded"] + len(result["missing"]) + len(result["skipped"])
+    log.info(
+        "init_from: loaded %d of this model's %d tensors from %s", result["loaded"], total, result["path"]
+    )
+    if result["missing"]:
+        log.warning(
+            "init_from: %s: they keep their fresh initialization", _names(result["missing"], "missing keys")
+        )
+    if result["unexpected"]:
+        log.warning(
+            "init_from: %s: in the checkpoint, not in this model; ignored",
+            _names(result["unexpected"], "unexpected keys"),
+        )
+    if result["skipped"]:
+        log.warning(
+            "init_from: %s: skipped, they keep their fresh initialization",
+            _names(_skipped_text(result["skipped"]), "keys of another shape"),
+        )

@@ -1,1 +1,0 @@
-"""TensorBoard: the run's event file (writer.py) and what the template draws into it (dashboards.py)."""
