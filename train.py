@@ -65,12 +65,12 @@ from utils.config import ConfigError, LoggingSchema, TrainerSchema, check_config
 from utils.distributed import barrier, check_weights_in_sync, init_distributed, sync_gradients, wrap_ddp
 from utils.evaluation import evaluate
 from utils.nonfinite import drop_nonfinite, total_loss
-from utils.parts import build, build_data, build_loaders, check_fit, describe
+from utils.parts import build, build_data, build_loaders, build_optimizer, check_fit, describe
 from utils.run import checkpoint, files
 from utils.run.init_from import load_initial_weights, log_summary
 from utils.run.resume import check_can_resume, load_resume, resume_command
 from utils.run.timebudget import Deadline
-from utils.runtime import autocast, fused_on_cuda, grad_scaler, seed_everything, to_device
+from utils.runtime import autocast, grad_scaler, seed_everything, to_device
 from utils.session import Session
 from utils.state import Parts, Plan, TrainState, typed
 from utils.tensorboard import dashboards
@@ -133,7 +133,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
         log_summary(load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build("optimizer", fused_on_cuda(cfg.optimizer, ddp.device), model.parameters())
+    optimizer = build_optimizer(cfg, model, ddp.device)  # its parameter groups: optim/params.py
     scheduler = build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
     eval_model = torch.compile(model) if t.compile else model  # the graph traces `model`, uncompiled
     parts = Parts(

@@ -6,7 +6,8 @@ function on each batch, then the session's `stepped` (bar, log line at every log
 Only the epoch ends (validation, checkpoints) are left out; `scripts/bench_e2e.py` times those, as whole
 runs. The raw side is a minimal loop written here (forward, the loss written out by hand, backward,
 optimizer and schedule step, `loss.item()` at each logging interval), nanoGPT-style for language modeling,
-on an equal copy of the same initial model, the same optimizer and schedule, and the same batches (its own
+on an equal copy of the same initial model, the same optimizer (utils/parts.py's `build_optimizer`, with
+the run's parameter groups) and schedule, and the same batches (its own
 `utils.loaders` over the same splits and seed: the same batches in the same order).
 
 The two sides alternate in short blocks of steps, in an order drawn at random for each pair, so that load
@@ -194,7 +195,7 @@ class Raw:
         from hydra.utils import instantiate
 
         from utils.loaders import build_dataloaders
-        from utils.runtime import fused_on_cuda
+        from utils.parts import build_optimizer
 
         run = tpl.run
         t = run.trainer
@@ -206,7 +207,7 @@ class Raw:
         model.train()
         self.model = model
         self.forward = torch.compile(model) if t.compile else model
-        self.optimizer = instantiate(fused_on_cuda(run.cfg.optimizer, run.device))(model.parameters())
+        self.optimizer = build_optimizer(run.cfg, model, run.device)  # as train.set_up: the same groups
         self.scheduler = instantiate(run.cfg.scheduler)(self.optimizer, total_steps=run.plan.total_steps)
         splits = instantiate(run.cfg.data.dataset)
         loaders = build_dataloaders(

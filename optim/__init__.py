@@ -1,0 +1,1 @@
+"""The optimizer's code beside its configs (conf/optimizer/): which parameters get which options."""
