@@ -1,8 +1,8 @@
 """Paired, interleaved throughput: the template's own step code against a hand-written loop, in one process.
 
-The template side is built by `train.set_up` and driven as `train.fit` drives it: train.py's own `step`
-function on each batch, then the session's `stepped` (bar, log line at every logging interval) and
-`stop_reason`, after each step.
+The template side is built by `train.set_up` and driven as `train.fit` drives it: train.py's own
+`train_on_batch` on each batch (the batch check, `step`, the throughput count, the session's bar and log
+line at every logging interval, the stop check: fit's whole body, not a copy of it).
 Only the epoch ends (validation, checkpoints) are left out; `scripts/bench_e2e.py` times those, as whole
 runs. The raw side is a minimal loop written here (forward, the loss written out by hand, backward,
 optimizer and schedule step, `loss.item()` at each logging interval), nanoGPT-style for language modeling,
@@ -141,8 +141,8 @@ def sync(device) -> None:
 
 
 class Template:
-    """train.py's side: its own set_up once, then blocks of steps through its own `step` function, with
-    what fit does around each step (the throughput count, the session's bar and log line, the stop check)."""
+    """train.py's side: its own set_up once, then blocks of steps through its own `train_on_batch`, the
+    body of fit's loop over batches."""
 
     def __init__(self, cfg, run_dir: Path) -> None:
         import torch
@@ -163,18 +163,14 @@ class Template:
         self.rng = torch.get_rng_state()
 
     def block(self, steps: int) -> int:
-        """`steps` optimizer steps, each as train.fit takes it (its per-step calls, in its order; the
-        validation and checkpoint branches, off by default, are left out); returns the steps taken."""
+        """`steps` optimizer steps, each batch through train.fit's own body (its validation and checkpoint
+        branches are there, off as the cases leave them); returns the steps taken."""
         parts, state, session, done = self.run, self.state, self.session, 0
         while done < steps:
             state.epoch, i, batch = self.batches.next()
-            stepped = self.train.step(parts, state, batch, i)
-            session.meter.count(parts.task.count(batch) * parts.ddp.world_size)
-            if not stepped:
-                continue
-            done += 1
-            synced = session.stepped()
-            state.stop_reason = state.stop_reason or session.stop_reason(synced)
+            before = state.step
+            self.train.train_on_batch(parts, state, session, batch, i)
+            done += state.step - before  # 0: accumulating gradients, or a skipped non-finite batch
             if state.stop_reason:
                 raise KeyboardInterrupt(state.stop_reason)
         sync(parts.device)
