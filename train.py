@@ -5,11 +5,12 @@
     python train.py experiment=<name>                   # a saved experiment (conf/experiment/)
 
 The story, top to bottom: `train` sets the run up (its parts, built once, and its state, which changes and
-is checkpointed: loop/state.py), `fit` runs the epochs, `step` is one optimizer step, `validate_and_save`
-keeps best.pt and last.pt, and `test` tests the best weights and writes metrics.json. The task (tasks/)
-owns the loss, the metrics and the pictures; this file names none of them. A run's life around the loop
-(signals, the run lock, one-line errors, exit codes, SLURM's requeue) is life/run.py. docs/loop.md
-shows how to change the loop: an EMA of the weights, a second optimizer, a new checkpointed field.
+is checkpointed: loop/state.py), `fit` runs the epochs, `train_on_batch` takes one batch of them (what
+`make bench` times), `step` is one optimizer step, `validate_and_save` keeps best.pt and last.pt, and
+`test` tests the best weights and writes metrics.json. The task (tasks/) owns the loss, the metrics and
+the pictures; this file names none of them. A run's life around the loop (signals, the run lock, one-line
+errors, exit codes, SLURM's requeue) is life/run.py. docs/loop.md shows how to change the loop: an
+EMA of the weights, a second optimizer, a new checkpointed field.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ from loop.state import Parts, Plan, TrainState, typed
 from loop.timebudget import Deadline
 from setup.config import ConfigError, LoggingSchema, TrainerSchema, check_config, parse_max_time
 from setup.distributed import barrier, check_weights_in_sync, init_distributed, sync_gradients, wrap_ddp
-from setup.parts import build, build_data, build_loaders, check_fit, describe
-from setup.runtime import autocast, fused_on_cuda, grad_scaler, seed_everything, to_device
+from setup.parts import build, build_data, build_loaders, build_optimizer, check_fit, describe
+from setup.runtime import autocast, grad_scaler, seed_everything, to_device
 from store import checkpoint
 from store.init_from import load_initial_weights, log_summary
 from store.resume import check_can_resume, load_resume, resume_command
@@ -134,7 +135,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
         log_summary(load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build("optimizer", fused_on_cuda(cfg.optimizer, ddp.device), model.parameters())
+    optimizer = build_optimizer(cfg, model, ddp.device)  # its parameter groups: optim/params.py
     scheduler = build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
     eval_model = torch.compile(model) if t.compile else model  # the graph traces `model`, uncompiled
     parts = Parts(
@@ -163,27 +164,7 @@ def fit(parts: Parts, state: TrainState, session: Session) -> None:
             state.epoch, state.batch_in_epoch = epoch, 0
         parts.loaders.train.set_epoch(epoch, state.batch_in_epoch)  # a resumed run goes on mid-epoch
         for i, batch in enumerate(parts.loaders.train, start=state.batch_in_epoch):
-            if i >= plan.batches_per_epoch:
-                break
-            parts.task.check_batch(batch, f"training batch {i} of epoch {epoch}")  # still on the CPU
-            if parts.move_batches:
-                batch = to_device(batch, parts.device, t.channels_last)
-            if state.step == 0 and i == 0:  # the graph, traced at the first step, and the input images
-                dashboards.log_first_batch(parts, batch)
-            stepped = step(parts, state, batch, i)
-            state.batch_in_epoch = i + 1
-            session.meter.count(parts.task.count(batch) * parts.ddp.world_size)
-            if not stepped:
-                continue  # accumulating gradients, or a skipped non-finite batch
-            synced = session.stepped()
-            epoch_ends = i + 1 >= plan.batches_per_epoch or state.step >= plan.total_steps
-            if t.val_every_n_steps and state.step % t.val_every_n_steps == 0 and not epoch_ends:
-                with session.meter.paused():
-                    validate_and_save(parts, state, session)
-            if t.checkpoint_every_n_steps and state.step % t.checkpoint_every_n_steps == 0:
-                save(parts, state, "last.pt", f"step_{state.step:08d}.pt")
-            state.stop_reason = state.stop_reason or session.stop_reason(synced)
-            if state.stop_reason or state.step >= plan.total_steps:
+            if i >= plan.batches_per_epoch or train_on_batch(parts, state, session, batch, i):
                 break
         if state.stop_reason:
             return  # stopped within the epoch (or at its last step): last.pt goes on from here
@@ -196,6 +177,33 @@ def fit(parts: Parts, state: TrainState, session: Session) -> None:
                 save(parts, state, "last.pt")
         if last or state.stop_reason:
             return
+
+
+def train_on_batch(parts: Parts, state: TrainState, session: Session, batch, i: int) -> bool:
+    """Batch i of epoch state.epoch, as it comes from the loader: checked, moved to the device, one `step`,
+    counted; after an optimizer step the bar and log line, validation and a step checkpoint when due, the
+    stop check. Returns whether the epoch ends here (a stop, or the run's last step). The benchmark
+    (tools/bench_paired.py) times this function, so what a fork adds here is what it measures."""
+    plan, t = parts.plan, parts.trainer
+    parts.task.check_batch(batch, f"training batch {i} of epoch {state.epoch}")  # still on the CPU
+    if parts.move_batches:
+        batch = to_device(batch, parts.device, t.channels_last)
+    if state.step == 0 and i == 0:  # the graph, traced at the first step, and the input images
+        dashboards.log_first_batch(parts, batch)
+    stepped = step(parts, state, batch, i)
+    state.batch_in_epoch = i + 1
+    session.meter.count(parts.task.count(batch) * parts.ddp.world_size)
+    if not stepped:
+        return False  # accumulating gradients, or a skipped non-finite batch
+    synced = session.stepped()
+    epoch_ends = i + 1 >= plan.batches_per_epoch or state.step >= plan.total_steps
+    if t.val_every_n_steps and state.step % t.val_every_n_steps == 0 and not epoch_ends:
+        with session.meter.paused():
+            validate_and_save(parts, state, session)
+    if t.checkpoint_every_n_steps and state.step % t.checkpoint_every_n_steps == 0:
+        save(parts, state, "last.pt", f"step_{state.step:08d}.pt")
+    state.stop_reason = state.stop_reason or session.stop_reason(synced)
+    return bool(state.stop_reason) or state.step >= plan.total_steps
 
 
 def step(parts: Parts, state: TrainState, batch, i: int) -> bool:

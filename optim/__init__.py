@@ -1,2 +1,3 @@
-"""Optimizers and learning-rate schedules that conf/optimizer and conf/scheduler name: plain PyTorch, like
-models/, data/ and tasks/; they import nothing of the template."""
+"""Optimizers and learning-rate schedules beside their configs (conf/optimizer, conf/scheduler, the
+`param_groups` node of conf/train.yaml): which parameters get which options (params.py) and the schedules
+(schedulers.py). Plain PyTorch, like models/, data/ and tasks/: nothing of the template is imported here."""

@@ -6,8 +6,9 @@ YAML cannot say: `trainer.max_epochs=ten` (a type), `trainer.grad_clip=-1` (a ra
 `+trainer.val_check_interval=0.5` (a key that nothing reads, which Hydra's `+` lets through), and
 `trainer.limit_batches` with `trainer.max_steps` that disagree. Where a forker adds keys of their own:
 model, data (`data.dataset` and beside it), optimizer, scheduler and task parameters are free; the
-trainer, logging, paths and top-level keys are the template's and are all checked, and so is `declares`
-(what the model and task configs declare they take and give, read by the check before training).
+trainer, logging, paths, param_groups and top-level keys are the template's and are all checked, and so
+is `declares` (what the model and task configs declare they take and give, read by the check before
+training).
 
 No torch here: this module is imported before Hydra parses the command line.
 """
@@ -99,9 +100,10 @@ CLOSED = {
     "trainer": TrainerSchema,
     "logging": LoggingSchema,
     "paths": ("output_root", "multirun_root", "data_dir"),
+    "param_groups": ("no_decay_norm_and_bias", "by_name"),
 }
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
-             "allowed_targets", "init_from", "init_strict", "tags", "declares")  # fmt: skip
+             "allowed_targets", "init_from", "init_strict", "tags", "declares", "param_groups")  # fmt: skip
 # What a model and a task config declare, under `declares.model` and `declares.task` (beside the group's
 # node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
 # and the output it gives; the data's target a task reads and the model output it needs. Another group
@@ -156,6 +158,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     _check_unknown_keys(cfg)
     _check_declares(cfg)
+    _check_param_groups(cfg)
     for group, schema in SCHEMAS.items():
         node = cfg[group]
         names = [f.name for f in fields(schema) if f.name in node]
@@ -314,6 +317,47 @@ def _check_declares(cfg: DictConfig) -> None:
             if not ok:
                 shape = "a list of words, e.g. [image]" if key == "input" else "a word, e.g. vector"
                 raise ConfigError(f"{full}={_plain(value)!r} must be {shape}")
+
+
+def _check_param_groups(cfg: DictConfig) -> None:
+    """The optimizer's parameter groups (optim/params.py reads them), shaped right before anything is
+    built; what their patterns match and which options the optimizer has are checked once the model and
+    the optimizer are."""
+    node = cfg.get("param_groups")  # a config stored before parameter groups has none
+    if node is None:
+        return
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"param_groups={_plain(node)!r} must be a mapping: by_name, no_decay_norm_and_bias")
+    flag = node.get("no_decay_norm_and_bias", False)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"param_groups.no_decay_norm_and_bias={_plain(flag)!r} must be true or false")
+    by_name = node.get("by_name")
+    one = "{params: 'backbone.*', lr: 1.0e-4}"
+    if by_name is not None and not isinstance(by_name, ListConfig):
+        raise ConfigError(f"param_groups.by_name={_plain(by_name)!r} must be a list of groups, e.g. [{one}]")
+    for k, group in enumerate(by_name or []):
+        key = f"param_groups.by_name[{k}]"
+        if not isinstance(group, DictConfig) or "params" not in group:
+            raise ConfigError(
+                f"{key}={_plain(group)!r} must be a mapping with params (name patterns), e.g. {one}"
+            )
+        patterns = group.params
+        names = [patterns] if isinstance(patterns, str) else patterns
+        if (
+            not isinstance(names, (ListConfig, list))
+            or not names
+            or not all(isinstance(p, str) and p for p in names)
+        ):
+            raise ConfigError(
+                f"{key}.params={_plain(patterns)!r} must be a name pattern or a list of them, e.g. {one}"
+            )
+        for option, lowest in (("lr", None), ("weight_decay", 0)):
+            value = _number(cfg, f"{key}.{option}")
+            if value is None:
+                continue
+            if not math.isfinite(value) or (value <= 0 if lowest is None else value < lowest):
+                bound = "greater than 0" if lowest is None else f"at least {lowest}"
+                raise ConfigError(f"{key}.{option}={value} must be a finite number {bound}")
 
 
 def _plain(value):

@@ -48,6 +48,18 @@ def build(group: str, node: DictConfig, *args, **kwargs):
     return obj
 
 
+def build_optimizer(cfg: DictConfig, model, device):
+    """The optimizer of cfg.optimizer over `model`'s parameter groups (optim/params.py: the config's
+    `param_groups`, and the function a fork edits), with the fused kernel on CUDA. train.py and the
+    benchmark both build theirs here."""
+    from optim.params import check_options, param_groups
+    from setup.runtime import fused_on_cuda
+
+    optimizer = build("optimizer", fused_on_cuda(cfg.optimizer, device), param_groups(model, cfg))
+    check_options(optimizer, cfg)
+    return optimizer
+
+
 def _is_module(obj) -> bool:
     import torch
 

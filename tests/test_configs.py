@@ -8,7 +8,22 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from tests.helpers import COMBOS, compose_config, declared, needs, offline, options, write_example, written
+from setup.config import ConfigError, check_config
+from tests.helpers import (
+    COMBOS,
+    FAST,
+    REFERENCE_RUN,
+    REPO,
+    compose_config,
+    declared,
+    needs,
+    offline,
+    options,
+    read_metrics,
+    train_in_process,
+    write_example,
+    written,
+)
 
 MODELS, DATA, TASKS = options("model"), options("data"), options("task")
 # An image model and image data (the first of each), for the interpolation of sizes between them.
@@ -102,7 +117,7 @@ def test_optimizer_and_scheduler_build_and_step(optimizer, scheduler, tmp_path):
 
     cfg = compose_config([f"optimizer={optimizer}", f"scheduler={scheduler}"], tmp_path / "run")
     net = build("model", cfg.model)
-    opt = instantiate(cfg.optimizer)(net.parameters())
+    opt = instantiate(cfg.optimizer)(net.parameters())  # the Hydra idiom: the node is the constructor's
     sched = instantiate(cfg.scheduler)(opt, total_steps=10)
     for _ in range(10):
         opt.step()
@@ -114,3 +129,99 @@ def test_optimizer_and_scheduler_build_and_step(optimizer, scheduler, tmp_path):
 def test_model_sizes_follow_the_data_by_interpolation(model, data, tmp_path):
     cfg = compose_config([f"model={model}", f"data={data}"], tmp_path / "run")
     assert cfg.model.in_channels == cfg.data.in_channels
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+def test_the_shipped_param_groups_are_one_group_of_every_parameter(optimizer, tmp_path):
+    """As the optimizer was built before parameter groups: its state_dict, and so every checkpoint and
+    resume, is unchanged."""
+    from setup.parts import build, build_optimizer
+
+    cfg = compose_config([f"optimizer={optimizer}"], tmp_path / "run")
+    net = build("model", cfg.model)
+    built = build_optimizer(cfg, net, torch.device("cpu"))
+    plain = instantiate(cfg.optimizer)(net.parameters())
+    assert [g["params"] for g in built.param_groups] == [list(net.parameters())]
+    assert built.state_dict() == plain.state_dict()
+
+
+# The head (mlp's last Linear, `7.`) with its own lr and weight decay, and no decay on any 1-D parameter.
+GROUPS = ["model=mlp", "param_groups.no_decay_norm_and_bias=true",
+          "param_groups.by_name=[{params: '7.*', lr: 1.0e-3, weight_decay: 0.1}]"]  # fmt: skip
+
+
+def described(optimizer, model) -> list[dict]:
+    """Each group's options and its parameters' names: comparable across two copies of a model."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [{**g, "params": [names[id(p)] for p in g["params"]]} for g in optimizer.param_groups]
+
+
+@REFERENCE_RUN
+def test_the_benchmark_builds_and_trains_the_optimizer_train_py_builds(tmp_path, monkeypatch):
+    """Parameter groups set in the config: train.set_up's optimizer has them, with the weight decay each
+    asks for, and the benchmark's hand-written side builds the same groups, so both still do the same work."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from bench_paired import Raw, Template, compose, max_weight_diff, timed
+
+    run_dir = tmp_path / "run"
+    tpl = Template(compose([*FAST, *GROUPS], run_dir), run_dir)
+    try:
+        raw = Raw(tpl)
+        ours = described(tpl.run.optimizer, tpl.run.model)
+        assert described(raw.optimizer, raw.model) == ours
+        lr = tpl.run.cfg.optimizer.lr  # as the groups were built (the schedule has moved `lr` since)
+        assert [(g["params"], g["initial_lr"], g["weight_decay"]) for g in ours] == [
+            (["1.weight", "4.weight"], lr, 0.01),
+            (["1.bias", "4.bias"], lr, 0.0),
+            (["7.weight"], 1e-3, 0.1),
+            (["7.bias"], 1e-3, 0.0),
+        ]
+        timed(tpl, 2)
+        timed(raw, 2)
+        assert tpl.state.step == 2 and max_weight_diff(tpl.run.model, raw.model) == 0
+    finally:
+        tpl.close()
+
+
+@REFERENCE_RUN
+def test_a_run_with_param_groups_trains_and_checkpoints_them(tmp_path):
+    run = tmp_path / "run"
+    train_in_process([*FAST, *GROUPS], run)
+    assert read_metrics(run)["steps"] == 3
+    saved = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["optimizer"]
+    assert [g["weight_decay"] for g in saved["param_groups"]] == [0.01, 0.0, 0.1, 0.0]
+    assert [g["initial_lr"] for g in saved["param_groups"]] == [3e-3, 3e-3, 1e-3, 1e-3]
+    assert len(saved["state"]) == 6  # every parameter stepped, each in one group
+
+
+@REFERENCE_RUN
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["param_groups.by_name=[{params: 'backbone.*', lr: 1.0e-4}]"],
+         "param_groups.by_name[0].params: 'backbone.*' matches no parameter of MLP (its parameters: "
+         "1.weight, 1.bias, 4.weight, 4.bias, 7.weight, 7.bias)"),
+        (["param_groups.by_name=[{params: '7.*'}, {params: '*.bias', weight_decay: 0}]"],
+         "param_groups.by_name[0] and param_groups.by_name[1] both take 7.bias: a parameter is in one group"),
+        (["param_groups.by_name=[{params: '7.*', weight_deacy: 0}]"],
+         "param_groups.by_name[0].weight_deacy is not an option of AdamW (its options: lr, betas, "),
+        (["param_groups.by_name=[{params: '7.*', lr: 0}]"],
+         "param_groups.by_name[0].lr=0 must be a finite number greater than 0"),
+        (["param_groups.by_name=[{lr: 1.0e-4}]"],
+         "param_groups.by_name[0]={'lr': 0.0001} must be a mapping with params (name patterns), "
+         "e.g. {params: 'backbone.*', lr: 1.0e-4}"),
+        (["param_groups.no_decay_norm_and_bias=yes please"],
+         "param_groups.no_decay_norm_and_bias='yes please' must be true or false"),
+        (["+param_groups.no_decay=true"],
+         "param_groups.no_decay is not a config key this template reads (did you mean "
+         "param_groups.no_decay_norm_and_bias?)"),
+    ],
+)  # fmt: skip
+def test_a_param_group_that_cannot_work_is_one_line_naming_it(overrides, message, tmp_path):
+    from setup.parts import build, build_optimizer
+
+    cfg = compose_config(["model=mlp", *overrides], tmp_path / "run")
+    with pytest.raises(ConfigError) as caught:
+        check_config(cfg)
+        build_optimizer(cfg, build("model", cfg.model), torch.device("cpu"))
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

@@ -175,14 +175,23 @@ def test_a_run_stored_by_an_older_template_evaluates_and_resumes(tmp_path):
     assert read_metrics(old)["steps"] == 12 and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# Each shipped task but classification (test_kill9_mid_epoch_then_resume_is_bit_identical above), and the
+# reference run with parameter groups (optim/params.py): four groups, one with its own lr.
+KILL9_CASES = [
+    *(pytest.param(*combo, [], id="-".join(combo)) for combo in first_combo_per_task(skip=("classification",))),
+    pytest.param("classification", "digits", "mlp", ["param_groups.no_decay_norm_and_bias=true",
+                 "param_groups.by_name=[{params: '7.*', lr: 1.0e-3}]"], id="param_groups", marks=REFERENCE_RUN),
+]  # fmt: skip
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("task", "data", "model"), first_combo_per_task(skip=("classification",)))
-def test_every_task_resumes_bit_identically_after_kill9(task, data, model, tmp_path):
-    """Each shipped task, killed with -9 after its first step checkpoint and resumed: the same weights
-    (classification: test_kill9_mid_epoch_then_resume_is_bit_identical above)."""
+@pytest.mark.parametrize(("task", "data", "model", "extra"), KILL9_CASES)
+def test_every_task_resumes_bit_identically_after_kill9(task, data, model, extra, tmp_path):
+    """Each case killed with -9 after its first step checkpoint and resumed: the same weights and the same
+    optimizer state."""
     args = [f"task={task}", f"data={data}", f"model={model}", "trainer.max_epochs=2", "trainer.limit_batches=8",
             "data.batch_size=8", "trainer.checkpoint_every_n_steps=3", "logging.every_n_steps=2",
-            "logging.progress_bar=false", "logging.images=false"]  # fmt: skip
+            "logging.progress_bar=false", "logging.images=false", *extra]  # fmt: skip
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     reference = start_cli([*args, f"hydra.run.dir={whole}"])
     victim = start_cli([*args, f"hydra.run.dir={killed}"])
@@ -195,6 +204,10 @@ def test_every_task_resumes_bit_identically_after_kill9(task, data, model, tmp_p
     assert reference.wait(timeout=300) == 0
     a, b = weights(whole), weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    oa, ob = (load_checkpoint(run / "checkpoints" / "last.pt")["optimizer"] for run in (whole, killed))
+    assert oa["param_groups"] == ob["param_groups"] and oa["state"].keys() == ob["state"].keys()
+    for k, sa in oa["state"].items():
+        assert all(torch.equal(v, ob["state"][k][name]) for name, v in sa.items()), k
     monitor = read_metrics(whole)["monitor"].split("/")[1]
     assert read_metrics(whole)[f"test/{monitor}"] == read_metrics(killed)[f"test/{monitor}"]
     # eval.py reports the task's own metrics for the checkpoint, as the run's test did.

@@ -6,7 +6,7 @@
 
 What is measured, and how:
 - Throughput, paired (tools/bench_paired.py). In one process, the template's own step code (train.set_up
-  once, then train.step and the session's log line driven as train.fit drives them) and a hand-written loop
+  once, then train.train_on_batch, the body of train.fit's loop, on each batch) and a hand-written loop
   (nanoGPT-style for the GPT) alternate in short blocks of steps, in random order per pair, on equal model
   copies and the same batches. Each case: the median of the per-pair ratios (raw seconds / template
   seconds, i.e. template throughput / raw throughput), its 95% bootstrap interval, and a verdict against

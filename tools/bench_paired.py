@@ -1,12 +1,13 @@
 """Paired, interleaved throughput: the template's own step code against a hand-written loop, in one process.
 
-The template side is built by `train.set_up` and driven as `train.fit` drives it: train.py's own `step`
-function on each batch, then the session's `stepped` (bar, log line at every logging interval) and
-`stop_reason`, after each step.
+The template side is built by `train.set_up` and driven as `train.fit` drives it: train.py's own
+`train_on_batch` on each batch (the batch check, `step`, the throughput count, the session's bar and log
+line at every logging interval, the stop check: fit's whole body, not a copy of it).
 Only the epoch ends (validation, checkpoints) are left out; `tools/bench_e2e.py` times those, as whole
 runs. The raw side is a minimal loop written here (forward, the loss written out by hand, backward,
 optimizer and schedule step, `loss.item()` at each logging interval), nanoGPT-style for language modeling,
-on an equal copy of the same initial model, the same optimizer and schedule, and the same batches (its own
+on an equal copy of the same initial model, the same optimizer (setup/parts.py's `build_optimizer`, with
+the run's parameter groups) and schedule, and the same batches (its own
 `setup.loaders` over the same splits and seed: the same batches in the same order).
 
 The two sides alternate in short blocks of steps, in an order drawn at random for each pair, so that load
@@ -140,8 +141,8 @@ def sync(device) -> None:
 
 
 class Template:
-    """train.py's side: its own set_up once, then blocks of steps through its own `step` function, with
-    what fit does around each step (the throughput count, the session's bar and log line, the stop check)."""
+    """train.py's side: its own set_up once, then blocks of steps through its own `train_on_batch`, the
+    body of fit's loop over batches."""
 
     def __init__(self, cfg, run_dir: Path) -> None:
         import torch
@@ -162,18 +163,14 @@ class Template:
         self.rng = torch.get_rng_state()
 
     def block(self, steps: int) -> int:
-        """`steps` optimizer steps, each as train.fit takes it (its per-step calls, in its order; the
-        validation and checkpoint branches, off by default, are left out); returns the steps taken."""
+        """`steps` optimizer steps, each batch through train.fit's own body (its validation and checkpoint
+        branches are there, off as the cases leave them); returns the steps taken."""
         parts, state, session, done = self.run, self.state, self.session, 0
         while done < steps:
             state.epoch, i, batch = self.batches.next()
-            stepped = self.train.step(parts, state, batch, i)
-            session.meter.count(parts.task.count(batch) * parts.ddp.world_size)
-            if not stepped:
-                continue
-            done += 1
-            synced = session.stepped()
-            state.stop_reason = state.stop_reason or session.stop_reason(synced)
+            before = state.step
+            self.train.train_on_batch(parts, state, session, batch, i)
+            done += state.step - before  # 0: accumulating gradients, or a skipped non-finite batch
             if state.stop_reason:
                 raise KeyboardInterrupt(state.stop_reason)
         sync(parts.device)
@@ -194,7 +191,7 @@ class Raw:
         from hydra.utils import instantiate
 
         from setup.loaders import build_dataloaders
-        from setup.runtime import fused_on_cuda
+        from setup.parts import build_optimizer
 
         run = tpl.run
         t = run.trainer
@@ -206,7 +203,7 @@ class Raw:
         model.train()
         self.model = model
         self.forward = torch.compile(model) if t.compile else model
-        self.optimizer = instantiate(fused_on_cuda(run.cfg.optimizer, run.device))(model.parameters())
+        self.optimizer = build_optimizer(run.cfg, model, run.device)  # as train.set_up: the same groups
         self.scheduler = instantiate(run.cfg.scheduler)(self.optimizer, total_steps=run.plan.total_steps)
         splits = instantiate(run.cfg.data.dataset)
         loaders = build_dataloaders(
