@@ -160,7 +160,7 @@ def described(optimizer, model) -> list[dict]:
 def test_the_benchmark_builds_and_trains_the_optimizer_train_py_builds(tmp_path, monkeypatch):
     """Parameter groups set in the config: train.set_up's optimizer has them, with the weight decay each
     asks for, and the benchmark's hand-written side builds the same groups, so both still do the same work."""
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    monkeypatch.syspath_prepend(str(REPO / "tools"))
     from bench_paired import Raw, Template, compose, max_weight_diff, timed
 
     run_dir = tmp_path / "run"
