@@ -69,15 +69,14 @@ class RunLife:
         limit goes on from its last.pt. Returns (run_dir, cfg)."""
         from hydra.core.hydra_config import HydraConfig
 
+        from utils.run.layout import RunDir
         from utils.run.resume_target import find_resume_target
         from utils.run.rundir import requeued_slurm_task
 
         self.run_dir = Path(HydraConfig.get().runtime.output_dir)
         resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
         self.requeued = (
-            not cfg.get("resume")
-            and requeued_slurm_task()
-            and (self.run_dir / "checkpoints/last.pt").is_file()
+            not cfg.get("resume") and requeued_slurm_task() and RunDir(self.run_dir).last.is_file()
         )
         if self.requeued:  # its original command, whose overrides are the run's own
             cfg.resume, resuming = str(self.run_dir), True
@@ -160,11 +159,12 @@ class RunLife:
 
     def _out_of_space(self, err: OSError) -> str:
         from utils.run.files import space_left
+        from utils.run.layout import RunDir
 
         where = self.run_dir or Path.cwd()
         what = f" writing {err.filename}" if getattr(err, "filename", None) else ""
         if self.phase in ("train", "test"):
-            last = where / "checkpoints" / "last.pt"
+            last = RunDir(where).last
             kept = f"{last} is whole" if last.is_file() else "no checkpoint had been written yet"
             kept = f"metrics.json was not written; {kept}" if self.phase == "test" else kept
         else:
