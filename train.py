@@ -294,8 +294,7 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
 def save(parts: Parts, state: TrainState, path: Path, *also: Path) -> None:
     """Every checkpoint goes through here (rank 0 writes): never one of weights that a non-finite loss
     has spoiled, and TensorBoard flushed first, so that a resumed run finds every event up to its step.
-    `also`: second names of the same file (hard links), written after it; a step checkpoint among them
-    prunes the older ones (trainer.keep_step_checkpoints)."""
+    `also`: second names of the same file (hard links), written after it; a step_<N>.pt prunes older ones."""
     if not parts.ddp.is_main:
         return
     state.window.check(state.last_good, parts.writer)
@@ -304,9 +303,8 @@ def save(parts: Parts, state: TrainState, path: Path, *also: Path) -> None:
     for other in also:
         checkpoint.link_checkpoint(path, other)
     state.last_good = path
-    run = RunDir(parts.run_dir)
     if any(RunDir.is_step_checkpoint(other) for other in also):
-        checkpoint.prune_step_checkpoints(run, parts.trainer.keep_step_checkpoints)
+        checkpoint.prune_step_checkpoints(RunDir(parts.run_dir), parts.trainer.keep_step_checkpoints)
 
 
 def test(parts: Parts, state: TrainState, session: Session) -> bool:
@@ -314,13 +312,10 @@ def test(parts: Parts, state: TrainState, session: Session) -> bool:
     HPARAMS row's final values. False if a stop signal came during it (nothing is written then)."""
     check_weights_in_sync(parts.model, parts.ddp)  # under DDP: every rank logs a digest of its weights
     barrier()  # rank 0 has written best.pt; now the other ranks may read it
-    run = RunDir(parts.run_dir)
-    tested_state, best_path = state, run.best
-    if best_path.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
-        tested_state = TrainState.new(parts)
-        best = checkpoint.read_checkpoint(best_path, map_location=parts.device)
-        checkpoint.restore_evaluated(parts, tested_state, best)
-    log.info("Testing %s on the test split", best_path.name if best_path.exists() else "the last weights")
+    run, tested_state = RunDir(parts.run_dir), state
+    if run.best.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
+        tested_state = checkpoint.restore_evaluated(parts, checkpoint.read_checkpoint(run.best, parts.device))
+    log.info("Testing %s on the test split", run.best.name if run.best.exists() else "the last weights")
     tested = validate(parts, tested_state, "test", state.step, session)
     if tested is None:
         return False

@@ -25,7 +25,7 @@ import torch
 
 from utils.run.files import atomic_file, fsync_dir, out_of_space, space_left
 from utils.run.layout import RunDir
-from utils.state import SAVED_PARTS, StateError
+from utils.state import SAVED_PARTS, StateError, TrainState
 
 
 class CheckpointError(Exception):
@@ -127,13 +127,15 @@ def restore(parts, state, ckpt: Checkpoint) -> None:
         set_rng_state(ckpt._saved["rng"])
 
 
-def restore_evaluated(parts, state, ckpt: Checkpoint) -> None:
-    """What a checkpoint evaluates, into freshly built parts and state: the model's weights, and the state's
-    fields (its moving average of the weights, which TrainState.evaluated_model then picks). Nothing else:
-    the optimizer, the schedule and the RNG streams stay as they are."""
+def restore_evaluated(parts, ckpt: Checkpoint) -> TrainState:
+    """What a checkpoint evaluates: its model weights into parts.model, and a fresh state holding its
+    fields (its moving average of the weights, which TrainState.evaluated_model then picks). The optimizer,
+    the schedule and the RNG streams stay as they are."""
     load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    state = TrainState.new(parts)
     with _refused(ckpt.path, "evaluated"):
         state.load_state_dict(ckpt._saved)
+    return state
 
 
 @contextlib.contextmanager
