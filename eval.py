@@ -2,6 +2,7 @@
 
     python eval.py ckpt=outputs/<day>/<run>/checkpoints/best.pt                    # its own data
     python eval.py ckpt=outputs/<day>/<run>/checkpoints/best.pt data=<another>      # of the same shape
+    python eval.py ckpt=outputs/<day>/<run>                                         # its best.pt, else last.pt
 
 The model, its data and the rest come from the config saved in the checkpoint, so that no one has to
 repeat the training command; only `data=` and `device=` may change. The result goes to metrics.json next to
@@ -20,7 +21,6 @@ if __name__ == "__main__":
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -49,17 +49,17 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
 
     from board.writer import open_writer
     from loop.evaluation import evaluate
-    from loop.state import TrainState
     from setup.parts import build, build_data, build_loaders, check_fit
     from setup.runtime import pick_device
     from setup.trust import stored_config
-    from store.checkpoint import load_checkpoint, load_model_state
+    from store.layout import RunDir
+    from store.trained import read_evaluated, trained_model
     from system.files import write_json
 
-    path = Path(str(cfg.ckpt))
-    state = load_checkpoint(path)
+    ckpt = read_evaluated(str(cfg.ckpt))  # a checkpoint file, or a run directory: its best.pt, else last.pt
+    path = ckpt.path
     # Data, never code: allowed _target_s only, nothing resolved (setup/trust.py).
-    run_cfg = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
+    run_cfg = stored_config(ckpt.config, f"checkpoint {path}", cfg.get("allowed_targets") or ())
     data_name = HydraConfig.get().runtime.choices.get("data")
     trained = run_cfg.data
     if cfg.get("data") is not None:
@@ -74,29 +74,27 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if cfg.get("data") is not None:
         check_same_shape(trained, run_cfg.data, data_name)
     task = build("task", run_cfg.task)
-    model = build("model", run_cfg.model).to(device)
+    model = trained_model(ckpt, run_cfg, device)
     splits, loaders, _ = build_loaders(run_cfg, splits, device)
-    check_fit(run_cfg, task, model, splits, loaders.test, device)  # lazy modules take their shapes first
-    load_model_state(model, {"model": TrainState.evaluated_weights(state)}, path)
+    check_fit(run_cfg, task, model, splits, loaders.test, device)  # leaves the model as it was
     t = run_cfg.trainer
     test, _, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last, split="test")
-
-    step = int(state.get("step", 0))
 
     metrics = {
         "checkpoint": path.name,
         "data": data_name,
-        "step": step,
-        "epoch": int(state.get("epoch", 0)),
+        "step": ckpt.step,
+        "epoch": ckpt.epoch,
         **{f"test/{k}": v for k, v in test.items()},
         "test/count": len(splits.test),
     }
-    write_json(path.parent / "metrics.json", metrics)  # whole or absent, never half-written
-    # The run's TensorBoard: <run>/tb for <run>/checkpoints/x.pt; tb/ beside a checkpoint kept elsewhere.
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    writer = open_writer(run_dir / "tb")
+    # Its numbers beside the checkpoint, whole or absent; the run's TensorBoard (tb/ beside a checkpoint
+    # kept outside a run).
+    written = RunDir.metrics_beside(path)
+    write_json(written, metrics)
+    writer = open_writer(RunDir.of_checkpoint(path).tb)
     for key, value in test.items():
-        writer.add_scalar(f"eval/{data_name}/{key}", value, step)
+        writer.add_scalar(f"eval/{data_name}/{key}", value, ckpt.step)
     writer.close()
     shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items())
     log.info(
@@ -105,7 +103,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         data_name,
         len(splits.test),
         shown,
-        path.parent / "metrics.json",
+        written,
     )
     return metrics
 

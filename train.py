@@ -25,6 +25,7 @@ import logging
 import shlex
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -75,6 +76,7 @@ from setup.parts import build, build_data, build_loaders, build_optimizer, check
 from setup.runtime import autocast, grad_scaler, seed_everything, to_device
 from store import checkpoint
 from store.init_from import load_initial_weights, log_summary
+from store.layout import RunDir
 from store.resume import check_can_resume, load_resume, resume_command
 from system import files
 
@@ -91,15 +93,15 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
     parts, state = set_up(cfg, run_dir)
     if resumed:  # every saved state comes back: weights, optimizer, schedule, RNG streams, position
         check_can_resume(resumed, parts.loaders.train, parts.plan.total_steps, run_dir)
-        checkpoint.restore(parts, state, resumed.state, resumed.path)
-        log.info("Resuming from %s (step %d)", resumed.path, state.step)
+        checkpoint.restore(parts, state, resumed.checkpoint)
+        log.info("Resuming from %s (step %d)", resumed.checkpoint.path, state.step)
     parts.writer = dashboards.open_run_writer(parts, state.step if resumed else None)
     # From here to the end a signal stops the loop after the step in flight, the test after its batch.
     with Session(parts, state, life.stop_signals()) as session:
         life.phase = "train"
         fit(parts, state, session)
     if state.stop_reason in ("signal", "max_time"):  # last.pt goes on from here, after the test or not
-        save(parts, state, "last.pt")
+        save(parts, state, RunDir(run_dir).last)
     if session.tell_stop(resume_command(run_dir)) == "signal":
         return Outcome(state.best, session.signals.signum)
     life.phase = "test"
@@ -148,7 +150,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
     torch.autograd.set_detect_anomaly(t.detect_anomaly)
     graph = "" if lg.graph else "   (the model's graph: logging.graph=true)"
     log.info("Run directory: %s", run_dir)
-    log.info("TensorBoard:   tensorboard --logdir %s%s", shlex.quote(str(run_dir / "tb")), graph)
+    log.info("TensorBoard:   tensorboard --logdir %s%s", shlex.quote(str(RunDir(run_dir).tb)), graph)
     for line in filter(None, [note, *describe(splits, plan, model)]):
         log.info("%s", line)
     return parts, TrainState.new(parts)
@@ -157,7 +159,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
 def fit(parts: Parts, state: TrainState, session: Session) -> None:
     """The epochs: train, validate when due, keep best.pt and last.pt, until the run's length, early
     stopping, max_time or a signal ends it (state.stop_reason says which)."""
-    plan, t = parts.plan, parts.trainer
+    plan, t, run = parts.plan, parts.trainer, RunDir(parts.run_dir)
     parts.train_model.train()
     for epoch in range(state.epoch, plan.max_epochs):
         if epoch != state.epoch:
@@ -174,7 +176,7 @@ def fit(parts: Parts, state: TrainState, session: Session) -> None:
                 validate_and_save(parts, state, session)
             else:
                 end_epoch(parts, state)
-                save(parts, state, "last.pt")
+                save(parts, state, run.last)
         if last or state.stop_reason:
             return
 
@@ -201,7 +203,8 @@ def train_on_batch(parts: Parts, state: TrainState, session: Session, batch, i: 
         with session.meter.paused():
             validate_and_save(parts, state, session)
     if t.checkpoint_every_n_steps and state.step % t.checkpoint_every_n_steps == 0:
-        save(parts, state, "last.pt", f"step_{state.step:08d}.pt")
+        run = RunDir(parts.run_dir)
+        save(parts, state, run.last, run.step_checkpoint(state.step))
     state.stop_reason = state.stop_reason or session.stop_reason(synced)
     return bool(state.stop_reason) or state.step >= plan.total_steps
 
@@ -264,7 +267,8 @@ def validate_and_save(parts: Parts, state: TrainState, session: Session) -> None
         state.stop_reason = state.stop_reason or "early_stopping"
     # best.pt first: a kill before last.pt follows only repeats this validation. last.pt is then the same
     # file under a second name: one write per validation, not two.
-    save(parts, state, *(("best.pt", "last.pt") if improved else ("last.pt",)))
+    run = RunDir(parts.run_dir)
+    save(parts, state, *((run.best, run.last) if improved else (run.last,)))
 
 
 def end_epoch(parts: Parts, state: TrainState) -> None:
@@ -297,21 +301,20 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
     return numbers
 
 
-def save(parts: Parts, state: TrainState, name: str, *also: str) -> None:
+def save(parts: Parts, state: TrainState, path: Path, *also: Path) -> None:
     """Every checkpoint goes through here (rank 0 writes): never one of weights that a non-finite loss
     has spoiled, and TensorBoard flushed first, so that a resumed run finds every event up to its step.
-    `also`: second names of the same file (hard links), written after it."""
+    `also`: second names of the same file (hard links), written after it; a step_<N>.pt prunes older ones."""
     if not parts.ddp.is_main:
         return
     state.window.check(state.last_good, parts.writer)
     parts.writer.flush()
-    path = parts.ckpt_dir / name
     checkpoint.save_checkpoint(checkpoint.checkpoint_of(parts, state), path)
     for other in also:
-        checkpoint.link_checkpoint(path, parts.ckpt_dir / other)
+        checkpoint.link_checkpoint(path, other)
     state.last_good = path
-    if also and also[-1].startswith("step_"):
-        checkpoint.prune_step_checkpoints(parts.ckpt_dir, parts.trainer.keep_step_checkpoints)
+    if any(RunDir.is_step_checkpoint(other) for other in also):
+        checkpoint.prune_step_checkpoints(RunDir(parts.run_dir), parts.trainer.keep_step_checkpoints)
 
 
 def test(parts: Parts, state: TrainState, session: Session) -> bool:
@@ -319,13 +322,10 @@ def test(parts: Parts, state: TrainState, session: Session) -> bool:
     HPARAMS row's final values. False if a stop signal came during it (nothing is written then)."""
     check_weights_in_sync(parts.model, parts.ddp)  # under DDP: every rank logs a digest of its weights
     barrier()  # rank 0 has written best.pt; now the other ranks may read it
-    tested_state, best_path = state, parts.ckpt_dir / "best.pt"
-    if best_path.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
-        best = checkpoint.load_checkpoint(best_path, map_location=parts.device)
-        checkpoint.load_model_state(parts.model, best, best_path)
-        tested_state = TrainState.new(parts)
-        tested_state.load_state_dict(best)
-    log.info("Testing %s on the test split", best_path.name if best_path.exists() else "the last weights")
+    run, tested_state = RunDir(parts.run_dir), state
+    if run.best.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
+        tested_state = checkpoint.restore_evaluated(parts, checkpoint.read_checkpoint(run.best, parts.device))
+    log.info("Testing %s on the test split", run.best.name if run.best.exists() else "the last weights")
     tested = validate(parts, tested_state, "test", state.step, session)
     if tested is None:
         return False
@@ -348,7 +348,7 @@ def test(parts: Parts, state: TrainState, session: Session) -> bool:
     dashboards.log_run_end(parts.writer, metrics, state.step, dashboards.metric_tags(task)[1])  # HPARAMS row
     if parts.ddp.is_main:
         parts.writer.close()
-        files.write_json(parts.run_dir / "metrics.json", metrics)  # whole or absent: it marks a finished run
+        files.write_json(run.metrics, metrics)  # whole or absent: it marks a finished run
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(tested.items(), key=lambda kv: kv[0] != task.monitor))
     best_text = "none" if state.best is None else f"{state.best:.4f}"
     log.info(
@@ -356,7 +356,7 @@ def test(parts: Parts, state: TrainState, session: Session) -> bool:
         shown,
         task.monitor,
         best_text,
-        parts.run_dir / "metrics.json",
+        run.metrics,
     )
     return True
 

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from board.pictures import log_input_images
+from store.layout import RunDir
 from system.files import write_json
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def log_run_start(
     writer.add_text("run/config", config_markdown(cfg, overrides), 0)
     env = environment_info(device)
     env["tags"] = [str(tag) for tag in cfg.get("tags") or []]
-    write_json(Path(run_dir) / "env.json", env)
+    write_json(RunDir(run_dir).env, env)
     writer.add_text("run/environment", environment_markdown(env), 0)
 
     hparams = run_hparams(cfg)
@@ -241,7 +242,7 @@ def open_run_writer(parts, resumed_step: int | None):
     from board.writer import open_writer
 
     purge = None if resumed_step is None else resumed_step + 1
-    writer = open_writer(parts.run_dir / "tb", enabled=parts.ddp.is_main, purge_step=purge)
+    writer = open_writer(RunDir(parts.run_dir).tb, enabled=parts.ddp.is_main, purge_step=purge)
     if writer and resumed_step is None:  # the interrupted run wrote these already
         log_run_start(writer, parts.cfg, parts.run_dir, parts.device, metric_tags(parts.task)[0])
         for name, value in parts.reference.items():

@@ -69,15 +69,14 @@ class RunLife:
         limit goes on from its last.pt. Returns (run_dir, cfg)."""
         from hydra.core.hydra_config import HydraConfig
 
+        from store.layout import RunDir
         from store.resume_target import find_resume_target
         from store.rundir import requeued_slurm_task
 
         self.run_dir = Path(HydraConfig.get().runtime.output_dir)
         resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
         self.requeued = (
-            not cfg.get("resume")
-            and requeued_slurm_task()
-            and (self.run_dir / "checkpoints/last.pt").is_file()
+            not cfg.get("resume") and requeued_slurm_task() and RunDir(self.run_dir).last.is_file()
         )
         if self.requeued:  # its original command, whose overrides are the run's own
             cfg.resume, resuming = str(self.run_dir), True
@@ -159,12 +158,13 @@ class RunLife:
         return True
 
     def _out_of_space(self, err: OSError) -> str:
+        from store.layout import RunDir
         from system.files import space_left
 
         where = self.run_dir or Path.cwd()
         what = f" writing {err.filename}" if getattr(err, "filename", None) else ""
         if self.phase in ("train", "test"):
-            last = where / "checkpoints" / "last.pt"
+            last = RunDir(where).last
             kept = f"{last} is whole" if last.is_file() else "no checkpoint had been written yet"
             kept = f"metrics.json was not written; {kept}" if self.phase == "test" else kept
         else:

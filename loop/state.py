@@ -1,11 +1,14 @@
 """The loop's state, typed, in two objects: `Parts`, what set-up builds once, and `TrainState`, what changes
 as the run trains and goes into every checkpoint.
 
-A checkpoint is `TrainState.state_dict()` beside the parts' own state dicts (store/checkpoint.py writes
-and reads it, and is the one other place that knows its keys). A field of TrainState is checkpointed and
-resumed by being there: a plain value as it is, an object through its state_dict()/load_state_dict().
-Scratch that only this process needs (the last checkpoint written, why the loop stopped) is marked
-`field(metadata=NOT_SAVED)`. docs/loop.md shows how to add a field.
+A checkpoint is `TrainState.state_dict()` beside the state dicts of the parts named in SAVED_PARTS
+(store/checkpoint.py writes and reads it, and is the one other place that knows its keys). A field of
+TrainState is checkpointed and resumed by being there: a plain value as it is, an object through its
+state_dict()/load_state_dict(). Scratch that only this process needs (the last checkpoint written, why the
+loop stopped) is marked `field(metadata=NOT_SAVED)`. docs/loop.md shows how to add a field.
+
+The loop's building blocks are what this module imports: utils/run/ (a run's life and its files) builds
+on it, never the other way.
 """
 
 from __future__ import annotations
@@ -21,13 +24,19 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from loop.earlystop import EarlyStopping
 from loop.nonfinite import LossWindow
-from loop.timebudget import Deadline
 from setup.config import LoggingSchema, TrainerSchema
 from setup.distributed import Distributed
 from setup.loaders import Loaders
-from store.checkpoint import CheckpointError
 
 NOT_SAVED = {"saved": False}
+# The parts whose own state_dict() every checkpoint holds, under these names (attributes of Parts; the model
+# first: its weights are what every reader of a checkpoint wants).
+SAVED_PARTS = ("model", "optimizer", "scheduler", "scaler")
+
+
+class StateError(ValueError):
+    """A saved state that TrainState cannot take back (a counter that is no whole number, ...); a
+    checkpoint's reader turns it into one CheckpointError line naming the file."""
 
 
 def typed(node: DictConfig, schema: type):
@@ -71,7 +80,7 @@ class Parts:
     scheduler: Any  # a torch.optim.lr_scheduler
     scaler: torch.amp.GradScaler
     autocast: Any  # the precision's autocast, made once and entered every step (a no-op at 32-bit)
-    deadline: Deadline
+    deadline: Any  # loop.timebudget.Deadline: trainer.max_time
     reference: dict[str, float]
     writer: Any = None  # TensorBoard's SummaryWriter, on rank 0 only
 
@@ -80,13 +89,13 @@ class Parts:
         return self.ddp.device
 
     @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    @property
     def move_batches(self) -> bool:
         """On the CPU, without channels_last, a batch is where it belongs already."""
         return self.device.type != "cpu" or self.trainer.channels_last
+
+    def saved_parts(self) -> dict[str, Any]:
+        """The parts that every checkpoint holds the state_dict() of, by their names in it (SAVED_PARTS)."""
+        return {name: getattr(self, name) for name in SAVED_PARTS}
 
 
 @dataclass
@@ -122,19 +131,12 @@ class TrainState:
         """The model that validation and the test evaluate: the moving average when there is one."""
         return model if self.ema is None else self.ema.module
 
-    @staticmethod
-    def evaluated_weights(saved: dict) -> dict:
-        """The model weights that a checkpoint's evaluation uses (eval.py): its moving average, if it kept one."""
-        if not saved.get("ema"):
-            return saved["model"]
-        return {k.removeprefix("module."): v for k, v in saved["ema"].items() if k.startswith("module.")}
-
     def state_dict(self) -> dict:
         return {f.name: _saved(getattr(self, f.name)) for f in _saved_fields(self)}
 
     def load_state_dict(self, saved: dict) -> None:
         """Take back a checkpoint's fields; a field it lacks (an older checkpoint) keeps its default. A
-        position or counter that is not a whole number >= 0 raises CheckpointError."""
+        position or counter that is not a whole number >= 0 raises StateError."""
         for f in _saved_fields(self):
             current = getattr(self, f.name)
             if hasattr(current, "load_state_dict"):
@@ -155,11 +157,11 @@ def _checked(name: str, value, default):
     """A checkpoint is data from a file: its counters must be what the loop can go on from."""
     counter = isinstance(default, int) and not isinstance(default, bool)
     if counter and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise CheckpointError(f"its {name} is {value!r}, not a whole number >= 0")
+        raise StateError(f"its {name} is {value!r}, not a whole number >= 0")
     if name == "best" and value is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CheckpointError(f"its best is {value!r}, not a number")
+            raise StateError(f"its best is {value!r}, not a number")
         value = float(value)
     if name == "val_last" and value is not None and not isinstance(value, dict):
-        raise CheckpointError(f"its val_last is {type(value).__name__}, not a dict of metrics")
+        raise StateError(f"its val_last is {type(value).__name__}, not a dict of metrics")
     return value

@@ -1,24 +1,30 @@
 """Checkpoints: the one owner of their format, written so that they survive a kill mid-write, read without
 running pickled code.
 
-A checkpoint is the parts' state dicts (PARTS), the loop's TrainState fields (loop/state.py), the RNG
-streams, the data order, the run's config and FORMAT_VERSION; `checkpoint_of` writes that dict and
-`restore` reads it back into freshly built parts, checking what a file could get wrong (its version, its
-position). It holds plain containers and tensors only, so `torch.load(weights_only=True)` reads it; a
-file carrying any other pickled object is refused before anything in it runs.
+A checkpoint is the parts' state dicts (loop/state.py SAVED_PARTS), the loop's TrainState fields, the RNG
+streams, the data order, the run's config and FORMAT_VERSION; `checkpoint_of` writes that dict. Every
+reader goes through `read_checkpoint`, which checks what a file could get wrong and returns a `Checkpoint`:
+a typed view (position, config, the weights to evaluate, ...), so that no other module reads a key.
+`restore` puts one back into freshly built parts, checking its position against the run's plan. A
+checkpoint holds plain containers and tensors only, so `torch.load(weights_only=True)` reads it; a file
+carrying any other pickled object is refused before anything in it runs. Where a run keeps its
+checkpoints is store/layout.py's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from loop.state import SAVED_PARTS, StateError, TrainState
+from store.layout import RunDir
 from system.files import atomic_file, fsync_dir, out_of_space, space_left
 
 
@@ -30,8 +36,62 @@ class CheckpointError(Exception):
 # stored). A newer format is refused: an older template cannot know what it would leave out.
 FORMAT_VERSION = 1
 FORMAT_KEY = "format_version"
-# The parts whose own state_dict() a checkpoint holds, under these names (attributes of loop.state.Parts).
-PARTS = ("model", "optimizer", "scheduler", "scaler")
+MODEL = "model"  # the one key every checkpoint has: the model's own weights (SAVED_PARTS' first)
+EMA = "ema"  # TrainState.ema's state_dict(): the weights' moving average (its module's, prefixed "module.")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint as `read_checkpoint` returns it: checked, typed, not to be changed. A field that an older
+    format lacks has its default. Its config is the stored dict, still inert: setup/trust.py decides
+    what it may build (`stored_config`)."""
+
+    path: Path
+    format_version: int
+    config: dict | None  # the run's resolved config as it was saved
+    step: int  # optimizer steps taken
+    epoch: int  # where a resume goes on: this epoch, after its first batch_in_epoch batches
+    batch_in_epoch: int
+    best: float | None  # the best value of the monitored metric so far
+    monitor: str | None  # the task's monitored metric and its mode (min, max) when it was saved
+    mode: str | None
+    data_order: dict | None  # data_order_state() at the save; check_data_order compares it
+    model_weights: dict  # the model's own state_dict()
+    _saved: dict = field(repr=False)  # all of it, for restore() here
+
+    @property
+    def evaluated_weights(self) -> dict:
+        """The model weights that its run evaluated (validation, the test, eval.py): the moving average of
+        the weights when the run kept one, else the model's own."""
+        ema = self._saved.get(EMA)
+        if not ema:
+            return self.model_weights
+        return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
+    """The checkpoint at `path`, read and checked (`load_checkpoint`), as a Checkpoint: what every reader
+    (eval.py, resume=, load_trained, init_from=, the final test) gets. Raises CheckpointError, one line."""
+    saved = load_checkpoint(path, map_location)
+    best = saved.get("best")
+    return Checkpoint(
+        path=Path(path),
+        format_version=saved.get(FORMAT_KEY, 1),
+        config=saved.get("config"),
+        step=saved.get("step", 0),
+        epoch=saved.get("epoch", 0),
+        batch_in_epoch=saved.get("batch_in_epoch", 0),
+        best=None if best is None else float(best),
+        monitor=_text(saved.get("monitor")),
+        mode=_text(saved.get("mode")),
+        data_order=saved.get("data_order"),
+        model_weights=saved[MODEL],
+        _saved=saved,
+    )
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def checkpoint_of(parts, state) -> dict:
@@ -42,7 +102,7 @@ def checkpoint_of(parts, state) -> dict:
 
     return {
         FORMAT_KEY: FORMAT_VERSION,
-        **{name: getattr(parts, name).state_dict() for name in PARTS},
+        **{name: part.state_dict() for name, part in parts.saved_parts().items()},
         **state.state_dict(),
         "monitor": parts.task.monitor,
         "mode": parts.task.mode,
@@ -53,21 +113,40 @@ def checkpoint_of(parts, state) -> dict:
     }
 
 
-def restore(parts, state, saved: dict, path) -> None:
+def restore(parts, state, ckpt: Checkpoint) -> None:
     """Load a checkpoint into freshly built parts and state, and set the RNG streams: call it after
     everything that draws random numbers at set-up (model init), right before the loop."""
-    load_model_state(parts.model, saved, path)
-    try:
-        for name in PARTS[1:]:
-            getattr(parts, name).load_state_dict(saved[name])
-        state.load_state_dict(saved)
+    load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    with _refused(ckpt.path, "resumed"):
+        for name, part in parts.saved_parts().items():
+            if name != MODEL:
+                part.load_state_dict(ckpt._saved[name])
+        state.load_state_dict(ckpt._saved)
         check_position(state, parts.plan)
         check_schedule_length(parts.scheduler, parts.plan.total_steps)
-        set_rng_state(saved["rng"])
-    except (CheckpointError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
-        what = err if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
-        first = (str(what).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"checkpoint {path} cannot be resumed: {first}") from None
+        set_rng_state(ckpt._saved["rng"])
+
+
+def restore_evaluated(parts, ckpt: Checkpoint) -> TrainState:
+    """What a checkpoint evaluates: its model weights into parts.model, and a fresh state holding its
+    fields (its moving average of the weights, which TrainState.evaluated_model then picks). The optimizer,
+    the schedule and the RNG streams stay as they are."""
+    load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    state = TrainState.new(parts)
+    with _refused(ckpt.path, "evaluated"):
+        state.load_state_dict(ckpt._saved)
+    return state
+
+
+@contextlib.contextmanager
+def _refused(path, what: str):
+    """A part that does not take its saved state back: one CheckpointError line naming the file."""
+    try:
+        yield
+    except (CheckpointError, StateError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+        what_went = err if isinstance(err, (CheckpointError, StateError)) else f"{type(err).__name__}: {err}"
+        first = (str(what_went).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} cannot be {what}: {first}") from None
 
 
 def check_schedule_length(scheduler, total_steps: int) -> None:
@@ -109,6 +188,28 @@ def data_order_state(loader, epoch: int, batch: int) -> dict:
     return {"seed": sampler.seed, "epoch": epoch, "batch": batch, "num_samples": n, "head": head}
 
 
+def check_data_order(ckpt: Checkpoint, loader) -> None:
+    """The data order the checkpoint saved must be the loader's still (same samples, same permutation), or
+    a resume would not be exact. An older checkpoint without one is taken as it is."""
+    from life.cli import one_line
+
+    saved = ckpt.data_order
+    if saved is None:
+        return
+    try:
+        now = data_order_state(loader, int(saved["epoch"]), int(saved["batch"]))
+        same = now["num_samples"] == saved["num_samples"] and torch.equal(now["head"], saved["head"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: its data_order is malformed ({one_line(err)})"
+        ) from None
+    if not same:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path}: the training data changed since it was saved ({saved['num_samples']} "
+            f"samples then, {now['num_samples']} now, or another order); resuming would not be exact"
+        )
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """Write whole or not at all (system/files.py): a reader or a crash sees the old file or the new one."""
     path = Path(path)
@@ -142,26 +243,22 @@ def link_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     fsync_dir(dst.parent)
 
 
-STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
-
-
-def prune_step_checkpoints(ckpt_dir: str | os.PathLike, keep: int | None) -> list[Path]:
-    """Delete all but the newest `keep` step_<N>.pt files (by N) in `ckpt_dir`; None keeps them all.
-    Returns what was deleted. last.pt and best.pt have other names, so they are never touched."""
+def prune_step_checkpoints(run: RunDir, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` step checkpoints (RunDir.step_checkpoints) of a run; None keeps them
+    all. Returns what was deleted. best.pt and last.pt are never among them."""
     if keep is None:
         return []
-    found = [(int(m[1]), p) for p in Path(ckpt_dir).iterdir() if (m := STEP_CHECKPOINT.fullmatch(p.name))]
-    old = [p for _, p in sorted(found)[:-keep]]
+    old = run.step_checkpoints()[:-keep]
     for p in old:
         p.unlink(missing_ok=True)
     return old
 
 
-def load_model_state(model: torch.nn.Module, state: dict, path: str | os.PathLike) -> None:
-    """model.load_state_dict(state["model"]), but a checkpoint of another architecture (a different model
-    config, an edited model file) fails in one line that names the file and the first differences."""
+def load_weights(model: torch.nn.Module, weights: dict, path: str | os.PathLike) -> None:
+    """model.load_state_dict(weights), but a checkpoint of another architecture (a different model config,
+    an edited model file) fails in one line that names the file and the first differences."""
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
         summary = "; ".join(details)[:300] or str(err).splitlines()[0]
@@ -172,9 +269,10 @@ def load_model_state(model: torch.nn.Module, state: dict, path: str | os.PathLik
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """The checkpoint at `path`, read with torch.load(weights_only=True) and checked field by field
-    (`check_fields`), so that every reader (eval.py, resume=, load_trained, init_from=) gets the same
-    answers: a file that is damaged or crafted is one CheckpointError line, never a traceback or a hang."""
+    """The checkpoint at `path` as the dict it stores, read with torch.load(weights_only=True) and checked
+    field by field (`check_fields`): a file that is damaged or crafted is one CheckpointError line, never a
+    traceback or a hang. Code reads it through `read_checkpoint`; the dict is for this module, and for tests
+    that forge a file from a real one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -189,7 +287,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(
             f"checkpoint {path} is unreadable or truncated, or not a checkpoint ({type(err).__name__})"
         ) from None
-    if not isinstance(state, dict) or "model" not in state:
+    if not isinstance(state, dict) or MODEL not in state:
         raise CheckpointError(f"checkpoint {path} is not a checkpoint of this template (no 'model' entry)")
     version = state.get(FORMAT_KEY, 1)
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
@@ -210,7 +308,7 @@ MAX_DEPTH = 32
 # to 2^53 only.
 MAX_COUNT = 10**12
 COUNTERS = ("step", "epoch", "batch_in_epoch", "nonfinite_skipped")
-STATE_DICTS = ("model", *PARTS[1:], "ema")  # each the state_dict() of an object: a dict (ema: or None)
+STATE_DICTS = (*SAVED_PARTS, EMA)  # each the state_dict() of an object: a dict (ema: or None)
 
 
 def check_fields(state: dict, path) -> None:
@@ -242,7 +340,7 @@ def check_fields(state: dict, path) -> None:
             )
     for name in STATE_DICTS:
         value = state.get(name)
-        if value is None and name != "model":
+        if value is None and name != MODEL:
             continue
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise CheckpointError(

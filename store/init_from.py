@@ -17,24 +17,23 @@ from pathlib import Path
 
 import torch
 
-from store.checkpoint import CheckpointError, load_checkpoint
+from store.checkpoint import CheckpointError, read_checkpoint
+from store.layout import checkpoint_to_evaluate
 
 SHOWN = 5  # names per log line before "... and N more"
 
 
 def initial_weights_path(path: str | os.PathLike) -> Path:
-    """The checkpoint file that `init_from=path` means."""
-    p = Path(os.path.expanduser(str(path)))
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / "checkpoints" / name).is_file():
-                return p / "checkpoints" / name
+    """The checkpoint file that `init_from=path` means (store/layout.py: a run directory's best.pt,
+    else last.pt)."""
+    file = checkpoint_to_evaluate(path)
+    if file is None:
         raise CheckpointError(
             f"init_from={path}: a directory without checkpoints/best.pt or checkpoints/last.pt"
         )
-    if not p.exists():
+    if not file.exists():
         raise CheckpointError(f"init_from={path} does not exist")
-    return p
+    return file
 
 
 def _shape(t) -> tuple[int, ...] | None:
@@ -57,7 +56,7 @@ def load_initial_weights(model: torch.nn.Module, path: str | os.PathLike, strict
             f"load_initial_weights: {lazy[0]} is not materialized yet: run one batch through the model first"
         )
     file = initial_weights_path(path)
-    theirs = load_checkpoint(file)["model"]
+    theirs = read_checkpoint(file).model_weights
     own = model.state_dict()
     missing = [k for k in own if k not in theirs]
     unexpected = [k for k in theirs if k not in own]

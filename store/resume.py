@@ -15,13 +15,13 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from life.cli import one_line
 from setup.config import ConfigError
 from setup.trust import literal, read_stored_config, stored_config, unliteral
-from store.checkpoint import CheckpointError, data_order_state, load_checkpoint
+from store.checkpoint import Checkpoint, CheckpointError, check_data_order, read_checkpoint
+from store.layout import RunDir
 from store.resume_target import describe_resume, resume_target
 from system.files import read_json
 
@@ -48,8 +48,7 @@ class Resume:
     """The run to continue: its directory, the checkpoint, what the checkpoint holds, and its config."""
 
     run_dir: Path
-    path: Path
-    state: dict
+    checkpoint: Checkpoint
     cfg: DictConfig
 
 
@@ -76,10 +75,9 @@ def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
         raise CheckpointError(
             f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
         )
-    state = load_checkpoint(path)  # its fields checked there, for every reader
-    step = state.get("step", 0)
+    ckpt = read_checkpoint(path)  # its fields checked there, for every reader
     # Data, never code: allowed _target_s only, nothing resolved (setup/trust.py).
-    saved = stored_config(state.get("config"), f"checkpoint {path}", cfg.get("allowed_targets") or ())
+    saved = stored_config(ckpt.config, f"checkpoint {path}", cfg.get("allowed_targets") or ())
     check_own_run(saved, run_dir, path)
     for key in RESUME_OVERRIDES:
         if key in given:
@@ -91,8 +89,8 @@ def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
         )
     saved.resume = str(run_dir)
     OmegaConf.set_struct(saved, True)
-    log.info("%s", describe_resume(str(cfg.resume), target, step=step))
-    return Resume(run_dir=run_dir, path=path, state=state, cfg=saved)
+    log.info("%s", describe_resume(str(cfg.resume), target, step=ckpt.step))
+    return Resume(run_dir=run_dir, checkpoint=ckpt, cfg=saved)
 
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
@@ -190,7 +188,7 @@ def check_own_run(saved: DictConfig, run_dir: Path, path: Path) -> None:
     config must be the run's own .hydra/config.yaml, but for the keys that a resume may change."""
     import yaml
 
-    own_file = run_dir / ".hydra" / "config.yaml"
+    own_file = RunDir(run_dir).hydra_config
     theirs = OmegaConf.to_container(saved, resolve=True)
     try:  # read with bounds (size, depth, values, no YAML aliases), resolved with bounds (lookups, length)
         own = _plain_resolved(with_found(read_stored_config(own_file), theirs))
@@ -219,29 +217,15 @@ def with_found(own, theirs: dict):
 
 def check_can_resume(resume: Resume, loader, total_steps: int, run_dir: Path) -> None:
     """Refuse a run that has nothing left to do, and one whose data order is no longer the saved one."""
-    step = resume.state.get("step")
+    step = resume.checkpoint.step
     # A metrics.json that does not read back whole (left by an older version killed while writing it) is
     # no finished run: its test goes on.
-    if isinstance(step, int) and step >= total_steps and read_json(run_dir / "metrics.json") is not None:
+    if step >= total_steps and read_json(RunDir(run_dir).metrics) is not None:
         raise ConfigError(
             f"{run_dir} already finished its {step} steps; to train on, resume it with a larger "
             "trainer.max_epochs or trainer.max_steps"
         )
-    saved = resume.state.get("data_order")
-    if saved is None:
-        return
-    try:
-        now = data_order_state(loader, int(saved["epoch"]), int(saved["batch"]))
-        same = now["num_samples"] == saved["num_samples"] and torch.equal(now["head"], saved["head"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise CheckpointError(
-            f"checkpoint {resume.path}: its data_order is malformed ({one_line(err)})"
-        ) from None
-    if not same:
-        raise CheckpointError(
-            f"checkpoint {resume.path}: the training data changed since it was saved ({saved['num_samples']} "
-            f"samples then, {now['num_samples']} now, or another order); resuming would not be exact"
-        )
+    check_data_order(resume.checkpoint, loader)
 
 
 def resume_command(run_dir: Path) -> str:

@@ -23,14 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from setup.config import ConfigError
-
-
-def is_run_dir(path) -> bool:
-    """A directory that a run wrote: it holds .hydra/ or checkpoints/."""
-    return bool(path) and any(
-        os.path.isdir(os.path.join(str(path), sub)) for sub in (".hydra", "checkpoints")
-    )
-
+from store.layout import RunDir
 
 LATEST = "latest"
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
@@ -56,23 +49,22 @@ def resume_target(value: str, output_root: str) -> ResumeTarget:
                 f"resume=latest: no unfinished run under {where}: none holds checkpoints/last.pt without a "
                 "metrics.json written after it (paths.output_root says where to look)"
             )
-        return ResumeTarget(found, found / "checkpoints" / "last.pt")
+        return ResumeTarget(found, RunDir(found).last)
     path = Path(os.path.abspath(os.path.expanduser(value)))
     if path.is_dir():
-        if path.name == "checkpoints" and is_run_dir(path.parent):
-            path = path.parent  # the checkpoints/ folder itself: its run
-        if not is_run_dir(path):
+        run = RunDir.named_by(path)  # the run, or its checkpoints/ folder
+        if not run.is_run():
             raise ConfigError(f"resume={value}: not a run directory (it has no .hydra/ or checkpoints/)")
-        return ResumeTarget(path, path / "checkpoints" / "last.pt")
+        return ResumeTarget(run.path, run.last)
     if path.is_file():
-        run_dir = path.parent.parent
-        if path.parent.name != "checkpoints" or not is_run_dir(run_dir) or path.name.startswith("."):
+        run = RunDir.holding(path)
+        if run is None:
             raise ConfigError(
                 f"resume={value}: a checkpoint to resume must lie in a run's checkpoints/ folder "
                 f"(<run>/checkpoints/last.pt, best.pt or step_<N>.pt); to start a new run from its "
                 f"weights, use init_from={value}"
             )
-        return ResumeTarget(run_dir, path)
+        return ResumeTarget(run.path, path)
     raise ConfigError(f"resume={value}: {path} does not exist")
 
 
@@ -91,8 +83,8 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     """metrics.json reads back whole and no last.pt was written after it."""
     from system.files import read_json
 
-    run_dir = Path(run_dir)
-    metrics, last = run_dir / "metrics.json", run_dir / "checkpoints" / "last.pt"
+    run = RunDir(run_dir)
+    metrics, last = run.metrics, run.last
     try:
         done = metrics.stat().st_mtime_ns
     except OSError:
@@ -128,7 +120,7 @@ def latest_unfinished_run(output_root: str | os.PathLike) -> Path | None:
             continue
         for run in runs:
             started = _TIME.fullmatch(run.name)
-            last = run / "checkpoints" / "last.pt"
+            last = RunDir(run).last
             if not started or not last.is_file() or is_finished(run):
                 continue
             candidates.append((day.name, started[1], last.stat().st_mtime_ns, run.name, run))

@@ -10,6 +10,8 @@
 The same trust rules as eval.py: the checkpoint is read with torch.load(weights_only=True), its stored
 config may only build the allowed `_target_`s (extend them with `allowed_targets=`), and nothing in it is
 resolved or run. No data set is loaded.
+
+`trained_model` is the one way from a checkpoint to its model (load_trained's and eval.py's).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from loop.state import TrainState
 from setup.config import ConfigError
 from setup.parts import build
 from setup.trust import stored_config
-from store.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from store.checkpoint import Checkpoint, CheckpointError, load_weights, read_checkpoint
+from store.layout import checkpoint_to_evaluate
 
 
 @dataclass
@@ -39,28 +41,30 @@ class Trained:
 def load_trained(path, device="cpu", allowed_targets=()) -> Trained:
     """The model of a checkpoint file, or of a run directory (its best.pt, else last.pt), with its weights,
     its task and its config. Raises CheckpointError or ConfigError, one line naming the file."""
-    path = checkpoint_in(Path(path))
-    state = load_checkpoint(path, map_location=device)
-    cfg = stored_config(state.get("config"), f"checkpoint {path}", allowed_targets)
+    ckpt = read_evaluated(path, device)
+    cfg = stored_config(ckpt.config, f"checkpoint {ckpt.path}", allowed_targets)
     task = build("task", cfg.task)
+    return Trained(trained_model(ckpt, cfg, device), task, cfg, ckpt.path, ckpt.step)
+
+
+def read_evaluated(path, device="cpu") -> Checkpoint:
+    """The checkpoint that `path` names for evaluation, read: a file itself, a run directory its best.pt
+    (else last.pt; store/layout.py). Raises CheckpointError, one line naming the path."""
+    file = checkpoint_to_evaluate(path)
+    if file is None:
+        raise CheckpointError(f"{Path(path)} holds no checkpoints/best.pt or last.pt")
+    return read_checkpoint(file, map_location=device)
+
+
+def trained_model(ckpt: Checkpoint, cfg: DictConfig, device="cpu") -> torch.nn.Module:
+    """The model that `cfg` builds (a checkpoint's own config, checked by setup/trust.py), its lazy
+    modules given their shapes, with the weights the checkpoint's run evaluated (the EMA's, when it kept
+    one), in eval mode. Raises CheckpointError when the weights do not fit the model."""
     model = build("model", cfg.model).to(device)
     if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
         materialize(model, cfg, device)
-    load_model_state(model, {"model": TrainState.evaluated_weights(state)}, path)
-    step = state.get("step")
-    return Trained(model.eval(), task, cfg, path, step if isinstance(step, int) else 0)
-
-
-def checkpoint_in(path: Path) -> Path:
-    if path.is_dir():
-        found = [path / "checkpoints" / n for n in ("best.pt", "last.pt")] + [
-            path / n for n in ("best.pt", "last.pt")
-        ]
-        for candidate in found:
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{path} holds no checkpoints/best.pt or last.pt")
-    return path
+    load_weights(model, ckpt.evaluated_weights, ckpt.path)
+    return model.eval()
 
 
 def materialize(model: torch.nn.Module, cfg: DictConfig, device) -> None:

@@ -5,8 +5,7 @@ import signal
 import pytest
 import torch
 
-from loop.state import TrainState
-from store.checkpoint import load_checkpoint
+from store.checkpoint import load_checkpoint, read_checkpoint
 from tests.helpers import REFERENCE_RUN, kill9_once_written, read_metrics, run_cli
 from tests.test_resume import start_cli
 
@@ -51,7 +50,7 @@ def test_ema_is_evaluated_saved_and_resumed_bit_identically(tmp_path):
         assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert int(a["ema"]["n_averaged"]) == a["step"] == 80
     # The average is not the weights themselves: what is evaluated differs from what is trained.
-    averaged = TrainState.evaluated_weights(a)
+    averaged = read_checkpoint(whole / "checkpoints" / "last.pt").evaluated_weights
     assert averaged.keys() == a["model"].keys()
     assert any(not torch.equal(averaged[k], a["model"][k]) for k in averaged)
     assert read_metrics(whole) == {**read_metrics(killed), "train_seconds": read_metrics(whole)["train_seconds"],
@@ -100,4 +99,5 @@ def test_ema_with_torch_compile(tmp_path):
     train_in_process([*FAST, "trainer.compile=true", "trainer.ema_decay=0.9"], run)
     saved = load_checkpoint(run / "checkpoints" / "last.pt")
     assert int(saved["ema"]["n_averaged"]) == saved["step"] == 3
-    assert saved["model"].keys() == TrainState.evaluated_weights(saved).keys()  # no _orig_mod. prefixes
+    evaluated = read_checkpoint(run / "checkpoints" / "last.pt").evaluated_weights
+    assert saved["model"].keys() == evaluated.keys()  # no _orig_mod. prefixes
