@@ -24,8 +24,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from utils.errors import UserError
 
-class ConfigError(Exception):
+
+class ConfigError(UserError):
     """A config value that cannot work; the message says which key and why."""
 
 

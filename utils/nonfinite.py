@@ -17,9 +17,10 @@ import math
 import torch
 
 from utils.distributed import all_reduce_sum, is_distributed
+from utils.errors import UserError
 
 
-class NonFiniteLossError(Exception):
+class NonFiniteLossError(UserError):
     """Training produced a non-finite loss; the message names the step and the last good checkpoint."""
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from utils.cli import one_line
 from utils.distributed import any_rank
+from utils.errors import one_line
 from utils.evaluation import measure
 from utils.nonfinite import NonFiniteLossError
 from utils.profiling import build_profiler

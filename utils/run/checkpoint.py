@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import UserError
 from utils.run.files import atomic_file, fsync_dir, out_of_space, space_left
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, foreign or unsafe; the message names the file."""
 
 

@@ -23,8 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
-from utils.cli import FULL_ERROR, is_user_error, one_line
-from utils.run.signals import interruption
+from utils.errors import ending, signal_exit
 
 # What a stop outside the loop kept, by the phase the run was in.
 KEPT = {
@@ -103,7 +102,7 @@ class RunLife:
     def stopped_by(self, signum: int | None) -> None:
         """The loop or the final test stopped for this signal (and said what it kept): exit 128 + N."""
         if signum:
-            self._signum, self.exit_code = signum, 128 + signum
+            self._signum, self.exit_code = signum, signal_exit(signum)
 
     def release(self) -> None:
         """Let go of the run lock, and raise at a signal again (on the way out; a test that trains
@@ -121,7 +120,7 @@ class RunLife:
                 # It came after the test's last batch: nothing was left to stop, the run is whole.
                 print(f"{self.prog}: stopped by {self.signals.name} as the run ended: it had finished.",
                       file=sys.stderr)  # fmt: skip
-                self.exit_code = self.signals.exit_code
+                self.exit_code = signal_exit(self.signals.signum)
             elif self._signum == signal.SIGUSR1:
                 self._requeue()
             return True
@@ -132,35 +131,30 @@ class RunLife:
 
     def _told(self, err: BaseException) -> bool:
         """Tell an error that ends the run in one line and set the exit code; False for a bug."""
-        from utils.run.files import out_of_space
-
-        stopped = interruption(err)
-        if stopped:
+        end = ending(err, self._out_of_space)
+        if end.stopped:
             # Plain, like the start-up stop of utils/cli.py: the last line the user sees.
-            print(f"{self.prog}: stopped by {stopped.name} {KEPT.get(self.phase, '')}", file=sys.stderr)
-            self._signum, self.exit_code = stopped.signum, stopped.exit_code
-        elif FULL_ERROR or not isinstance(err, Exception):
-            return False
-        elif is_user_error(err):
-            self.log.error("%s", one_line(err))
-            self.exit_code = 2
-        elif out_of_space(
-            err
-        ):  # the disk filled up: nothing to fix in the code, and what was written is whole
-            self.log.error("%s", self._out_of_space(err))
-            self.exit_code = 2
+            print(f"{self.prog}: {end.line} {KEPT.get(self.phase, '')}", file=sys.stderr)
+            self._signum = end.stopped.signum
+        elif end.line is None:
+            return False  # a bug, or the user asked for tracebacks: Python's own report
         else:
-            return False
+            self.log.error("%s", end.line)
+        self.exit_code = end.code
         if self.phase == "start" and self.fresh:
             from utils.run.rundir import discard_run_dir
 
             # A rejected or stopped run leaves no directory behind (Hydra's, if a stop came before ours).
-            discard_run_dir(self.run_dir or (stopped and stopped.run_dir))
+            discard_run_dir(self.run_dir or (end.stopped and end.stopped.run_dir))
         return True
 
-    def _out_of_space(self, err: OSError) -> str:
-        from utils.run.files import space_left
+    def _out_of_space(self, err: BaseException) -> str | None:
+        """A full disk, in one line naming what was kept: nothing to fix in the code, and what was written
+        is whole (utils/run/files.py). None for any other error."""
+        from utils.run.files import out_of_space, space_left
 
+        if not out_of_space(err):
+            return None
         where = self.run_dir or Path.cwd()
         what = f" writing {err.filename}" if getattr(err, "filename", None) else ""
         if self.phase in ("train", "test"):

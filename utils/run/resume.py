@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from utils.cli import one_line
 from utils.config import ConfigError
+from utils.errors import one_line
 from utils.run.checkpoint import CheckpointError, data_order_state, load_checkpoint
 from utils.run.files import read_json
 from utils.run.resume_target import describe_resume, resume_target
