@@ -54,7 +54,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     from utils.run.trust import stored_config
     from utils.runtime import pick_device
     from utils.state import TrainState
-    from utils.tensorboard.writer import open_writer
+    from utils.tensorboard.writer import writing
 
     path = Path(str(cfg.ckpt))
     state = load_checkpoint(path)
@@ -94,10 +94,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     write_json(path.parent / "metrics.json", metrics)  # whole or absent, never half-written
     # The run's TensorBoard: <run>/tb for <run>/checkpoints/x.pt; tb/ beside a checkpoint kept elsewhere.
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    writer = open_writer(run_dir / "tb")
-    for key, value in test.items():
-        writer.add_scalar(f"eval/{data_name}/{key}", value, step)
-    writer.close()
+    with writing(run_dir / "tb") as writer:
+        for key, value in test.items():
+            writer.add_scalar(f"eval/{data_name}/{key}", value, step)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items())
     log.info(
         "%s on %s test (%d samples): %s. Metrics: %s",

@@ -23,6 +23,7 @@ same check is repeated after the interleaved pairs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -149,11 +150,12 @@ class Template:
         import train
         from utils.run.signals import StopSignals
         from utils.session import Session
-        from utils.tensorboard.dashboards import open_run_writer
+        from utils.tensorboard.dashboards import run_writer
 
         self.train = train
         parts, state = train.set_up(cfg, run_dir)
-        parts.writer = open_run_writer(parts, None)
+        self.held = contextlib.ExitStack()  # the writer, closed by close()
+        parts.writer = self.held.enter_context(run_writer(parts, None))
         self.run, self.state = parts, state
         self.session = Session(parts, state, StopSignals())
         self.batches = Batches(parts.loaders.train, parts.plan.batches_per_epoch)
@@ -181,8 +183,7 @@ class Template:
 
     def close(self) -> None:
         self.session.__exit__(None, None, None)
-        if self.run.writer:
-            self.run.writer.close()
+        self.held.close()
 
 
 class Raw:

@@ -86,8 +86,6 @@ class Session:
         """One line on why the loop ended before the run's length, and how to go on; returns the reason."""
         parts, state = self.parts, self.state
         if state.stop_reason == "signal":
-            if parts.writer:
-                parts.writer.close()
             how = "; requeueing" if self.signals.name == "SIGUSR1" else ""
             log.warning(
                 "Stopped by %s at step %d%s. Resume with: %s", self.signals.name, state.step, how, resume

@@ -9,7 +9,7 @@ ends in one line and the exit code that says why.
     if life.exit_code:
         sys.exit(life.exit_code)
 
-On the way out it releases the run lock, tells an error a user can fix in one line (exit 2; the traceback
+On the way out it closes TensorBoard's writer and releases the run lock (what the run holds), tells an error a user can fix in one line (exit 2; the traceback
 with HYDRA_FULL_ERROR=1), tells a signal in one line that says what was kept (exit 130 / 143 / 138),
 removes the directory of a run that was rejected before it started, and asks SLURM to queue the job again
 after its warning signal (SIGUSR1). Anything else is a bug and keeps its traceback.
@@ -89,7 +89,12 @@ class RunLife:
         from utils.run.rundir import process_rank
 
         if process_rank() == 0:
-            self._held.enter_context(RunLock(self.run_dir))
+            self.hold(RunLock(self.run_dir))
+
+    def hold(self, context):
+        """Enter `context` (the run lock, TensorBoard's writer) until the run ends; returns its value. On the
+        way out they close in reverse: the writer's events are whole before another process may resume."""
+        return self._held.enter_context(context)
 
     def stop_signals(self):
         """From here to the run's end a stop signal asks the loop (and then the final test) to stop after
@@ -112,7 +117,9 @@ class RunLife:
             self.signals.restore()
 
     def __exit__(self, kind, err, tb) -> bool:
-        self._held.close()  # the lock first: a requeued job or a resume may take it at once
+        # What the run held first (the error passed on: a writer closes quietly after one), the lock last
+        # of them: a requeued job or a resume may take it at once.
+        self._held.__exit__(kind, err, tb)
         try:
             if err is not None and not self._told(err):
                 return False  # a bug, or the user asked for tracebacks: Python's own report

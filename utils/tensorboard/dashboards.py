@@ -8,6 +8,7 @@ without guards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import subprocess
@@ -234,19 +235,21 @@ def log_run_end(writer, metrics: dict, step: int, final_tags: list[str]) -> None
 # --- What the loop writes at its moments: the start, the first batch, the histogram epochs ------------------
 
 
-def open_run_writer(parts, resumed_step: int | None):
-    """The run's SummaryWriter on rank 0 (None elsewhere). A new run writes its config, environment and
-    HPARAMS row, and the task's reference numbers, first; a resumed one hides the events that the
-    interrupted run wrote after its checkpoint, so that no step shows twice."""
-    from utils.tensorboard.writer import open_writer
+@contextlib.contextmanager
+def run_writer(parts, resumed_step: int | None):
+    """The run's SummaryWriter on rank 0 (None elsewhere), closed when the block ends (utils/tensorboard/
+    writer.py `writing`). A new run writes its config, environment and HPARAMS row, and the task's
+    reference numbers, first; a resumed one hides the events that the interrupted run wrote after its
+    checkpoint, so that no step shows twice."""
+    from utils.tensorboard.writer import writing
 
     purge = None if resumed_step is None else resumed_step + 1
-    writer = open_writer(parts.run_dir / "tb", enabled=parts.ddp.is_main, purge_step=purge)
-    if writer and resumed_step is None:  # the interrupted run wrote these already
-        log_run_start(writer, parts.cfg, parts.run_dir, parts.device, metric_tags(parts.task)[0])
-        for name, value in parts.reference.items():
-            writer.add_scalar(f"reference/{name}", value, 0)
-    return writer
+    with writing(parts.run_dir / "tb", enabled=parts.ddp.is_main, purge_step=purge) as writer:
+        if writer and resumed_step is None:  # the interrupted run wrote these already
+            log_run_start(writer, parts.cfg, parts.run_dir, parts.device, metric_tags(parts.task)[0])
+            for name, value in parts.reference.items():
+                writer.add_scalar(f"reference/{name}", value, 0)
+        yield writer
 
 
 def log_first_batch(parts, batch) -> None:
