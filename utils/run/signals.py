@@ -3,9 +3,9 @@
 
 Before training (start-up) a signal raises `Interrupted` at once: train.py catches it, says "nothing to
 save" and exits. From the loop's start to the run's end `StopSignals` takes over: the loop finishes the
-optimizer step in flight (or the evaluation batch), saves last.pt, closes TensorBoard, prints the resume
-command and exits; the final test stops after its batch, keeping best.pt and last.pt. A second signal there
-exits at once, saving nothing.
+optimizer step in flight (or the evaluation batch), saves last.pt, prints the resume command and exits
+(closing TensorBoard's writer on the way out: utils/run/life.py); the final test stops after its batch,
+keeping best.pt and last.pt. A second signal there exits at once, saving nothing.
 
 A terminal's Ctrl-C and SLURM's scancel reach the whole process group, DataLoader workers included. The
 workers ignore the stop signals (`quiet_worker`): the main process decides, and shuts them down as it
