@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import FAST, PYTHON, REPO, needs, options, run_cli, written
+from tests.helpers import FAST, PYTHON, REFERENCE_RUN, REPO, needs, options, run_cli, written
 
 
 def test_help_lists_groups_and_does_not_import_torch():
@@ -121,11 +121,11 @@ NONFINITE_AT_STEP_2 = ["data.dataset._target_=tests.poisoned_data.poisoned_digit
         ),
         pytest.param(
             "train.py", ["task.num_classes=1"], "classification needs at least 2 classes, got num_classes=1",
-            id="TaskError", marks=needs("conf/task/classification.yaml"),
+            id="TaskError", marks=REFERENCE_RUN,
         ),
         pytest.param("eval.py", ["ckpt={tmp}/no.pt"], "checkpoint {tmp}/no.pt does not exist", id="CheckpointError"),
         pytest.param(
-            "train.py", NONFINITE_AT_STEP_2, "non-finite loss at", id="NonFiniteLossError", marks=needs("conf/data/digits.yaml")
+            "train.py", NONFINITE_AT_STEP_2, "non-finite loss at", id="NonFiniteLossError", marks=REFERENCE_RUN
         ),
     ],
 )  # fmt: skip
@@ -138,3 +138,30 @@ def test_every_kind_of_user_error_is_one_line_and_exit_2(script, overrides, mess
     message = message.replace("{tmp}", str(tmp_path))
     told = [line for line in out.splitlines() if message in line or "ERROR" in line]  # eval.py logs plainly
     assert len(told) == 1 and message in told[0], out
+
+
+def test_a_signal_and_a_bug_end_as_the_shell_expects_and_a_projects_own_error_as_a_user_error():
+    """The policy itself (utils/errors.py ending): 128 + N for signal N, even behind a library's own error;
+    1 and no line for a bug (its traceback tells it); a subclass of UserError that a project adds, exit 2."""
+    import signal
+
+    from utils.errors import BUG, FULL_ERROR, USER, UserError, ending
+    from utils.run.signals import Interrupted
+
+    stopped = ending(Interrupted(signal.SIGTERM))
+    assert (stopped.code, stopped.line, stopped.stopped.name) == (143, "stopped by SIGTERM", "SIGTERM")
+    try:
+        try:
+            raise Interrupted(signal.SIGINT)
+        except Interrupted:
+            raise RuntimeError("a library's cleanup failed") from None  # the Interrupted is its context
+    except RuntimeError as err:
+        assert ending(err).code == 130
+    bug = ending(KeyError("x"))
+    assert (bug.code, bug.line) == (BUG, None)
+
+    class ProjectError(UserError):
+        pass
+
+    own = ending(ProjectError("the first line\nand more"))
+    assert (own.code, own.line) == ((BUG, None) if FULL_ERROR else (USER, "the first line"))
