@@ -9,10 +9,11 @@ ends in one line and the exit code that says why.
     if life.exit_code:
         sys.exit(life.exit_code)
 
-On the way out it closes TensorBoard's writer and releases the run lock (what the run holds), tells an error a user can fix in one line (exit 2; the traceback
-with HYDRA_FULL_ERROR=1), tells a signal in one line that says what was kept (exit 130 / 143 / 138),
-removes the directory of a run that was rejected before it started, and asks SLURM to queue the job again
-after its warning signal (SIGUSR1). Anything else is a bug and keeps its traceback.
+On the way out it closes what the run holds (TensorBoard's writer, then the run lock), tells an error a user
+can fix in one line (exit 2; the traceback with HYDRA_FULL_ERROR=1), tells a signal in one line that says
+what was kept (exit 130 / 143 / 138), removes the directory of a run that was rejected before it started,
+and asks SLURM to queue the job again after its warning signal (SIGUSR1). Anything else is a bug and keeps
+its traceback. The line and the exit code of each ending are utils/errors.py's (`ending`).
 """
 
 from __future__ import annotations
