@@ -47,14 +47,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # torch is imported here, not at the top, so `eval.py --help` stays instant.
     from hydra.core.hydra_config import HydraConfig
 
-    from board.writer import open_writer
+    from board.writer import writing
     from loop.evaluation import evaluate
     from setup.parts import build, build_data, build_loaders, check_fit
     from setup.runtime import pick_device
     from setup.trust import stored_config
-    from store.layout import RunDir
     from store.trained import read_evaluated, trained_model
     from system.files import write_json
+    from system.layout import RunDir
 
     ckpt = read_evaluated(str(cfg.ckpt))  # a checkpoint file, or a run directory: its best.pt, else last.pt
     path = ckpt.path
@@ -92,10 +92,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     # kept outside a run).
     written = RunDir.metrics_beside(path)
     write_json(written, metrics)
-    writer = open_writer(RunDir.of_checkpoint(path).tb)
-    for key, value in test.items():
-        writer.add_scalar(f"eval/{data_name}/{key}", value, ckpt.step)
-    writer.close()
+    with writing(RunDir.of_checkpoint(path).tb) as writer:
+        for key, value in test.items():
+            writer.add_scalar(f"eval/{data_name}/{key}", value, ckpt.step)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items())
     log.info(
         "%s on %s test (%d samples): %s. Metrics: %s",

@@ -76,9 +76,9 @@ from setup.parts import build, build_data, build_loaders, build_optimizer, check
 from setup.runtime import autocast, grad_scaler, seed_everything, to_device
 from store import checkpoint
 from store.init_from import load_initial_weights, log_summary
-from store.layout import RunDir
 from store.resume import check_can_resume, load_resume, resume_command
 from system import files
+from system.layout import RunDir
 
 
 def train(cfg: DictConfig, life: RunLife) -> Outcome:
@@ -95,7 +95,8 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
         check_can_resume(resumed, parts.loaders.train, parts.plan.total_steps, run_dir)
         checkpoint.restore(parts, state, resumed.checkpoint)
         log.info("Resuming from %s (step %d)", resumed.checkpoint.path, state.step)
-    parts.writer = dashboards.open_run_writer(parts, state.step if resumed else None)
+    # TensorBoard's writer, open to the run's end: RunLife closes it, however the run ends.
+    parts.writer = life.hold(dashboards.run_writer(parts, state.step if resumed else None))
     # From here to the end a signal stops the loop after the step in flight, the test after its batch.
     with Session(parts, state, life.stop_signals()) as session:
         life.phase = "train"
@@ -347,7 +348,7 @@ def test(parts: Parts, state: TrainState, session: Session) -> bool:
     }
     dashboards.log_run_end(parts.writer, metrics, state.step, dashboards.metric_tags(task)[1])  # HPARAMS row
     if parts.ddp.is_main:
-        parts.writer.close()
+        parts.writer.flush()  # every event on disk before the file that marks the run finished
         files.write_json(run.metrics, metrics)  # whole or absent: it marks a finished run
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(tested.items(), key=lambda kv: kv[0] != task.monitor))
     best_text = "none" if state.best is None else f"{state.best:.4f}"

@@ -8,6 +8,7 @@ without guards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import subprocess
@@ -18,8 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from board.pictures import log_input_images
-from store.layout import RunDir
 from system.files import write_json
+from system.layout import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -235,19 +236,21 @@ def log_run_end(writer, metrics: dict, step: int, final_tags: list[str]) -> None
 # --- What the loop writes at its moments: the start, the first batch, the histogram epochs ------------------
 
 
-def open_run_writer(parts, resumed_step: int | None):
-    """The run's SummaryWriter on rank 0 (None elsewhere). A new run writes its config, environment and
-    HPARAMS row, and the task's reference numbers, first; a resumed one hides the events that the
-    interrupted run wrote after its checkpoint, so that no step shows twice."""
-    from board.writer import open_writer
+@contextlib.contextmanager
+def run_writer(parts, resumed_step: int | None):
+    """The run's SummaryWriter on rank 0 (None elsewhere), closed when the block ends (board/
+    writer.py `writing`). A new run writes its config, environment and HPARAMS row, and the task's
+    reference numbers, first; a resumed one hides the events that the interrupted run wrote after its
+    checkpoint, so that no step shows twice."""
+    from board.writer import writing
 
     purge = None if resumed_step is None else resumed_step + 1
-    writer = open_writer(RunDir(parts.run_dir).tb, enabled=parts.ddp.is_main, purge_step=purge)
-    if writer and resumed_step is None:  # the interrupted run wrote these already
-        log_run_start(writer, parts.cfg, parts.run_dir, parts.device, metric_tags(parts.task)[0])
-        for name, value in parts.reference.items():
-            writer.add_scalar(f"reference/{name}", value, 0)
-    return writer
+    with writing(RunDir(parts.run_dir).tb, enabled=parts.ddp.is_main, purge_step=purge) as writer:
+        if writer and resumed_step is None:  # the interrupted run wrote these already
+            log_run_start(writer, parts.cfg, parts.run_dir, parts.device, metric_tags(parts.task)[0])
+            for name, value in parts.reference.items():
+                writer.add_scalar(f"reference/{name}", value, 0)
+        yield writer
 
 
 def log_first_batch(parts, batch) -> None:

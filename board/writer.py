@@ -28,6 +28,23 @@ def open_writer(logdir: str, enabled: bool = True, purge_step: int | None = None
     return SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
 
 
+@contextlib.contextmanager
+def writing(logdir, enabled: bool = True, purge_step: int | None = None):
+    """The one owner of a SummaryWriter's life: open_writer's writer for the block, closed at its end
+    (train.py holds it for the run's life through life/run.py, eval.py for its scalars). After an
+    error it is closed quietly: a writer that cannot write (a full disk) is the error being told already."""
+    writer = open_writer(logdir, enabled, purge_step)
+    try:
+        yield writer
+    except BaseException:
+        if writer:
+            with contextlib.suppress(Exception):
+                writer.close()
+        raise
+    if writer:
+        writer.close()
+
+
 def _quiet_when_out_of_space() -> None:
     """The writer's own thread writes the events; a full disk there would print a thread's traceback, then
     reach the main thread at the next flush, which tells it in one line (life/run.py). Only that

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
+from system.errors import UserError  # torch-free, one file: copy it along with data/ (its docstring)
 
-class DatasetError(Exception):
+
+class DatasetError(UserError):
     """A dataset that cannot be loaded for a reason the user can fix (missing path, offline, empty)."""
 
 

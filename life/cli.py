@@ -11,45 +11,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from setup.config import _nearest
 from setup.conflicts import conflict_line
+from system.errors import USER, ending, signal_exit
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-# Read once, before run() sets the variable for Hydra: whether the user asked for full tracebacks.
-FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-# The errors a user can fix (told in one line, exit 2), by the module that defines each.
-USER_ERRORS = {
-    "setup.config": "ConfigError",
-    "omegaconf.errors": "OmegaConfBaseException",
-    "data.splits": "DatasetError",
-    "tasks.base": "TaskError",
-    "store.checkpoint": "CheckpointError",
-    "loop.nonfinite": "NonFiniteLossError",
-}
-
-
-def one_line(err: BaseException, limit: int = 2000) -> str:
-    """An error in one line: its first line, and the config key where OmegaConf names one (its errors span
-    several lines: message, full_key, object_type)."""
-    key = getattr(err, "full_key", None)
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
-    return f"{first} (config key: {key})" if key and key not in first else first
-
-
-def is_user_error(err: BaseException, *modules: str) -> bool:
-    """Whether err is one a user can fix (of one of `modules`, when given). Its class is looked up only
-    among modules already imported (an error can only come from one): importing data.splits to ask would
-    import torch, and utils/ would depend on tasks/ and data/."""
-    wanted = modules or tuple(USER_ERRORS)
-    kinds = tuple(getattr(sys.modules[m], USER_ERRORS[m]) for m in wanted if m in sys.modules)
-    return isinstance(err, kinds)
-
-
 # Hydra's options that answer without running the task (help, the composed config, tab completion).
 QUICK_OPTIONS = (
     "--help",
@@ -73,7 +44,7 @@ def answers_at_once(argv: list[str]) -> bool:
 
 def run(main, prog: str, config_name: str) -> None:
     """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
-    from system.signals import Interrupted, dropped, interruption, raise_on_signals
+    from system.signals import Interrupted, dropped, raise_on_signals
 
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -82,28 +53,28 @@ def run(main, prog: str, config_name: str) -> None:
         raise_on_signals()
         if conflict := conflict_line(CONF):  # a merge left in conf/: one line, not YAML's traceback
             print(f"{prog}: error: {conflict}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(USER)
         main()
     except (Exception, Interrupted) as err:  # Interrupted: a signal during Hydra's own start-up
-        if stopped := interruption(err):
+        end = ending(err, partial(hydra_error_line, conf_dir=CONF, config_name=config_name))
+        if end.stopped:
             from store.rundir import discard_run_dir
 
-            discard_run_dir(stopped.run_dir)  # Hydra may have made the run's directory: it leaves none
+            discard_run_dir(end.stopped.run_dir)  # Hydra may have made the run's directory: it leaves none
             life = sys.modules.get("life.run")
             when = "after its run ended: nothing was lost" if life and life.RunLife.ended else (
                 "before it started: nothing to save")  # fmt: skip
-            print(f"{prog}: stopped by {stopped.name} {when}.", file=sys.stderr)
-            sys.exit(stopped.exit_code)
-        line = None if FULL_ERROR else hydra_error_line(err, CONF, config_name)
-        if line is None:
+            print(f"{prog}: {end.line} {when}.", file=sys.stderr)
+        elif end.line is None:
             raise
-        print(f"{prog}: error: {line}", file=sys.stderr)
-        sys.exit(2)
+        else:
+            print(f"{prog}: error: {end.line}", file=sys.stderr)
+        sys.exit(end.code)
     # A library swallowed the signal's Interrupted (system/signals.py): the run was still stopped.
     if signum := dropped():
         name = signal.Signals(signum).name
         print(f"{prog}: stopped by {name} as it ended: it had finished by then.", file=sys.stderr)
-        sys.exit(128 + signum)
+        sys.exit(signal_exit(signum))
 
 
 def hydra_error_line(err: Exception, conf_dir, config_name: str) -> str | None:

@@ -9,10 +9,11 @@ ends in one line and the exit code that says why.
     if life.exit_code:
         sys.exit(life.exit_code)
 
-On the way out it releases the run lock, tells an error a user can fix in one line (exit 2; the traceback
-with HYDRA_FULL_ERROR=1), tells a signal in one line that says what was kept (exit 130 / 143 / 138),
-removes the directory of a run that was rejected before it started, and asks SLURM to queue the job again
-after its warning signal (SIGUSR1). Anything else is a bug and keeps its traceback.
+On the way out it closes what the run holds (TensorBoard's writer, then the run lock), tells an error a user
+can fix in one line (exit 2; the traceback with HYDRA_FULL_ERROR=1), tells a signal in one line that says
+what was kept (exit 130 / 143 / 138), removes the directory of a run that was rejected before it started,
+and asks SLURM to queue the job again after its warning signal (SIGUSR1). Anything else is a bug and keeps
+its traceback. The line and the exit code of each ending are system/errors.py's (`ending`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import signal
 import sys
 from pathlib import Path
 
-from life.cli import FULL_ERROR, is_user_error, one_line
-from system.signals import interruption
+from system.errors import ending, signal_exit
 
 # What a stop outside the loop kept, by the phase the run was in.
 KEPT = {
@@ -69,9 +69,9 @@ class RunLife:
         limit goes on from its last.pt. Returns (run_dir, cfg)."""
         from hydra.core.hydra_config import HydraConfig
 
-        from store.layout import RunDir
         from store.resume_target import find_resume_target
         from store.rundir import requeued_slurm_task
+        from system.layout import RunDir
 
         self.run_dir = Path(HydraConfig.get().runtime.output_dir)
         resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
@@ -89,7 +89,12 @@ class RunLife:
         from system.lock import RunLock
 
         if process_rank() == 0:
-            self._held.enter_context(RunLock(self.run_dir))
+            self.hold(RunLock(self.run_dir))
+
+    def hold(self, context):
+        """Enter `context` (the run lock, TensorBoard's writer) until the run ends; returns its value. On the
+        way out they close in reverse: the writer's events are whole before another process may resume."""
+        return self._held.enter_context(context)
 
     def stop_signals(self):
         """From here to the run's end a stop signal asks the loop (and then the final test) to stop after
@@ -102,7 +107,7 @@ class RunLife:
     def stopped_by(self, signum: int | None) -> None:
         """The loop or the final test stopped for this signal (and said what it kept): exit 128 + N."""
         if signum:
-            self._signum, self.exit_code = signum, 128 + signum
+            self._signum, self.exit_code = signum, signal_exit(signum)
 
     def release(self) -> None:
         """Let go of the run lock, and raise at a signal again (on the way out; a test that trains
@@ -112,7 +117,9 @@ class RunLife:
             self.signals.restore()
 
     def __exit__(self, kind, err, tb) -> bool:
-        self._held.close()  # the lock first: a requeued job or a resume may take it at once
+        # What the run held first (the error passed on: a writer closes quietly after one), the lock last
+        # of them: a requeued job or a resume may take it at once.
+        self._held.__exit__(kind, err, tb)
         try:
             if err is not None and not self._told(err):
                 return False  # a bug, or the user asked for tracebacks: Python's own report
@@ -120,7 +127,7 @@ class RunLife:
                 # It came after the test's last batch: nothing was left to stop, the run is whole.
                 print(f"{self.prog}: stopped by {self.signals.name} as the run ended: it had finished.",
                       file=sys.stderr)  # fmt: skip
-                self.exit_code = self.signals.exit_code
+                self.exit_code = signal_exit(self.signals.signum)
             elif self._signum == signal.SIGUSR1:
                 self._requeue()
             return True
@@ -131,36 +138,31 @@ class RunLife:
 
     def _told(self, err: BaseException) -> bool:
         """Tell an error that ends the run in one line and set the exit code; False for a bug."""
-        from system.files import out_of_space
-
-        stopped = interruption(err)
-        if stopped:
+        end = ending(err, self._out_of_space)
+        if end.stopped:
             # Plain, like the start-up stop of life/cli.py: the last line the user sees.
-            print(f"{self.prog}: stopped by {stopped.name} {KEPT.get(self.phase, '')}", file=sys.stderr)
-            self._signum, self.exit_code = stopped.signum, stopped.exit_code
-        elif FULL_ERROR or not isinstance(err, Exception):
-            return False
-        elif is_user_error(err):
-            self.log.error("%s", one_line(err))
-            self.exit_code = 2
-        elif out_of_space(
-            err
-        ):  # the disk filled up: nothing to fix in the code, and what was written is whole
-            self.log.error("%s", self._out_of_space(err))
-            self.exit_code = 2
+            print(f"{self.prog}: {end.line} {KEPT.get(self.phase, '')}", file=sys.stderr)
+            self._signum = end.stopped.signum
+        elif end.line is None:
+            return False  # a bug, or the user asked for tracebacks: Python's own report
         else:
-            return False
+            self.log.error("%s", end.line)
+        self.exit_code = end.code
         if self.phase == "start" and self.fresh:
             from store.rundir import discard_run_dir
 
             # A rejected or stopped run leaves no directory behind (Hydra's, if a stop came before ours).
-            discard_run_dir(self.run_dir or (stopped and stopped.run_dir))
+            discard_run_dir(self.run_dir or (end.stopped and end.stopped.run_dir))
         return True
 
-    def _out_of_space(self, err: OSError) -> str:
-        from store.layout import RunDir
-        from system.files import space_left
+    def _out_of_space(self, err: BaseException) -> str | None:
+        """A full disk, in one line naming what was kept: nothing to fix in the code, and what was written
+        is whole (system/files.py). None for any other error."""
+        from system.files import out_of_space, space_left
+        from system.layout import RunDir
 
+        if not out_of_space(err):
+            return None
         where = self.run_dir or Path.cwd()
         what = f" writing {err.filename}" if getattr(err, "filename", None) else ""
         if self.phase in ("train", "test"):

@@ -17,9 +17,10 @@ import math
 import torch
 
 from setup.distributed import all_reduce_sum, is_distributed
+from system.errors import UserError
 
 
-class NonFiniteLossError(Exception):
+class NonFiniteLossError(UserError):
     """Training produced a non-finite loss; the message names the step and the last good checkpoint."""
 
 
@@ -105,7 +106,7 @@ class LossWindow:
             else f"steps {self.steps[0]}-{self.steps[-1]} (on another rank)"
         )
         if writer is not None:
-            writer.close()  # the curves up to the failure stay on disk
+            writer.flush()  # the curves up to the failure on disk (RunLife closes the writer)
         good = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was saved before it"
         raise NonFiniteLossError(
             f"non-finite loss at {where}; training stopped, {good}. Lower optimizer.lr, set "

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from board.writer import add_scalars
-from life.cli import one_line
 from loop.evaluation import measure
 from loop.nonfinite import NonFiniteLossError
 from loop.profiling import build_profiler
 from loop.progress import Progress
 from setup.distributed import any_rank
+from system.errors import one_line
 from system.signals import StopSignals
 
 log = logging.getLogger("train")
@@ -91,8 +91,6 @@ class Session:
         """One line on why the loop ended before the run's length, and how to go on; returns the reason."""
         parts, state = self.parts, self.state
         if state.stop_reason == "signal":
-            if parts.writer:
-                parts.writer.close()
             how = "; requeueing" if self.signals.name == "SIGUSR1" else ""
             log.warning(
                 "Stopped by %s at step %d%s. Resume with: %s", self.signals.name, state.step, how, resume

@@ -7,7 +7,7 @@ TrainState is checkpointed and resumed by being there: a plain value as it is, a
 state_dict()/load_state_dict(). Scratch that only this process needs (the last checkpoint written, why the
 loop stopped) is marked `field(metadata=NOT_SAVED)`. docs/loop.md shows how to add a field.
 
-The loop's building blocks are what this module imports: utils/run/ (a run's life and its files) builds
+The loop's building blocks are what this module imports: store/ (a run's files) and life/ build
 on it, never the other way.
 """
 

@@ -25,8 +25,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from system.errors import UserError
 
-class ConfigError(Exception):
+
+class ConfigError(UserError):
     """A config value that cannot work; the message says which key and why."""
 
 

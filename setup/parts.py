@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from life.cli import is_user_error, one_line
 from setup.config import DECLARES, ConfigError
+from system.errors import one_line
 
 
 def build(group: str, node: DictConfig, *args, **kwargs):
@@ -27,8 +27,11 @@ def build(group: str, node: DictConfig, *args, **kwargs):
         obj = instantiate(node)
         obj = obj(*args, **kwargs) if args or kwargs else obj
     except (InstantiationException, TypeError, ValueError) as err:
+        from data.splits import DatasetError  # here: both import torch, which `build` needs anyway
+        from tasks.base import TaskError
+
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        if is_user_error(cause, "data.splits", "tasks.base"):  # the data's or the task's own one line
+        if isinstance(cause, (DatasetError, TaskError)):  # the data's or the task's own one line
             raise cause from None
         target = node.get("_target_", "?")
         # A fork's config written for an older template: its declarations inside the group's node.
@@ -203,6 +206,7 @@ def check_fit(cfg, task, model, splits, loader, device) -> None:
     before any optimizer, DDP or graph sees the model. A failure is one line that keeps the original
     error's type, message and place (HYDRA_FULL_ERROR=1 shows its traceback)."""
     from setup.runtime import to_device
+    from tasks.base import TaskError
 
     try:
         batch = to_device(next(iter(loader)), device)  # as it comes: a batch is the task's to look into
@@ -221,7 +225,7 @@ def check_fit(cfg, task, model, splits, loader, device) -> None:
         mode = "train"
         check_loss(task.loss(unchanged_forward(task, model, batch, training=True), batch))
     except Exception as err:
-        if is_user_error(err, "tasks.base"):  # the task's own check
+        if isinstance(err, TaskError):  # the task's own check
             raise ConfigError(f"{choices(cfg)}: {err}") from err
         if not isinstance(err, (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)):
             raise

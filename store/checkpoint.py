@@ -8,7 +8,7 @@ a typed view (position, config, the weights to evaluate, ...), so that no other 
 `restore` puts one back into freshly built parts, checking its position against the run's plan. A
 checkpoint holds plain containers and tensors only, so `torch.load(weights_only=True)` reads it; a file
 carrying any other pickled object is refused before anything in it runs. Where a run keeps its
-checkpoints is store/layout.py's.
+checkpoints is system/layout.py's.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from loop.state import SAVED_PARTS, StateError, TrainState
-from store.layout import RunDir
+from system.errors import UserError
 from system.files import atomic_file, fsync_dir, out_of_space, space_left
+from system.layout import RunDir
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, foreign or unsafe; the message names the file."""
 
 

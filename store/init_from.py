@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from store.checkpoint import CheckpointError, read_checkpoint
-from store.layout import checkpoint_to_evaluate
+from system.layout import checkpoint_to_evaluate
 
 SHOWN = 5  # names per log line before "... and N more"
 
 
 def initial_weights_path(path: str | os.PathLike) -> Path:
-    """The checkpoint file that `init_from=path` means (store/layout.py: a run directory's best.pt,
+    """The checkpoint file that `init_from=path` means (system/layout.py: a run directory's best.pt,
     else last.pt)."""
     file = checkpoint_to_evaluate(path)
     if file is None:

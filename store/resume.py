@@ -17,13 +17,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from life.cli import one_line
 from setup.config import ConfigError
 from setup.trust import literal, read_stored_config, stored_config, unliteral
 from store.checkpoint import Checkpoint, CheckpointError, check_data_order, read_checkpoint
-from store.layout import RunDir
 from store.resume_target import describe_resume, resume_target
+from system.errors import one_line
 from system.files import read_json
+from system.layout import RunDir
 
 log = logging.getLogger("train")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from setup.config import ConfigError
-from store.layout import RunDir
+from system.layout import RunDir
 
 LATEST = "latest"
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)

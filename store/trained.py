@@ -26,7 +26,7 @@ from setup.config import ConfigError
 from setup.parts import build
 from setup.trust import stored_config
 from store.checkpoint import Checkpoint, CheckpointError, load_weights, read_checkpoint
-from store.layout import checkpoint_to_evaluate
+from system.layout import checkpoint_to_evaluate
 
 
 @dataclass
@@ -49,7 +49,7 @@ def load_trained(path, device="cpu", allowed_targets=()) -> Trained:
 
 def read_evaluated(path, device="cpu") -> Checkpoint:
     """The checkpoint that `path` names for evaluation, read: a file itself, a run directory its best.pt
-    (else last.pt; store/layout.py). Raises CheckpointError, one line naming the path."""
+    (else last.pt; system/layout.py). Raises CheckpointError, one line naming the path."""
     file = checkpoint_to_evaluate(path)
     if file is None:
         raise CheckpointError(f"{Path(path)} holds no checkpoints/best.pt or last.pt")

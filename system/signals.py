@@ -3,9 +3,9 @@
 
 Before training (start-up) a signal raises `Interrupted` at once: train.py catches it, says "nothing to
 save" and exits. From the loop's start to the run's end `StopSignals` takes over: the loop finishes the
-optimizer step in flight (or the evaluation batch), saves last.pt, closes TensorBoard, prints the resume
-command and exits; the final test stops after its batch, keeping best.pt and last.pt. A second signal there
-exits at once, saving nothing.
+optimizer step in flight (or the evaluation batch), saves last.pt, prints the resume command and exits
+(closing TensorBoard's writer on the way out: life/run.py); the final test stops after its batch,
+keeping best.pt and last.pt. A second signal there exits at once, saving nothing.
 
 A terminal's Ctrl-C and SLURM's scancel reach the whole process group, DataLoader workers included. The
 workers ignore the stop signals (`quiet_worker`): the main process decides, and shuts them down as it
@@ -23,6 +23,8 @@ import os
 import signal
 import sys
 import threading
+
+from system.errors import signal_exit
 
 log = logging.getLogger("train")
 
@@ -44,10 +46,6 @@ class Interrupted(BaseException):
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 # The stop signal that was raised as Interrupted (or SystemExit, while starting). Every one of them ends the
@@ -94,7 +92,7 @@ def stop_while_starting(prog: str) -> None:
         )
         # At once, without unwinding: an exception raised here lands inside whatever import is running,
         # whose library may catch and rewrap it (OmegaConf does) into a traceback. Nothing is open yet.
-        os._exit(128 + signum)
+        os._exit(signal_exit(signum))
 
     for signum in STOP_SIGNALS:  # SIGUSR1 too: its default action would end the process without a word
         signal.signal(signum, stop)
@@ -171,11 +169,6 @@ class StopSignals:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention for a process ended by a signal: 128 + its number (130, 143)."""
-        return 128 + (self.signum or 0)
-
     def _handle(self, signum: int, frame) -> None:
         if os.getpid() != self._pid:
             return  # a forked DataLoader worker inherited this handler: the main process decides
@@ -191,7 +184,7 @@ class StopSignals:
             self._agent_copy = False
             return
         log.error("%s again: exiting now, without saving.", signal.Signals(signum).name)
-        os._exit(128 + signum)
+        os._exit(signal_exit(signum))
 
     def restore(self) -> None:
         """Back to raising Interrupted at once (the final test is not worth waiting for)."""

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from system.errors import UserError  # torch-free, one file: copy it along with tasks/ (its docstring)
 
-class TaskError(ValueError):
+
+class TaskError(UserError, ValueError):
     """The task does not fit the data or the model; the message names the shapes."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import FAST, PYTHON, REPO, needs, options, run_cli, written
+from tests.helpers import FAST, PYTHON, REFERENCE_RUN, REPO, needs, options, run_cli, written
 
 
 def test_help_lists_groups_and_does_not_import_torch():
@@ -100,3 +100,68 @@ def test_absent_dataset_offline(tmp_path):
     proc = run_cli([*FAST, "data=cifar10", f"paths.data_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"],
                    cwd=tmp_path, env={**offline, "no_proxy": "", "NO_PROXY": ""})  # fmt: skip
     assert_clean_failure(proc, f"CIFAR10 is not in {tmp_path / 'cache'} and could not be downloaded")
+
+
+# Each kind of error a user can fix (system/errors.py UserError, and OmegaConf's), raised where a real run
+# or evaluation raises it: the message is the one line told, and the exit code is 2.
+NONFINITE_AT_STEP_2 = ["data.dataset._target_=tests.poisoned_data.poisoned_digits", "+data.dataset.position=32",
+                       "+data.dataset.seed=${trainer.seed}", "logging.every_n_steps=2"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("script", "overrides", "message"),
+    [
+        pytest.param("train.py", ["data.batch_size=0"], "data.batch_size=0 must be at least 1", id="ConfigError"),
+        pytest.param(
+            "train.py", ["trainer.max_epochs=ten"], "Value 'ten' of type 'str' could not be converted", id="omegaconf"
+        ),
+        pytest.param(
+            "train.py", ["data=csv", "data.path={tmp}/no.csv", "data.target=y"], "csv: {tmp}/no.csv does not exist",
+            id="DatasetError", marks=needs("conf/data/csv.yaml"),
+        ),
+        pytest.param(
+            "train.py", ["task.num_classes=1"], "classification needs at least 2 classes, got num_classes=1",
+            id="TaskError", marks=REFERENCE_RUN,
+        ),
+        pytest.param("eval.py", ["ckpt={tmp}/no.pt"], "checkpoint {tmp}/no.pt does not exist", id="CheckpointError"),
+        pytest.param(
+            "train.py", NONFINITE_AT_STEP_2, "non-finite loss at", id="NonFiniteLossError", marks=REFERENCE_RUN
+        ),
+    ],
+)  # fmt: skip
+def test_every_kind_of_user_error_is_one_line_and_exit_2(script, overrides, message, tmp_path):
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in overrides]
+    fast = FAST if script == "train.py" else []  # eval.py's config has no trainer
+    proc = run_cli([*fast, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, script=script)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    message = message.replace("{tmp}", str(tmp_path))
+    told = [line for line in out.splitlines() if message in line or "ERROR" in line]  # eval.py logs plainly
+    assert len(told) == 1 and message in told[0], out
+
+
+def test_a_signal_and_a_bug_end_as_the_shell_expects_and_a_projects_own_error_as_a_user_error():
+    """The policy itself (system/errors.py ending): 128 + N for signal N, even behind a library's own error;
+    1 and no line for a bug (its traceback tells it); a subclass of UserError that a project adds, exit 2."""
+    import signal
+
+    from system.errors import BUG, FULL_ERROR, USER, UserError, ending
+    from system.signals import Interrupted
+
+    stopped = ending(Interrupted(signal.SIGTERM))
+    assert (stopped.code, stopped.line, stopped.stopped.name) == (143, "stopped by SIGTERM", "SIGTERM")
+    try:
+        try:
+            raise Interrupted(signal.SIGINT)
+        except Interrupted:
+            raise RuntimeError("a library's cleanup failed") from None  # the Interrupted is its context
+    except RuntimeError as err:
+        assert ending(err).code == 130
+    bug = ending(KeyError("x"))
+    assert (bug.code, bug.line) == (BUG, None)
+
+    class ProjectError(UserError):
+        pass
+
+    own = ending(ProjectError("the first line\nand more"))
+    assert (own.code, own.line) == ((BUG, None) if FULL_ERROR else (USER, "the first line"))

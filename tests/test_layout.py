@@ -1,4 +1,4 @@
-"""A run directory's layout (store/layout.py) and the typed view of a checkpoint (read_checkpoint): which
+"""A run directory's layout (system/layout.py) and the typed view of a checkpoint (read_checkpoint): which
 checkpoint a path names, which run a checkpoint belongs to, and what an older or EMA checkpoint reads as."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from store.checkpoint import CheckpointError, prune_step_checkpoints, read_checkpoint, save_checkpoint
-from store.layout import RunDir, checkpoint_to_evaluate
 from store.trained import read_evaluated
+from system.layout import RunDir, checkpoint_to_evaluate
 
 
 def touch(path):

@@ -24,6 +24,7 @@ same check is repeated after the interleaved pairs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -148,13 +149,14 @@ class Template:
         import torch
 
         import train
-        from board.dashboards import open_run_writer
+        from board.dashboards import run_writer
         from loop.session import Session
         from system.signals import StopSignals
 
         self.train = train
         parts, state = train.set_up(cfg, run_dir)
-        parts.writer = open_run_writer(parts, None)
+        self.held = contextlib.ExitStack()  # the writer, closed by close()
+        parts.writer = self.held.enter_context(run_writer(parts, None))
         self.run, self.state = parts, state
         self.session = Session(parts, state, StopSignals())
         self.batches = Batches(parts.loaders.train, parts.plan.batches_per_epoch)
@@ -178,8 +180,7 @@ class Template:
 
     def close(self) -> None:
         self.session.__exit__(None, None, None)
-        if self.run.writer:
-            self.run.writer.close()
+        self.held.close()
 
 
 class Raw:
