@@ -24,7 +24,7 @@ from fnmatch import fnmatchcase
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from setup.config import ConfigError
+from system.errors import ConfigError
 
 
 def param_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict]:

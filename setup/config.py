@@ -25,11 +25,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from system.errors import UserError
-
-
-class ConfigError(UserError):
-    """A config value that cannot work; the message says which key and why."""
+from system.errors import ConfigError  # defined below the floors that raise it, named here too
 
 
 @dataclass

@@ -192,7 +192,7 @@ def data_order_state(loader, epoch: int, batch: int) -> dict:
 def check_data_order(ckpt: Checkpoint, loader) -> None:
     """The data order the checkpoint saved must be the loader's still (same samples, same permutation), or
     a resume would not be exact. An older checkpoint without one is taken as it is."""
-    from life.cli import one_line
+    from system.errors import one_line
 
     saved = ckpt.data_order
     if saved is None:

@@ -36,6 +36,11 @@ class UserError(Exception):
     line and exit 2, no traceback (HYDRA_FULL_ERROR=1 shows it)."""
 
 
+class ConfigError(UserError):
+    """A config value that cannot work; the message says which key and why (setup/config.py's schema, and
+    every floor that checks a value: the run lock, the parameter groups, the device)."""
+
+
 def is_user_error(err: BaseException) -> bool:
     """Whether err is one a user can fix: ours, or OmegaConf's (a value that does not fit its key)."""
     from omegaconf.errors import OmegaConfBaseException  # here: importing OmegaConf is not instant

@@ -35,7 +35,7 @@ import os
 import socket
 from pathlib import Path
 
-from setup.config import ConfigError
+from system.errors import ConfigError
 
 LOCK_NAME = ".lock"
 # lockf fails with one of these where the file system has no locks at all.
