@@ -239,7 +239,7 @@ def read_stored_config(path: str | os.PathLike) -> object:
             too = f"nested more than {MAX_DEPTH} levels deep" if depth > MAX_DEPTH else (
                 f"more than {MAX_NODES:,} values")  # fmt: skip
             raise ConfigError(f"it is {too}: refused unread")
-    return yaml.safe_load(text)
+    return moved(yaml.safe_load(text))
 
 
 def _check_plain(value, path: str, source: str, data_ok: frozenset = frozenset()) -> None:
@@ -319,9 +319,26 @@ def _nodes(tree, path: str = ""):
             yield from _nodes(v, f"{path}[{i}]")
 
 
+# Constructors that moved in the template, by their old module: a run stored before the move names them
+# there (the schedules were utils/schedulers.py until 0.2.0), and resumes and evaluates under the new name.
+MOVED = {"utils.schedulers.": "optim.schedulers."}
+
+
+def moved(tree):
+    """The tree with each `_target_` of MOVED renamed to where it is now (in place)."""
+    for _, node in _nodes(tree):
+        target = node.get("_target_")
+        for old, new in MOVED.items():
+            if isinstance(target, str) and target.startswith(old):
+                node["_target_"] = new + target.removeprefix(old)
+    return tree
+
+
 def check_targets(raw: dict, source: str, extra_targets: Iterable[str] = ()) -> None:
     """Each `_target_` a constructor of the group it sits in; `_partial_: true` only where the code calls
-    the result later (a model left partial would be no model: eval.py and load_trained need a module)."""
+    the result later (a model left partial would be no model: eval.py and load_trained need a module).
+    A target of MOVED is renamed in place first."""
+    moved(raw)
     for path, node in _nodes(raw):
         group = group_of(path)
         if "_target_" in node:

@@ -133,12 +133,14 @@ def test_resume_accepts_run_length_overrides_only(tmp_path):
 
 def as_stored_by_an_older_template(run) -> None:
     """Rewrite a run's stored configs (.hydra/config.yaml and each checkpoint's) as the template stored
-    them before `declares`: a model's and a task's declarations inside their nodes, no `declares`."""
+    them before `declares`: a model's and a task's declarations inside their nodes, no `declares`; the
+    schedule in its old module (utils/schedulers.py, before the floors)."""
     import yaml
 
     def old_layout(cfg: dict) -> dict:
         for group, keys in cfg.pop("declares").items():
             cfg[group] = {**cfg[group], **keys}
+        cfg["scheduler"]["_target_"] = cfg["scheduler"]["_target_"].replace("optim.", "utils.", 1)
         return cfg
 
     own = run / ".hydra" / "config.yaml"
@@ -161,6 +163,7 @@ def test_a_run_stored_by_an_older_template_evaluates_and_resumes(tmp_path):
     stored = load_checkpoint(old / "checkpoints" / "last.pt")["config"]
     assert "declares" not in stored and {"input", "output"} <= set(stored["model"]), stored["model"]
     assert {"target", "output"} <= set(stored["task"]), stored["task"]
+    assert stored["scheduler"]["_target_"] == "utils.schedulers.constant"
 
     best = old / "checkpoints" / "best.pt"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
