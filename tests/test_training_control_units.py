@@ -193,8 +193,9 @@ def test_deadline_expires_and_carries_its_use_across_a_resume():
     assert not never.enabled and not never.expired() and never.remaining() is None
     assert never.describe() == "time budget: none"
 
-    deadline = Deadline(0.2)
-    assert not deadline.expired() and 0 < deadline.remaining() <= 0.2
+    hour = Deadline(3600)
+    assert not hour.expired() and 0 < hour.remaining() <= 3600
+    deadline = Deadline(0.2)  # expired after a sleep longer than it, whatever the machine's load
     time.sleep(0.25)
     assert deadline.expired() and deadline.remaining() == 0.0 and deadline.used() >= 0.25
 
@@ -207,16 +208,6 @@ def test_deadline_expires_and_carries_its_use_across_a_resume():
     assert not Deadline(3600, already_used=60).expired()
     assert "0:01:00 used before this resume" in Deadline(3600, already_used=60).describe()
     assert format_seconds(5400) == "1:30:00" and format_seconds(93784) == "1 day, 2:03:04"
-
-
-def test_deadline_expired_is_cheap():
-    from utils.run.timebudget import Deadline
-
-    deadline = Deadline(3600)
-    start = time.perf_counter()
-    for _ in range(100_000):
-        deadline.expired()
-    assert (time.perf_counter() - start) / 100_000 < 5e-6  # well under a microsecond on any machine
 
 
 # --- SLURM ------------------------------------------------------------------------------------------------
@@ -294,10 +285,9 @@ def test_requeue_gives_up_after_its_timeout(fake_scontrol, monkeypatch, caplog):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("FAKE_SCONTROL_MODE", "hang")
     monkeypatch.setattr(utils.run.slurm, "REQUEUE_TIMEOUT_S", 0.5)  # 30 s in real use
-    start = time.monotonic()
+    # The fake scontrol sleeps 10 s, then would exit 0 (requeued): False means the timeout ended the wait.
     with caplog.at_level(logging.INFO, logger="test.slurm"):
         assert utils.run.slurm.requeue(logging.getLogger("test.slurm")) is False
-    assert time.monotonic() - start < 5
     assert "no answer" in caplog.records[0].getMessage()
 
 
@@ -823,7 +813,6 @@ def test_debug_overfit_drives_the_train_loss_near_zero_on_digits(tmp_path, one_t
     model = instantiate(model_cfg)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=t.max_epochs * len(loaders.train))
-    start = time.monotonic()
     for epoch in range(t.max_epochs):
         loaders.train.set_epoch(epoch)
         for x, y in loaders.train:
@@ -832,7 +821,6 @@ def test_debug_overfit_drives_the_train_loss_near_zero_on_digits(tmp_path, one_t
             optimizer.step()
             optimizer.zero_grad()
             scheduler.step()
-    assert time.monotonic() - start < 30
     model.eval()
     x, y = splits.val.tensors
     with torch.no_grad():
