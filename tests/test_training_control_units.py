@@ -1,6 +1,7 @@
 """The building blocks of training control, each on its own and for real: early stopping, the time budget,
 SLURM requeue (through a fake `scontrol` executable on PATH), what `resume=` names, `init_from` weights,
-the profiler and the debug configs. train.py's wiring of them is tested end to end elsewhere."""
+the profiler and the debug configs: their logic, with no run. train.py's wiring of them, in real runs:
+tests/test_training_control.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from tests.helpers import REFERENCE_RUN, REPO, compose_config, needs
+from tests.helpers import REPO, compose_config, needs
 from utils.config import ConfigError
 from utils.run.checkpoint import CheckpointError, save_checkpoint
 
@@ -790,40 +791,3 @@ def test_debug_configs_set_the_training_control_keys(tmp_path):
     # The profiler's wait and warm-up steps and its active ones fit in the run.
     cfg = compose_config(["debug=profile"], tmp_path / "p")
     assert 1 + 1 + cfg.trainer.profile_steps <= cfg.trainer.limit_batches
-
-
-@REFERENCE_RUN
-def test_debug_overfit_drives_the_train_loss_near_zero_on_digits(tmp_path, one_thread):
-    """The composed config's model, optimizer, schedule and length on the overfit splits of digits, in a
-    plain loop: what train.py does with debug=overfit, without the rest of train.py."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from utils.loaders import build_dataloaders
-    from utils.overfit import overfit_splits, same_batches_every_epoch
-
-    cfg = compose_config(["debug=overfit"], tmp_path / "run")
-    t = cfg.trainer
-    torch.manual_seed(t.seed)
-    splits, _ = overfit_splits(instantiate(cfg.data.dataset), t.overfit_batches * cfg.data.batch_size)
-    loaders = build_dataloaders(splits, cfg.data.batch_size, 0, t.seed, pin_memory=False)
-    same_batches_every_epoch(loaders.train)
-    assert len(loaders.train) == t.overfit_batches
-    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("input", "output")}  # fmt: skip
-    model = instantiate(model_cfg)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=t.max_epochs * len(loaders.train))
-    for epoch in range(t.max_epochs):
-        loaders.train.set_epoch(epoch)
-        for x, y in loaders.train:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            scheduler.step()
-    model.eval()
-    x, y = splits.val.tensors
-    with torch.no_grad():
-        out = model(x)
-    assert torch.nn.functional.cross_entropy(out, y).item() < 0.05
-    assert (out.argmax(1) == y).float().mean().item() >= 0.99
