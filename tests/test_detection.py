@@ -2,7 +2,7 @@
 (a variable number of boxes an image, batched by its collate function), the FCOS detector (its losses in
 train mode, boxes in eval mode), the task's mean average precision against hand cases and its one-line
 checks; then for real: a run logs each loss and val map50/map with its pictures, eval.py agrees with it,
-a kill -9 and resume ends bit-identical, and DDP over two processes measures the whole split."""
+and DDP over two processes measures the whole split (kill -9 and resume: tests/test_resume.py's matrix)."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def test_log_pictures_draws_the_true_and_the_predicted_boxes(tmp_path):
     assert not torch.equal(plain, right) and not torch.equal(plain, left)
 
 
-# --- For real: train.py, eval.py, kill -9 and resume, torchrun ----------------------------------------------
+# --- For real: train.py, eval.py, torchrun ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

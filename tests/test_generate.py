@@ -49,7 +49,6 @@ OPTIONAL = {
         "scripts/serve_tb_remote.sh",
         "scripts/tunnel.sh",
         "tests/test_serve_tb.py",
-        "tests/test_serve_tb_remote.py",
         "tests/test_tb_browser.py",
     ],
     "slurm": ["conf/hydra/launcher/slurm.yaml"],
@@ -195,10 +194,19 @@ def test_the_template_s_own_answers_give_back_the_template(projects, template):
     assert not differ, f"generated with the template's answers, these differ from the template's: {differ}"
     # The Makefile but for its test-generated target, which runs this generator.
     assert (project / "Makefile").read_text() == without_test_generated((template / "Makefile").read_text())
+    # README.md is the template's own (README.md.jinja is a project's short one): they agree on the docs.
+    assert docs_listed(project / "README.md") == docs_listed(template / "README.md")
     # docs/testing.md but for its section on the generator's own tests.
     testing = (template / "docs" / "testing.md").read_text()
     generator = testing.index("\n## Generating projects (the template only)\n")
     assert (project / "docs" / "testing.md").read_text() == testing[:generator].rstrip("\n") + "\n"
+
+
+def docs_listed(readme: Path) -> list[str]:
+    """The pages of a README's "## Documentation" list, in its order."""
+    text = readme.read_text()
+    section = text[text.index("\n## Documentation\n") :].split("\n## ")[1]
+    return re.findall(r"^- \[[^\]]*\]\((docs/[^)]+)\)", section, re.M)
 
 
 def without_test_generated(makefile: str) -> str:
@@ -286,6 +294,9 @@ def test_a_project_s_readme_is_about_it(projects, name):
     )
     missing = [link for link in links if "://" not in link and not (project / link).exists()]
     assert not missing, missing
+    # Its docs list names every page the project ships, each once.
+    listed = docs_listed(project / "README.md")
+    assert sorted(listed) == sorted(f"docs/{p.name}" for p in (project / "docs").glob("*.md")), listed
 
 
 # The optimizer steps of the default run (`python train.py`, `make train`) of the project in the current

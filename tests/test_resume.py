@@ -5,6 +5,8 @@ import json
 import os
 import signal
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,31 +20,10 @@ from tests.helpers import (
     event_accumulator,
     first_combo_per_task,
     kill9_once_written,
+    needs,
     read_metrics,
-    run_cli,
     train_in_process,
 )
-
-# Two epochs of 157 batches of 8 digits; a checkpoint every 25 steps, a log line every 7.
-KILL_RUN = [
-    "trainer.max_epochs=2",
-    "data.batch_size=8",
-    "trainer.checkpoint_every_n_steps=25",
-    "logging.every_n_steps=7",
-    "logging.progress_bar=false",
-]
-
-
-def start_cli(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [PYTHON, str(REPO / "train.py"), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def weights(run) -> dict:
@@ -51,36 +32,6 @@ def weights(run) -> dict:
 
 def scalars(run, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in event_accumulator(run).Scalars(tag)]
-
-
-@pytest.mark.slow
-@REFERENCE_RUN
-def test_kill9_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    reference = start_cli([*KILL_RUN, f"hydra.run.dir={whole}"])  # runs alongside, on the other core
-    victim = start_cli([*KILL_RUN, f"hydra.run.dir={killed}"])
-    first = killed / "checkpoints" / "step_00000025.pt"
-    assert kill9_once_written(victim, first, timeout=120) == -signal.SIGKILL
-    state = load_checkpoint(killed / "checkpoints" / "last.pt")
-    assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 157, "the kill was not mid-epoch"
-    assert not (killed / "metrics.json").exists()
-
-    overrides_before = (killed / ".hydra" / "overrides.yaml").read_text()
-    resumed = run_cli([f"resume={killed}"])  # the run dir comes from `resume` alone
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert reference.wait(timeout=300) == 0
-
-    a, b = weights(whole), weights(killed)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert read_metrics(whole)["test/acc"] == read_metrics(killed)["test/acc"]
-    # The same directory, its original config kept, its log continued.
-    assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides_before
-    assert "Resuming from" in (killed / "train.log").read_text()
-    # TensorBoard: every logged step exactly once, with the same values as the run never killed.
-    for tag in ("train/loss", "val/acc"):
-        got, want = scalars(killed, tag), scalars(whole, tag)
-        assert [s for s, _ in got] == [s for s, _ in want]
-        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
 
 
 @REFERENCE_RUN
@@ -178,45 +129,202 @@ def test_a_run_stored_by_an_older_template_evaluates_and_resumes(tmp_path):
     assert read_metrics(old)["steps"] == 12 and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# Each shipped task but classification (test_kill9_mid_epoch_then_resume_is_bit_identical above), and the
-# reference run with parameter groups (optim/params.py): four groups, one with its own lr.
-KILL9_CASES = [
-    *(pytest.param(*combo, [], id="-".join(combo)) for combo in first_combo_per_task(skip=("classification",))),
-    pytest.param("classification", "digits", "mlp", ["param_groups.no_decay_norm_and_bias=true",
-                 "param_groups.by_name=[{params: '7.*', lr: 1.0e-3}]"], id="param_groups", marks=REFERENCE_RUN),
-]  # fmt: skip
+# --- kill -9 and resume, bit-identical: one matrix over the parts and the features that keep state -------
+
+# Two epochs of 8 batches of 8, a checkpoint every 3 steps (each mid-epoch), validation on 2 batches; the
+# test split whole, so that eval.py (which has no limit) finds the run's own test numbers.
+KILL_RUN = {
+    "trainer.max_epochs": "2",
+    "trainer.limit_batches": "8",
+    "data.batch_size": "8",
+    "trainer.checkpoint_every_n_steps": "3",
+    "trainer.limit_val_batches": "2",
+    "logging.every_n_steps": "2",
+    "logging.progress_bar": "false",
+    "logging.images": "false",
+}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("task", "data", "model", "extra"), KILL9_CASES)
-def test_every_task_resumes_bit_identically_after_kill9(task, data, model, extra, tmp_path):
-    """Each case killed with -9 after its first step checkpoint and resumed: the same weights and the same
-    optimizer state."""
-    args = [f"task={task}", f"data={data}", f"model={model}", "trainer.max_epochs=2", "trainer.limit_batches=8",
-            "data.batch_size=8", "trainer.checkpoint_every_n_steps=3", "logging.every_n_steps=2",
-            "logging.progress_bar=false", "logging.images=false", *extra]  # fmt: skip
+@dataclass(frozen=True)
+class Case:
+    """A run of the matrix: its overrides (over KILL_RUN); `setup` and `check`, "module:function" names
+    imported only when the case runs (a project without the part has neither the case nor, maybe, the
+    module): setup(tmp_path) -> (the checkout to run in, more overrides), e.g. a fork's copy of the
+    template; check(whole, killed), what the part asserts beyond the matrix, on the two finished runs."""
+
+    overrides: dict[str, str]
+    setup: str | None = None
+    check: str | None = None
+
+
+def named(name: str):
+    import importlib
+
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def start(root: Path, args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([PYTHON, "train.py", *args], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def run_in(root: Path, script: str, *args: str) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for name in ("HYDRA_FULL_ERROR", "PYTEST_ADDOPTS"):
+        env.pop(name, None)
+    done = subprocess.run(
+        [PYTHON, script, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"python {script} {' '.join(args)}:\n{(done.stdout + done.stderr)[-3000:]}"
+
+
+def assert_same(a, b, where: str = "last.pt") -> None:
+    """Equal to the bit: every tensor, number and container of two checkpoints (their config aside: it
+    names each run's own directory)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: {sorted(a)} != {sorted(b)}"
+        for key in a:
+            if (where, key) != ("last.pt", "config"):
+                assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def without_clock(metrics: dict) -> dict:
+    """metrics.json but for what the clock measures (train_seconds, samples_per_s, tokens_per_s, ...)."""
+    return {k: v for k, v in metrics.items() if not k.endswith(("_seconds", "_per_s"))}
+
+
+def kill9_and_resume(root: Path, args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """A run killed with -9 right after its first step checkpoint and resumed, beside the same run never
+    killed: the same directory goes on (its config and overrides kept, its log continued), and both end
+    with the same checkpoint, metrics, TensorBoard steps and values, and eval.py numbers."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    reference = start_cli([*args, f"hydra.run.dir={whole}"])
-    victim = start_cli([*args, f"hydra.run.dir={killed}"])
-    first = killed / "checkpoints" / "step_00000003.pt"
+    reference = start(root, [*args, f"hydra.run.dir={whole}"])  # alongside, on the other core
+    victim = start(root, [*args, f"hydra.run.dir={killed}"])
+    every = next(int(a.split("=")[1]) for a in args if a.startswith("trainer.checkpoint_every_n_steps="))
+    first = killed / "checkpoints" / f"step_{every:08d}.pt"
     # A victim that finished before the kill would compare a run with itself: that fails, never passes.
     assert kill9_once_written(victim, first, timeout=180) == -signal.SIGKILL, "the victim finished first"
     assert first.exists() and not (killed / "metrics.json").exists(), "no kill mid-run"
-    resumed = run_cli([f"resume={killed}"])
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    state = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert state["batch_in_epoch"] > 0, "the kill was not mid-epoch"
+    overrides = (killed / ".hydra" / "overrides.yaml").read_text()
+
+    run_in(root, "train.py", f"resume={killed}")  # the run dir comes from `resume` alone
     assert reference.wait(timeout=300) == 0
-    a, b = weights(whole), weights(killed)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    oa, ob = (load_checkpoint(run / "checkpoints" / "last.pt")["optimizer"] for run in (whole, killed))
-    assert oa["param_groups"] == ob["param_groups"] and oa["state"].keys() == ob["state"].keys()
-    for k, sa in oa["state"].items():
-        assert all(torch.equal(v, ob["state"][k][name]) for name, v in sa.items()), k
-    monitor = read_metrics(whole)["monitor"].split("/")[1]
-    assert read_metrics(whole)[f"test/{monitor}"] == read_metrics(killed)[f"test/{monitor}"]
-    # eval.py reports the task's own metrics for the checkpoint, as the run's test did.
+    assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides
+    assert "Resuming from" in (killed / "train.log").read_text()
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (whole, killed))
+    assert_same(a, b)
+    metrics = read_metrics(whole)
+    assert without_clock(metrics) == without_clock(read_metrics(killed))
+    # TensorBoard: every logged step once, with the values of the run never killed.
+    for tag in ("train/loss", metrics["monitor"]):
+        got, want = scalars(killed, tag), scalars(whole, tag)
+        assert [s for s, _ in got] == [s for s, _ in want], tag
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), tag
+    # eval.py tests best.pt (its moving average, if any) to the run's own final test numbers.
     best = killed / "checkpoints" / "best.pt"
-    proc = subprocess.run([PYTHON, str(REPO / "eval.py"), f"ckpt={best}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    evaluated = json.loads((best.parent / "metrics.json").read_text())
-    assert evaluated[f"test/{monitor}"] == pytest.approx(read_metrics(killed)[f"test/{monitor}"], rel=1e-6)
+    run_in(root, "eval.py", f"ckpt={best}")
+    evaluated = read_metrics(best.parent)
+    for key in (k for k in metrics if k.startswith("test/")):
+        assert evaluated[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
+    return whole, killed
+
+
+def cases() -> list:
+    """Each task (its first trainable combination, from conf/ on disk), then the features that keep their
+    own state or run the loop differently, each where its files are there."""
+    tasks = [
+        pytest.param(Case({"task": t, "data": d, "model": m}), id=t) for t, d, m in first_combo_per_task()
+    ]
+    return [
+        *tasks,
+        pytest.param(  # DataLoader workers with random augmentation (their RNG streams resumed)
+            Case({"data.num_workers": "2", "data.batch_size": "4"}, setup="tests.test_resume:cifar10_files"),
+            id="workers",
+            marks=needs("conf/data/cifar10.yaml", "conf/model/simple_cnn.yaml"),
+        ),
+        pytest.param(  # the moving average of the weights: saved, resumed, evaluated
+            Case({"trainer.ema_decay": "0.9"}, check="tests.test_ema:averaged"),
+            id="ema",
+            marks=needs(*REFERENCE_RUN.args, "tests/test_ema.py"),
+        ),
+        pytest.param(  # a user's task and data dropped into a copy (docs/tasks.md)
+            Case(
+                {
+                    "trainer.max_epochs": "5",
+                    "trainer.limit_batches": "null",
+                    "data.batch_size": "64",
+                    "trainer.checkpoint_every_n_steps": "7",
+                },
+                setup="tests.test_user_task:user_fork_in",
+                check="tests.test_user_task:learned",
+            ),
+            id="user_task",
+            marks=needs("tests/user_task/multilabel.py", "tests/test_user_task.py"),
+        ),
+        pytest.param(  # a batch that is no tensor, a loss dict, no validation loss
+            Case(
+                {
+                    "trainer.max_epochs": "3",
+                    "trainer.limit_batches": "null",
+                    "data.batch_size": "32",
+                    "trainer.checkpoint_every_n_steps": "10",
+                    "logging.every_n_steps": "4",
+                },
+                setup="tests.test_any_batch:bumps_fork_in",
+                check="tests.test_any_batch:logs_each_loss",
+            ),
+            id="any_batch",
+            marks=needs("tests/user_task/bumps.py", "tests/test_any_batch.py"),
+        ),
+        pytest.param(  # parameter groups (optim/params.py): four groups, one with its own lr
+            Case(
+                {
+                    "param_groups.no_decay_norm_and_bias": "true",
+                    "param_groups.by_name": "[{params: '7.*', lr: 1.0e-3}]",
+                }
+            ),
+            id="param_groups",
+            marks=needs(*REFERENCE_RUN.args),
+        ),
+        pytest.param(  # docs/loop.md's second model and optimizer
+            Case(
+                {"trainer.critic_weight": "0.1"},
+                setup="tests.test_loop_doc:critic_checkout_in",
+                check="tests.test_loop_doc:critic_stepped",
+            ),
+            id="loop_doc",
+            marks=needs(*REFERENCE_RUN.args, "docs/loop.md", "tests/test_loop_doc.py"),
+        ),
+    ]
+
+
+def cifar10_files(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    from tests.test_datasets import write_cifar10
+
+    write_cifar10(tmp_path / "data", n_per_batch=24)  # 120 training images; crop + flip in the workers
+    overrides = {"data": "cifar10", "model": "simple_cnn", "paths.data_dir": str(tmp_path / "data"),
+                 "data.dataset.download": "false"}  # fmt: skip
+    return REPO, overrides
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", cases())
+def test_kill9_then_resume_is_bit_identical(case, tmp_path):
+    root, overrides = named(case.setup)(tmp_path) if case.setup else (REPO, {})
+    args = {**KILL_RUN, **overrides, **case.overrides}
+    whole, killed = kill9_and_resume(root, [f"{k}={v}" for k, v in args.items()], tmp_path)
+    if case.check:
+        named(case.check)(whole, killed)

@@ -1,6 +1,6 @@
 """A run's moments that outsiders broke: a checkpoint whose position or format is not what the loop can go on
-from, and config checks that come after the run set itself up. (A stop during the last validation:
-tests/test_signals.py.)"""
+from. (Config checks that come after the run set itself up: tests/test_cli.py's table of bad values; a stop
+during the last validation: tests/test_signals.py.)"""
 
 import os
 import re
@@ -62,18 +62,3 @@ def test_a_checkpoints_position_and_format_are_checked_in_one_line(tmp_path):
     del old["format_version"]
     torch.save(old, last)
     assert run_cli([f"resume={run}", "trainer.max_epochs=2"]).returncode == 0
-
-
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        (["trainer.val_every_n_steps=1000"], "is more than the run's 3 steps"),  # needs the data's length
-        (["task=regression"], "the task reads real targets"),  # checked on the composed parts
-    ],
-)
-def test_a_late_config_check_is_the_only_line(tmp_path, overrides, message):
-    """The set-up says nothing (run directory, TensorBoard, data sizes) until every check has passed."""
-    proc = run_cli([*FAST, *overrides, f"paths.output_root={tmp_path}"])
-    one_error(proc, message)
-    assert len((proc.stdout + proc.stderr).strip().splitlines()) == 1, proc.stdout + proc.stderr
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a rejected run left files"

@@ -10,21 +10,17 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 
 from tests.helpers import needs
 from tests.remote_fixtures import (
     DEADLINE,
-    HOST,
-    HOST_CLOSED,
     SERVE_TB,
     TB,
     TUNNEL,
     Served,
     children,
-    free_port,
     get_json,
     hold_port,
     listen_addresses,
@@ -205,84 +201,6 @@ def test_tunnel_and_tb_bad_arguments(script, args, fragment):
 def test_help(script):
     result = run_script(script, "--help")
     assert result.returncode == 0 and result.stdout.startswith("Usage: ")
-
-
-# ---- tunnel.sh --------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@REMOTE
-def test_tunnel_forwards_to_a_server_already_running(sshd, tmp_path):  # noqa: F811
-    (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "hello.txt").write_text("through the tunnel\n")
-    remote_port = free_port()
-    # "Anything else" already running on the server: a plain HTTP server on 127.0.0.1.
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            str(tmp_path / "www"),
-            str(remote_port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: port_listening(remote_port), "the web server to listen")
-        # Local ports of their own: the default 16008 may be another test's tunnel, running alongside.
-        tunnel = Served([*sshd.ssh_args, HOST, str(remote_port), str(free_port())], tmp_path, script=TUNNEL)
-        url = tunnel.wait_for_url()
-        assert url.startswith("http://127.0.0.1:")  # what is forwarded: not localhost, which may be [::1]
-        with urllib.request.urlopen(f"{url}/hello.txt", timeout=30) as response:
-            assert response.read() == b"through the tunnel\n"
-        assert listen_addresses(tunnel.local_port) == {"127.0.0.1"}
-        assert "nothing answers" not in tunnel.output
-        ssh = tunnel.ssh_client()
-        assert tunnel.stop(signal.SIGINT) == 130
-        assert not port_listening(tunnel.local_port)
-        assert not os.path.exists(f"/proc/{ssh}"), "the ssh client outlived tunnel.sh"
-    finally:
-        web.terminate()
-        web.wait()
-
-
-@pytest.mark.slow
-@REMOTE
-def test_tunnel_says_when_nothing_answers_on_the_server(sshd, tmp_path):  # noqa: F811
-    tunnel = Served([*sshd.ssh_args, HOST, str(free_port()), str(free_port())], tmp_path, script=TUNNEL)
-    tunnel.wait_for_url()
-    wait_until(lambda: "press Ctrl-C" in tunnel.output, "tunnel.sh to finish its checks")
-    assert "nothing answers HTTP" in tunnel.output
-    assert tunnel.stop(signal.SIGTERM) == 143
-
-
-@REMOTE
-def test_tunnel_unreachable_host(sshd):  # noqa: F811
-    result = run_script(TUNNEL, *sshd.ssh_args, HOST_CLOSED, "6008", str(free_port()))
-    assert_one_line_error(result, TUNNEL, "cannot reach stb-closed")
-
-
-@REMOTE
-def test_tunnel_local_port_in_use(sshd):  # noqa: F811
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
-        result = run_script(TUNNEL, *sshd.ssh_args, HOST, "6008", str(port))
-    assert_one_line_error(result, TUNNEL, f"local port {port} is already in use")
-
-
-@REMOTE
-def test_tunnel_local_port_that_cannot_be_bound(sshd):  # noqa: F811
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))  # bound, not listening: only ssh's own bind finds out
-        port = sock.getsockname()[1]
-        result = run_script(TUNNEL, *sshd.ssh_args, HOST, "6008", str(port))
-    assert_one_line_error(result, TUNNEL, f"cannot bind local port 127.0.0.1:{port}")
 
 
 # ---- tb.sh -------------------------------------------------------------------------------------------

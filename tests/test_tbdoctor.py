@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -177,26 +178,31 @@ def test_runs_behind_links_are_found_as_tensorboard_finds_them(tmp_path, trainin
 
 
 def test_another_tensorboard_already_on_the_port(tmp_path, training_run):  # noqa: F811
-    port = free_port()
     other = tmp_path / "someone else's logs"
     shutil.copytree(training_run, other)
-    tensorboard = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            str(other),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # --port 0: TensorBoard binds a port the system picks and keeps it, then prints it. A port picked here
+    # and bound by TensorBoard later could be taken meanwhile by another test (another xdist worker).
+    stderr = tmp_path / "tensorboard.stderr"
+    with stderr.open("wb") as sink:
+        tensorboard = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(other), "--host", "127.0.0.1",
+             "--port", "0"],
+            stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+
+    def serving() -> int | None:
+        """TensorBoard's port once it answers there; its exit, with what it said, fails the test."""
+        said = stderr.read_text(errors="replace")
+        if tensorboard.poll() is not None:
+            pytest.fail(f"TensorBoard exited ({tensorboard.returncode}) before serving; its stderr:\n{said}")
+        found = re.search(r"at http://127\.0\.0\.1:(\d+)/", said)
+        return int(found[1]) if found and answers(int(found[1])) else None
+
     try:
-        wait_until(lambda: answers(port), "TensorBoard to answer", DEADLINE)
+        try:
+            port = wait_until(serving, "TensorBoard to answer", DEADLINE)
+        except pytest.fail.Exception as gave_up:
+            pytest.fail(f"{gave_up.msg}; its stderr:\n{stderr.read_text(errors='replace')}")
         status, text = report(training_run, port=port, brief=True)
     finally:
         tensorboard.terminate()

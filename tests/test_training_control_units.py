@@ -1,6 +1,7 @@
 """The building blocks of training control, each on its own and for real: early stopping, the time budget,
 SLURM requeue (through a fake `scontrol` executable on PATH), what `resume=` names, `init_from` weights,
-the profiler and the debug configs. train.py's wiring of them is tested end to end elsewhere."""
+the profiler and the debug configs: their logic, with no run. train.py's wiring of them, in real runs:
+tests/test_training_control.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from setup.config import ConfigError
 from store.checkpoint import CheckpointError, save_checkpoint
-from tests.helpers import REFERENCE_RUN, REPO, compose_config, needs
+from tests.helpers import REPO, compose_config, needs
 
 
 @pytest.fixture
@@ -193,8 +194,9 @@ def test_deadline_expires_and_carries_its_use_across_a_resume():
     assert not never.enabled and not never.expired() and never.remaining() is None
     assert never.describe() == "time budget: none"
 
-    deadline = Deadline(0.2)
-    assert not deadline.expired() and 0 < deadline.remaining() <= 0.2
+    hour = Deadline(3600)
+    assert not hour.expired() and 0 < hour.remaining() <= 3600
+    deadline = Deadline(0.2)  # expired after a sleep longer than it, whatever the machine's load
     time.sleep(0.25)
     assert deadline.expired() and deadline.remaining() == 0.0 and deadline.used() >= 0.25
 
@@ -207,16 +209,6 @@ def test_deadline_expires_and_carries_its_use_across_a_resume():
     assert not Deadline(3600, already_used=60).expired()
     assert "0:01:00 used before this resume" in Deadline(3600, already_used=60).describe()
     assert format_seconds(5400) == "1:30:00" and format_seconds(93784) == "1 day, 2:03:04"
-
-
-def test_deadline_expired_is_cheap():
-    from loop.timebudget import Deadline
-
-    deadline = Deadline(3600)
-    start = time.perf_counter()
-    for _ in range(100_000):
-        deadline.expired()
-    assert (time.perf_counter() - start) / 100_000 < 5e-6  # well under a microsecond on any machine
 
 
 # --- SLURM ------------------------------------------------------------------------------------------------
@@ -294,10 +286,9 @@ def test_requeue_gives_up_after_its_timeout(fake_scontrol, monkeypatch, caplog):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("FAKE_SCONTROL_MODE", "hang")
     monkeypatch.setattr(system.slurm, "REQUEUE_TIMEOUT_S", 0.5)  # 30 s in real use
-    start = time.monotonic()
+    # The fake scontrol sleeps 10 s, then would exit 0 (requeued): False means the timeout ended the wait.
     with caplog.at_level(logging.INFO, logger="test.slurm"):
         assert system.slurm.requeue(logging.getLogger("test.slurm")) is False
-    assert time.monotonic() - start < 5
     assert "no answer" in caplog.records[0].getMessage()
 
 
@@ -800,42 +791,3 @@ def test_debug_configs_set_the_training_control_keys(tmp_path):
     # The profiler's wait and warm-up steps and its active ones fit in the run.
     cfg = compose_config(["debug=profile"], tmp_path / "p")
     assert 1 + 1 + cfg.trainer.profile_steps <= cfg.trainer.limit_batches
-
-
-@REFERENCE_RUN
-def test_debug_overfit_drives_the_train_loss_near_zero_on_digits(tmp_path, one_thread):
-    """The composed config's model, optimizer, schedule and length on the overfit splits of digits, in a
-    plain loop: what train.py does with debug=overfit, without the rest of train.py."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from setup.loaders import build_dataloaders
-    from setup.overfit import overfit_splits, same_batches_every_epoch
-
-    cfg = compose_config(["debug=overfit"], tmp_path / "run")
-    t = cfg.trainer
-    torch.manual_seed(t.seed)
-    splits, _ = overfit_splits(instantiate(cfg.data.dataset), t.overfit_batches * cfg.data.batch_size)
-    loaders = build_dataloaders(splits, cfg.data.batch_size, 0, t.seed, pin_memory=False)
-    same_batches_every_epoch(loaders.train)
-    assert len(loaders.train) == t.overfit_batches
-    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ("input", "output")}  # fmt: skip
-    model = instantiate(model_cfg)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=t.max_epochs * len(loaders.train))
-    start = time.monotonic()
-    for epoch in range(t.max_epochs):
-        loaders.train.set_epoch(epoch)
-        for x, y in loaders.train:
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            scheduler.step()
-    assert time.monotonic() - start < 30
-    model.eval()
-    x, y = splits.val.tensors
-    with torch.no_grad():
-        out = model(x)
-    assert torch.nn.functional.cross_entropy(out, y).item() < 0.05
-    assert (out.argmax(1) == y).float().mean().item() >= 0.99

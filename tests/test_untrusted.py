@@ -1,6 +1,7 @@
 """Untrusted inputs: a checkpoint's config is data, never code; a checkpoint belongs to its run; every
 value is checked before a directory is made; signals at any moment end in one line; a full disk loses
-nothing; resume is exact for DataLoader datasets too. Each case is a real run of train.py or eval.py."""
+nothing. Each case is a real run of train.py or eval.py (kill -9 and resume, DataLoader workers
+included: tests/test_resume.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from tests.helpers import (
     FAST,
     PYTHON,
     REPO,
-    kill9_once_written,
     needs,
     read_metrics,
     run_cli,
@@ -223,67 +223,7 @@ def test_a_run_in_use_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
     assert read_metrics(run)["epochs"] == 2 and not (run / ".lock").exists()
 
 
-# --- 3. Exact resume for DataLoader datasets (workers, augmentation, dropout) ----------------------------
-
-
-def start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([PYTHON, str(REPO / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-
-
-@pytest.mark.slow
-@needs("conf/data/cifar10.yaml", "conf/model/simple_cnn.yaml")
-@pytest.mark.parametrize("workers", [2])  # 0: the in-memory matrix of tests/test_resume.py
-def test_kill9_and_resume_is_bit_identical_with_a_dataloader(tmp_path, workers):
-    from tests.test_datasets import write_cifar10
-
-    data = tmp_path / "data"
-    write_cifar10(data, n_per_batch=24)  # 120 training images; crop + flip augmentation in the workers
-    args = ["data=cifar10", f"paths.data_dir={data}", "data.dataset.download=false", "model=simple_cnn",
-            "data.batch_size=4", f"data.num_workers={workers}", "trainer.max_epochs=2",
-            "trainer.checkpoint_every_n_steps=7", "logging.every_n_steps=5", "logging.progress_bar=false",
-            "logging.images=false"]  # fmt: skip
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    reference = start([*args, f"hydra.run.dir={whole}"])
-    victim = start([*args, f"hydra.run.dir={killed}"])
-    first = killed / "checkpoints" / "step_00000007.pt"
-    kill9_once_written(victim, first, timeout=120)
-    assert not (killed / "metrics.json").exists(), "the run ended before the kill"
-    resumed = run_cli([f"resume={killed}"])
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert reference.wait(timeout=300) == 0
-    a = load_checkpoint(whole / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(killed / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-# --- 4 and 6. Every value checked, before any directory is made -----------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be greater than 0"),
-        ("optimizer.lr=inf", "optimizer.lr=inf must be a finite number"),
-        ("trainer.grad_clip=-inf", "trainer.grad_clip=-inf must be greater than 0"),
-        ("trainer.limit_batches=-1", "trainer.limit_batches=-1 must be at least 1"),
-        ("trainer.max_steps=-5", "trainer.max_steps=-5 must be at least 1"),
-        ("scheduler.warmup_steps=-5", "scheduler.warmup_steps=-5 must be at least 0"),
-        ("trainer.seed=-1", "trainer.seed=-1 must be at least 0"),
-        ("data.image_size=0", "data.image_size=0 must be at least 1"),
-        ("data.num_classes=5", "labels run from 0 to 9, outside 0..4"),
-        ("model.num_outputs=7", "model outputs of shape [batch, num_classes=10]"),
-        ("+trainer.val_check_interval=0.5", "trainer.val_check_interval is not a config key"),
-        ("resume=/nonexistent", "resume=/nonexistent: /nonexistent does not exist"),
-    ],
-)
-def test_bad_values_stop_in_one_line_and_leave_no_directory(override, message, tmp_path):
-    outputs = tmp_path / "outputs"
-    proc = run_cli([*FAST, override, f"paths.output_root={outputs}"], cwd=tmp_path)
-    assert_one_line(proc, message)
-    assert not outputs.exists() or not any(outputs.rglob("*")), list(outputs.rglob("*"))
+# --- 4 and 6. Every value checked before any directory is made: tests/test_cli.py, its table of bad values
 
 
 def test_a_long_name_is_shortened_with_a_hash(tmp_path):
