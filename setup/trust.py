@@ -320,7 +320,7 @@ def _nodes(tree, path: str = ""):
 
 
 # Constructors that moved in the template, by their old module: a run stored before the move names them
-# there (the schedules were optim/schedulers.py until 0.2.0), and resumes and evaluates under the new name.
+# there (the schedules were utils/schedulers.py until 0.2.0), and resumes and evaluates under the new name.
 MOVED = {"utils.schedulers.": "optim.schedulers."}
 
 
