@@ -91,7 +91,7 @@ def test_remote_side_passes_shellcheck():
 
 @REMOTE  # all five laptop-side scripts
 def test_laptop_side_is_portable_to_bash_32_and_bsd(tmp_path):
-    check = [sys.executable, str(SERVE_TB.parent / "check_portability.py")]
+    check = [sys.executable, str(SERVE_TB.parents[1] / "tools" / "check_portability.py")]
     result = subprocess.run(check, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
     assert "5 file(s)" in result.stdout
