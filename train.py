@@ -31,12 +31,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from life.cli import answers_at_once, run
+from life import cli
 from life.run import RunLife
-from store.rundir import register_resolvers
+from store import rundir
 
 log = logging.getLogger("train")
-register_resolvers()
+rundir.register_resolvers()
 
 
 @dataclass
@@ -56,27 +56,23 @@ def main(cfg: DictConfig) -> float | None:
     return outcome.best
 
 
-if __name__ == "__main__" and answers_at_once(sys.argv):  # --help, --cfg job, tab completion: no torch
-    sys.exit(run(main, "train.py", "train"))
+if __name__ == "__main__" and cli.answers_at_once(sys.argv):  # --help, --cfg job, tab completion: no torch
+    sys.exit(cli.run(main, "train.py", "train"))
 
 # The loop's imports, below Hydra's quick answers above, which need none of them.
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from board import dashboards
-from board.writer import add_scalars, unwrap
-from loop.evaluation import evaluate
-from loop.nonfinite import drop_nonfinite, total_loss
+import setup.config
+import setup.distributed
+import setup.parts
+import setup.runtime
+from board import dashboards, writer
+from loop import evaluation, nonfinite
 from loop.session import Session
 from loop.state import Parts, Plan, TrainState, typed
 from loop.timebudget import Deadline
-from setup.config import ConfigError, LoggingSchema, TrainerSchema, check_config, parse_max_time
-from setup.distributed import barrier, check_weights_in_sync, init_distributed, sync_gradients, wrap_ddp
-from setup.parts import build, build_data, build_loaders, build_optimizer, check_fit, describe
-from setup.runtime import autocast, grad_scaler, seed_everything, to_device
-from store import checkpoint
-from store.init_from import load_initial_weights, log_summary
-from store.resume import check_can_resume, load_resume, resume_command
+from store import checkpoint, init_from, resume
 from system import files
 from system.layout import RunDir
 
@@ -86,13 +82,13 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
     run_dir, cfg = life.open_run_dir(cfg)
     resumed = None
     if cfg.get("resume"):  # continue that run from a checkpoint, with the config it was started with
-        resumed = load_resume(cfg, HydraConfig.get(), requeued=life.requeued)
+        resumed = resume.load_resume(cfg, HydraConfig.get(), requeued=life.requeued)
         cfg = resumed.cfg
-    check_config(cfg)
+    setup.config.check_config(cfg)
     life.lock()  # one process trains in a run directory at a time
     parts, state = set_up(cfg, run_dir)
     if resumed:  # every saved state comes back: weights, optimizer, schedule, RNG streams, position
-        check_can_resume(resumed, parts.loaders.train, parts.plan.total_steps, run_dir)
+        resume.check_can_resume(resumed, parts.loaders.train, parts.plan.total_steps, run_dir)
         checkpoint.restore(parts, state, resumed.checkpoint)
         log.info("Resuming from %s (step %d)", resumed.checkpoint.path, state.step)
     # TensorBoard's writer, open to the run's end: RunLife closes it, however the run ends.
@@ -103,12 +99,13 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
         fit(parts, state, session)
     if state.stop_reason in ("signal", "max_time"):  # last.pt goes on from here, after the test or not
         save(parts, state, RunDir(run_dir).last)
-    if session.tell_stop(resume_command(run_dir)) == "signal":
+    if session.tell_stop(resume.resume_command(run_dir)) == "signal":
         return Outcome(state.best, session.signals.signum)
     life.phase = "test"
     if not test(parts, state, session):
         log.warning("Stopped by %s during the final test: the test was skipped; checkpoints/ holds best.pt "
-                    "and last.pt. Test them with: %s", session.signals.name, resume_command(run_dir))  # fmt: skip
+                    "and last.pt. Test them with: %s", session.signals.name,
+                    resume.resume_command(run_dir))  # fmt: skip
         return Outcome(state.best, session.signals.signum)
     life.phase = "done"
     return Outcome(state.best)
@@ -117,42 +114,46 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
 def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
     """Seed, device, data, task, model, optimizer and schedule, checked together on one real batch; the
     state a new run starts from. Nothing is logged until every check has passed."""
-    t, lg = typed(cfg.trainer, TrainerSchema), typed(cfg.logging, LoggingSchema)
-    ddp = init_distributed(t.device)  # under torchrun (or several SLURM tasks); world_size 1 plainly
+    t, lg = typed(cfg.trainer, setup.config.TrainerSchema), typed(cfg.logging, setup.config.LoggingSchema)
+    # Under torchrun (or several SLURM tasks) its place in the group; world_size 1 plainly.
+    ddp = setup.distributed.init_distributed(t.device)
     # A random stream per rank (dropout, augmentation); DDP hands every rank rank 0's initial weights.
-    seed_everything(t.seed + ddp.rank, t.deterministic, t.cudnn_benchmark)
-    splits = build_data(cfg)  # first: what only its files know (a table's classes) reaches the task and model
-    task = build("task", cfg.task)
+    setup.runtime.seed_everything(t.seed + ddp.rank, t.deterministic, t.cudnn_benchmark)
+    # First: what only its files know (a table's classes) reaches the task and model.
+    splits = setup.parts.build_data(cfg)
+    task = setup.parts.build("task", cfg.task)
     # Each rank its own shard: data.batch_size is per rank, the global batch world_size times that.
-    splits, loaders, note = build_loaders(
+    splits, loaders, note = setup.parts.build_loaders(
         cfg, splits, ddp.device, ddp.rank, ddp.world_size, t.overfit_batches
     )
     plan = Plan.of(len(loaders.train), t)
     if t.val_every_n_steps and t.val_every_n_steps > plan.total_steps:
-        raise ConfigError(
+        raise setup.config.ConfigError(
             f"trainer.val_every_n_steps={t.val_every_n_steps} is more than the run's {plan.total_steps} steps"
         )
-    model = build("model", cfg.model).to(ddp.device)
-    check_fit(cfg, task, model, splits, loaders.val, ddp.device)  # one real batch, before anything else
+    model = setup.parts.build("model", cfg.model).to(ddp.device)
+    setup.parts.check_fit(cfg, task, model, splits, loaders.val, ddp.device)  # one real batch, first
     if cfg.get("init_from") and not cfg.get("resume"):  # fine-tuning: these weights, a new run
-        log_summary(load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
+        init_from.log_summary(init_from.load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model, ddp.device)  # its parameter groups: optim/params.py
-    scheduler = build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
+    optimizer = setup.parts.build_optimizer(cfg, model, ddp.device)  # its parameter groups: optim/params.py
+    scheduler = setup.parts.build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
     eval_model = torch.compile(model) if t.compile else model  # the graph traces `model`, uncompiled
+    max_time = setup.config.parse_max_time(t.max_time)
     parts = Parts(
         cfg, t, lg, run_dir, ddp, task, loaders, plan, model, eval_model,
-        train_model=wrap_ddp(eval_model, ddp),  # evaluation runs outside DDP: a DDP forward syncs buffers
-        optimizer=optimizer, scheduler=scheduler, scaler=grad_scaler(ddp.device, t.precision),
-        autocast=autocast(ddp.device, t.precision), deadline=Deadline(parse_max_time(t.max_time)),
+        # Evaluation runs outside DDP: a DDP forward syncs buffers.
+        train_model=setup.distributed.wrap_ddp(eval_model, ddp),
+        optimizer=optimizer, scheduler=scheduler, scaler=setup.runtime.grad_scaler(ddp.device, t.precision),
+        autocast=setup.runtime.autocast(ddp.device, t.precision), deadline=Deadline(max_time),
         reference=task.reference(splits),
     )  # fmt: skip
     torch.autograd.set_detect_anomaly(t.detect_anomaly)
     graph = "" if lg.graph else "   (the model's graph: logging.graph=true)"
     log.info("Run directory: %s", run_dir)
     log.info("TensorBoard:   tensorboard --logdir %s%s", shlex.quote(str(RunDir(run_dir).tb)), graph)
-    for line in filter(None, [note, *describe(splits, plan, model)]):
+    for line in filter(None, [note, *setup.parts.describe(splits, plan, model)]):
         log.info("%s", line)
     return parts, TrainState.new(parts)
 
@@ -190,7 +191,7 @@ def train_on_batch(parts: Parts, state: TrainState, session: Session, batch, i: 
     plan, t = parts.plan, parts.trainer
     parts.task.check_batch(batch, f"training batch {i} of epoch {state.epoch}")  # still on the CPU
     if parts.move_batches:
-        batch = to_device(batch, parts.device, t.channels_last)
+        batch = setup.runtime.to_device(batch, parts.device, t.channels_last)
     if state.step == 0 and i == 0:  # the graph, traced at the first step, and the input images
         dashboards.log_first_batch(parts, batch)
     stepped = step(parts, state, batch, i)
@@ -217,11 +218,12 @@ def step(parts: Parts, state: TrainState, batch, i: int) -> bool:
     t, task = parts.trainer, parts.task
     accum = t.accumulate_grad_batches
     update = accum == 1 or (i + 1) % accum == 0 or i + 1 == parts.plan.batches_per_epoch
-    with sync_gradients(parts.train_model, update):  # DDP averages gradients only when stepping
+    # DDP averages gradients only when stepping.
+    with setup.distributed.sync_gradients(parts.train_model, update):
         with parts.autocast:
             output = task.forward(parts.train_model, batch)
-            loss, named = total_loss(task.loss(output, batch))  # a dict's parts are logged one by one
-        if t.skip_nonfinite and drop_nonfinite(loss):  # one sync per batch, asked for
+            loss, named = nonfinite.total_loss(task.loss(output, batch))  # a dict's parts: logged one by one
+        if t.skip_nonfinite and nonfinite.drop_nonfinite(loss):  # one sync per batch, asked for
             state.nonfinite_skipped += 1
             parts.optimizer.zero_grad(set_to_none=True)  # with the batches it was accumulating with
             return False
@@ -285,15 +287,15 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
     limit = t.limit_val_batches if split == "val" else t.limit_test_batches
     model = state.evaluated_model(parts.eval_model)
     stop = session.stop_now if session else None
-    done = evaluate(model, getattr(parts.loaders, split), parts.task, parts.device, t.precision,
+    done = evaluation.evaluate(model, getattr(parts.loaders, split), parts.task, parts.device, t.precision,
                     t.channels_last, limit, stop, split)  # fmt: skip
     if done is None:
         return None
     numbers, metrics, first = done
     if parts.writer:
-        add_scalars(parts.writer, numbers, step, split)
+        writer.add_scalars(parts.writer, numbers, step, split)
         if split == "val" and first is not None:
-            model = unwrap(state.evaluated_model(parts.model))
+            model = writer.unwrap(state.evaluated_model(parts.model))
             was_training = model.training
             model.eval()
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -321,8 +323,9 @@ def save(parts: Parts, state: TrainState, path: Path, *also: Path) -> None:
 def test(parts: Parts, state: TrainState, session: Session) -> bool:
     """Test the best weights (best.pt; the last ones if no validation ran); write metrics.json and the
     HPARAMS row's final values. False if a stop signal came during it (nothing is written then)."""
-    check_weights_in_sync(parts.model, parts.ddp)  # under DDP: every rank logs a digest of its weights
-    barrier()  # rank 0 has written best.pt; now the other ranks may read it
+    # Under DDP every rank logs a digest of its weights.
+    setup.distributed.check_weights_in_sync(parts.model, parts.ddp)
+    setup.distributed.barrier()  # rank 0 has written best.pt; now the other ranks may read it
     run, tested_state = RunDir(parts.run_dir), state
     if run.best.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
         tested_state = checkpoint.restore_evaluated(parts, checkpoint.read_checkpoint(run.best, parts.device))
@@ -363,4 +366,4 @@ def test(parts: Parts, state: TrainState, session: Session) -> bool:
 
 
 if __name__ == "__main__":
-    run(main, "train.py", "train")
+    cli.run(main, "train.py", "train")
