@@ -80,7 +80,7 @@ def critic_stepped(whole: Path, killed: Path) -> None:
 # line of its own right after the loss in `step`, a function of its own right after `step`. Each breaks an
 # exact `git apply`.
 LOSS = (
-    "            loss, named = total_loss(task.loss(output, batch))  # a dict's parts are logged one by one\n"
+    "            loss, named = nonfinite.total_loss(task.loss(output, batch))  # a dict's parts: logged one by one\n"
 )
 AFTER_STEP = "    return True\n\n\ndef validate_and_save("
 FORK_EDITS = {
