@@ -79,9 +79,7 @@ def critic_stepped(whole: Path, killed: Path) -> None:
 # A fork's first edits beside the patch's hunks, each a text replaced: a key of its own after ema_decay, a
 # line of its own right after the loss in `step`, a function of its own right after `step`. Each breaks an
 # exact `git apply`.
-LOSS = (
-    "            loss, named = nonfinite.total_loss(task.loss(output, batch))  # a dict's parts: logged one by one\n"
-)
+LOSS = "            loss, named = nonfinite.total_loss(task.loss(output, batch))  # a dict's parts: logged one by one\n"
 AFTER_STEP = "    return True\n\n\ndef validate_and_save("
 FORK_EDITS = {
     "a key beside ema_decay": (
