@@ -44,7 +44,8 @@ def answers_at_once(argv: list[str]) -> bool:
 
 def run(main, prog: str, config_name: str) -> None:
     """Call a @hydra.main function; Hydra's errors come back as exceptions (HYDRA_FULL_ERROR) to be told here."""
-    from system.signals import Interrupted, dropped, raise_on_signals
+    from system.errors import Interrupted
+    from system.signals import dropped, raise_on_signals
 
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

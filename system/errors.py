@@ -18,6 +18,8 @@ train.py has installed its first signal handler, and `train.py --help` must stay
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from collections.abc import Callable
 
 # The exit codes, the shell's conventions: 2 for a usage error (a bad command line, config, data, task,
@@ -39,6 +41,44 @@ class UserError(Exception):
 class ConfigError(UserError):
     """A config value that cannot work; the message says which key and why (setup/config.py's schema, and
     every floor that checks a value: the run lock, the parameter groups, the device)."""
+
+
+class Interrupted(BaseException):
+    """A stop signal outside the loop. BaseException, like KeyboardInterrupt: no `except Exception` in
+    Hydra or a library swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        # Where Hydra was setting the job up when it came (Hydra forgets it as the error unwinds): a stop
+        # before the run started leaves no directory behind.
+        self.run_dir = _hydra_run_dir()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def _hydra_run_dir() -> str | None:
+    """The job's output directory while Hydra runs it; None before (never imports Hydra: a handler)."""
+    config = sys.modules.get("hydra.core.hydra_config")
+    try:
+        return str(config.HydraConfig.get().runtime.output_dir) if config else None
+    except Exception:  # no job yet
+        return None
+
+
+def interruption(err: BaseException) -> Interrupted | None:
+    """The Interrupted behind an error, if any. A signal that lands inside a library's cleanup (OmegaConf
+    restoring its flags in a `finally`) can come out as that library's own error, with the Interrupted as
+    its context: the run was still stopped by the signal, and says so."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Interrupted):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -77,8 +117,6 @@ def ending(err: BaseException, explain: Callable[[BaseException], str | None] | 
     """The one line and exit code for an error that ends the run. `explain` words the errors that are the
     user's to fix only where they happen (a bad command line while Hydra starts, a full disk during the
     run): it returns None for any other."""
-    from system.signals import interruption  # here: signals.py imports this module
-
     if stopped := interruption(err):
         return Ending(signal_exit(stopped.signum), f"stopped by {stopped.name}", stopped)
     if FULL_ERROR or not isinstance(err, Exception):  # the user asked for tracebacks; a SystemExit

@@ -24,28 +24,12 @@ import signal
 import sys
 import threading
 
-from system.errors import signal_exit
+from system.errors import Interrupted, signal_exit
 
 log = logging.getLogger("train")
 
 # SIGUSR1: what SLURM sends before a time limit or preemption (`#SBATCH --signal=USR1@120`, submitit).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-
-
-class Interrupted(BaseException):
-    """A stop signal outside the loop. BaseException, like KeyboardInterrupt: no `except Exception` in
-    Hydra or a library swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        # Where Hydra was setting the job up when it came (Hydra forgets it as the error unwinds): a stop
-        # before the run started leaves no directory behind.
-        self.run_dir = _hydra_run_dir()
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
 
 
 # The stop signal that was raised as Interrupted (or SystemExit, while starting). Every one of them ends the
@@ -54,15 +38,6 @@ class Interrupted(BaseException):
 # as it does Python's own KeyboardInterrupt. Seen under load: a Ctrl-C during data set-up, and training went
 # on. raise_if_dropped() honours it at the next safe point: the loop's start, the end of the program.
 _raised: int | None = None
-
-
-def _hydra_run_dir() -> str | None:
-    """The job's output directory while Hydra runs it; None before (never imports Hydra: a handler)."""
-    config = sys.modules.get("hydra.core.hydra_config")
-    try:
-        return str(config.HydraConfig.get().runtime.output_dir) if config else None
-    except Exception:  # no job yet
-        return None
 
 
 def _raise(signum: int, frame) -> None:
@@ -96,19 +71,6 @@ def stop_while_starting(prog: str) -> None:
 
     for signum in STOP_SIGNALS:  # SIGUSR1 too: its default action would end the process without a word
         signal.signal(signum, stop)
-
-
-def interruption(err: BaseException) -> Interrupted | None:
-    """The Interrupted behind an error, if any. A signal that lands inside a library's cleanup (OmegaConf
-    restoring its flags in a `finally`) can come out as that library's own error, with the Interrupted as
-    its context: the run was still stopped by the signal, and says so."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, Interrupted):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def raise_on_signals() -> None:

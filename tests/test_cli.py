@@ -176,8 +176,7 @@ def test_a_signal_and_a_bug_end_as_the_shell_expects_and_a_projects_own_error_as
     1 and no line for a bug (its traceback tells it); a subclass of UserError that a project adds, exit 2."""
     import signal
 
-    from system.errors import BUG, FULL_ERROR, USER, UserError, ending
-    from system.signals import Interrupted
+    from system.errors import BUG, FULL_ERROR, USER, Interrupted, UserError, ending
 
     stopped = ending(Interrupted(signal.SIGTERM))
     assert (stopped.code, stopped.line, stopped.stopped.name) == (143, "stopped by SIGTERM", "SIGTERM")
