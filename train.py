@@ -63,14 +63,16 @@ if __name__ == "__main__" and cli.answers_at_once(sys.argv):  # --help, --cfg jo
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-import setup.config
+# `schema`, not `setup.config`: a function naming both `config` and `distributed` would make cloudpickle
+# (submitit's launcher pickles `main`) take torch.distributed.config along, which cannot be pickled.
+import setup.config as schema
 import setup.distributed
 import setup.parts
 import setup.runtime
 from board import dashboards, writer
 from loop import evaluation, nonfinite
 from loop.session import Session
-from loop.state import Parts, Plan, TrainState, typed
+from loop.state import Parts, Plan, TrainState
 from loop.timebudget import Deadline
 from store import checkpoint, init_from, resume
 from system import files
@@ -84,7 +86,7 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
     if cfg.get("resume"):  # continue that run from a checkpoint, with the config it was started with
         resumed = resume.load_resume(cfg, HydraConfig.get(), requeued=life.requeued)
         cfg = resumed.cfg
-    setup.config.check_config(cfg)
+    schema.check_config(cfg)
     life.lock()  # one process trains in a run directory at a time
     parts, state = set_up(cfg, run_dir)
     if resumed:  # every saved state comes back: weights, optimizer, schedule, RNG streams, position
@@ -114,7 +116,7 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
 def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
     """Seed, device, data, task, model, optimizer and schedule, checked together on one real batch; the
     state a new run starts from. Nothing is logged until every check has passed."""
-    t, lg = typed(cfg.trainer, setup.config.TrainerSchema), typed(cfg.logging, setup.config.LoggingSchema)
+    t, lg = schema.typed(cfg.trainer, schema.TrainerSchema), schema.typed(cfg.logging, schema.LoggingSchema)
     # Under torchrun (or several SLURM tasks) its place in the group; world_size 1 plainly.
     ddp = setup.distributed.init_distributed(t.device)
     # A random stream per rank (dropout, augmentation); DDP hands every rank rank 0's initial weights.
@@ -128,7 +130,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
     )
     plan = Plan.of(len(loaders.train), t)
     if t.val_every_n_steps and t.val_every_n_steps > plan.total_steps:
-        raise setup.config.ConfigError(
+        raise schema.ConfigError(
             f"trainer.val_every_n_steps={t.val_every_n_steps} is more than the run's {plan.total_steps} steps"
         )
     model = setup.parts.build("model", cfg.model).to(ddp.device)
@@ -140,7 +142,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
     optimizer = setup.parts.build_optimizer(cfg, model, ddp.device)  # its parameter groups: optim/params.py
     scheduler = setup.parts.build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
     eval_model = torch.compile(model) if t.compile else model  # the graph traces `model`, uncompiled
-    max_time = setup.config.parse_max_time(t.max_time)
+    max_time = schema.parse_max_time(t.max_time)
     parts = Parts(
         cfg, t, lg, run_dir, ddp, task, loaders, plan, model, eval_model,
         # Evaluation runs outside DDP: a DDP forward syncs buffers.

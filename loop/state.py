@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from loop.earlystop import EarlyStopping
@@ -37,11 +37,6 @@ SAVED_PARTS = ("model", "optimizer", "scheduler", "scaler")
 class StateError(ValueError):
     """A saved state that TrainState cannot take back (a counter that is no whole number, ...); a
     checkpoint's reader turns it into one CheckpointError line naming the file."""
-
-
-def typed(node: DictConfig, schema: type):
-    """A config group as an instance of its schema's dataclass (resolved, typed: autocomplete works)."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
 
 
 @dataclass

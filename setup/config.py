@@ -28,6 +28,11 @@ from omegaconf.errors import OmegaConfBaseException
 from system.errors import ConfigError  # defined below the floors that raise it, named here too
 
 
+def typed(node: DictConfig, schema: type):
+    """A config group as an instance of its schema's dataclass (resolved, typed: autocomplete works)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
 @dataclass
 class EarlyStoppingSchema:
     patience: Optional[int] = None
