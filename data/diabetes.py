@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
+from data.bundled import diabetes_table
 from data.splits import Splits, split_indices
 
 
@@ -16,11 +17,9 @@ def diabetes(
     year on, 25..346) mapped to (y - target_mean) / target_std with fixed constants from the config, as
     images are with their fixed mean and std, so the regression task can report metrics in the original
     units. Targets are [N, 1] floats, the shape of the model's [B, 1] output."""
-    from sklearn.datasets import load_diabetes  # ships with scikit-learn: no download
-
-    bunch = load_diabetes(scaled=False)
-    features = torch.tensor(bunch.data, dtype=torch.float32)
-    target = (torch.tensor(bunch.target, dtype=torch.float32).unsqueeze(1) - target_mean) / target_std
+    table, progression = diabetes_table()  # ships with scikit-learn: no download
+    features = torch.tensor(table, dtype=torch.float32)
+    target = (torch.tensor(progression, dtype=torch.float32).unsqueeze(1) - target_mean) / target_std
     val, test, train = split_indices(len(target), [val_fraction, test_fraction], split_seed)
     mean, std = features[train].mean(dim=0), features[train].std(dim=0).clamp(min=1e-8)
     features = (features - mean) / std

@@ -6,6 +6,7 @@ The same Python version gives the same text; another version's standard library 
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
@@ -34,9 +35,14 @@ def stdlib_root() -> Path:
 def source_files(root: Path, max_bytes: int) -> list[Path]:
     """The .py files under root in sorted order of their relative paths, outside EXCLUDED_DIRS, taken
     until they hold max_bytes (the file that crosses the cap is left out)."""
+    found = []  # (relative posix path, path); the excluded folders are never entered (site-packages is big)
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in EXCLUDED_DIRS]
+        relative = Path(folder).relative_to(root)
+        found += [((relative / n).as_posix(), Path(folder, n)) for n in names if n.endswith(".py")]
     files, total = [], 0
-    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
-        if EXCLUDED_DIRS.intersection(path.relative_to(root).parts[:-1]) or not path.is_file():
+    for _, path in sorted(found):
+        if not path.is_file():
             continue
         size = path.stat().st_size
         if total + size > max_bytes:

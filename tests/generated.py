@@ -7,6 +7,14 @@ shares this checkout's virtual environment (a .venv symlink; make's install step
 
     python -m tests.generated                 # each project below: generate it, then its whole `make test`
     python -m tests.generated minimum         # one of them
+    python -m tests.generated --differing minimum in_between   # only the tests that differ (CI)
+
+`--differing` runs, in a project, what the template's own suite has not already run on the same code: a
+project's files are the template's (copier copies them, leaving parts out) but for the few it renders, so a
+test with the same id in a test file the project did not change runs the same code on the same parts there.
+It runs the tests whose id the template's suite does not have, and every test of a test file that differs;
+and the whole suite when the project's default run (`python train.py --cfg job`) is not the template's,
+since most of the loop's tests train that run.
 """
 
 from __future__ import annotations
@@ -148,13 +156,45 @@ def make(project: Path, *args: str, timeout: float = 1800) -> subprocess.Complet
     return run(["make", "-o", ".venv/.installed-dev", "EXTRAS=dev", *args], project, timeout=timeout)
 
 
+def collected(root: Path) -> list[str]:
+    """The ids of the tests under root/tests, as pytest collects them there."""
+    proc = run([PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests"], root)
+    assert proc.returncode == 0, (
+        f"collecting the tests in {root}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    )
+    return [line.strip() for line in proc.stdout.splitlines() if "::" in line]
+
+
+def default_run(root: Path) -> str:
+    proc = run([PYTHON, "train.py", "--cfg", "job"], root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def differing(project: Path, template_ids: set[str]) -> list[str] | None:
+    """The project's tests that the template's suite has not run on the same code (module docstring);
+    None for all of them."""
+    if default_run(project) != default_run(REPO):
+        return None
+    same_file = {
+        path.relative_to(project).as_posix()
+        for path in (project / "tests").rglob("*.py")
+        if (REPO / path.relative_to(project)).is_file()
+        and path.read_bytes() == (REPO / path.relative_to(project)).read_bytes()
+    }
+    return [i for i in collected(project) if i not in template_ids or i.split("::")[0] not in same_file]
+
+
 def main(names: list[str]) -> int:
+    only_differing = "--differing" in names
+    names = [n for n in names if n != "--differing"]
     unknown = sorted(set(names) - set(PROJECTS))
     if unknown:
         print(f"tests.generated: error: unknown project {', '.join(unknown)} (known: {', '.join(PROJECTS)})")
         return 2
     root = Path(tempfile.mkdtemp(prefix="generated-"))
     template = template_repo(root / "template")
+    template_ids = set(collected(REPO)) if only_differing else set()
     failed = []
     for name in names or PROJECTS:
         project = root / name
@@ -165,7 +205,14 @@ def main(names: list[str]) -> int:
             failed.append(name)
             continue
         link_venv(project)
-        tested = make(project, "test")
+        chosen = differing(project, template_ids) if only_differing else None
+        if chosen is not None:  # pytest reads the ids from a file: an id can hold spaces
+            (project / ".differing-tests").write_text("".join(f"{i}\n" for i in chosen))
+            print(f"{name}: {len(chosen)} tests differ from the template's", flush=True)
+        if chosen == []:  # nothing to run that the template did not: its lint still runs
+            tested = make(project, "lint")
+        else:
+            tested = make(project, "test", *(["PYTEST_ARGS=@.differing-tests"] if chosen is not None else []))
         seconds = time.perf_counter() - start
         if tested.returncode != 0:
             print(tested.stdout[-20000:] + tested.stderr[-5000:])
