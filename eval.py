@@ -78,7 +78,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     splits, loaders, _ = build_loaders(run_cfg, splits, device)
     check_fit(run_cfg, task, model, splits, loaders.test, device)  # leaves the model as it was
     t = run_cfg.trainer
-    test, _, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last, split="test")
+    test, _, _ = evaluate(model, loaders.test, task, device, t.precision, t.channels_last, split="test",
+                          train=loaders.train_in_order)  # fmt: skip
 
     metrics = {
         "checkpoint": path.name,

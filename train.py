@@ -290,7 +290,7 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
     model = state.evaluated_model(parts.eval_model)
     stop = session.stop_now if session else None
     done = evaluation.evaluate(model, getattr(parts.loaders, split), parts.task, parts.device, t.precision,
-                    t.channels_last, limit, stop, split)  # fmt: skip
+                    t.channels_last, limit, stop, split, train=parts.loaders.train_in_order)  # fmt: skip
     if done is None:
         return None
     numbers, metrics, first = done

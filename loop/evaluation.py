@@ -5,22 +5,35 @@ from __future__ import annotations
 
 import torch
 
-from setup.distributed import all_reduce_sum
+from setup.distributed import all_gather_cat, all_reduce_sum
 from setup.runtime import autocast, to_device
 
 
 @torch.no_grad()
 def evaluate(
     model, loader, task, device, precision: str, channels_last: bool = False, limit=None, stop=None,
-    split: str = "evaluation",
+    split: str = "evaluation", train=None,
 ):  # fmt: skip
     """Returns (numbers, metrics, first batch on the device): the task's numbers for the split, the metrics
     they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from.
-    `stop`, asked after each batch: when it says so, the evaluation ends at once and returns None."""
+    `stop`, asked after each batch: when it says so, the evaluation ends at once and returns None.
+    `train`: the train split in order (Loaders.train_in_order), for a task that reads it (a kNN monitor):
+    its batches go to `task.update_train` first, through the same model."""
     was_training = model.training
     model.eval()
     metrics = task.init_metrics(device)
     first = None
+    if getattr(task, "reads_train_split", False):
+        if train is None:
+            raise ValueError(f"{type(task).__name__} reads the train split: pass evaluate(train=...)")
+        for batch in train:
+            batch = to_device(batch, device, channels_last)
+            with autocast(device, precision):
+                output = task.forward(model, batch)
+            task.update_train(metrics, output, batch)
+            if stop is not None and stop():
+                model.train(was_training)
+                return None
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
@@ -39,9 +52,14 @@ def evaluate(
 
 def measure(task, metrics) -> dict[str, float]:
     """The task's numbers from its metrics, the same on every DDP rank (every rank must call this): its
-    tensors summed over the ranks in one call, each torchmetrics metric computed on every rank (synced over
-    them; it keeps the result, so that what the task reads later, its pictures on rank 0 alone, needs no
-    rank's help)."""
+    tensors summed over the ranks in one call, each list of tensors (rows kept per sample: embeddings,
+    labels) concatenated and gathered from every rank, each torchmetrics metric computed on every rank
+    (synced over them; it keeps the result, so that what the task reads later, its pictures on rank 0
+    alone, needs no rank's help)."""
+    if isinstance(metrics, dict):  # in sorted order: every rank gathers the same lists in the same order
+        for key in sorted(k for k, v in metrics.items() if isinstance(v, list)):
+            rows = metrics[key]
+            metrics[key] = all_gather_cat(torch.cat(rows) if rows else torch.zeros(0))
     parts = metrics.values() if isinstance(metrics, dict) else [metrics]
     for metric in parts:
         if not isinstance(metric, torch.Tensor) and hasattr(metric, "compute"):

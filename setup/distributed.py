@@ -136,6 +136,23 @@ def all_reduce_sum(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of `tensor` (concatenated along dim 0, rank 0's first; the ranks may hold different
+    numbers of rows, the other dimensions equal), on every rank. Without a process group, the tensor."""
+    if not is_distributed():
+        return tensor
+    world = dist.get_world_size()
+    rows = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(rows) for _ in range(world)]
+    dist.all_gather(counts, rows)
+    most = int(max(c.item() for c in counts))
+    padded = torch.zeros((most, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)  # all_gather wants equal shapes: padded, then cut back
+    return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts, strict=True)])
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether `flag` holds on any rank: a collective, so every rank must ask at the same step."""
     if not is_distributed():

@@ -187,6 +187,10 @@ class Loaders:
     train: TensorBatches | SampledLoader
     val: TensorBatches | SampledLoader
     test: TensorBatches | SampledLoader
+    # The train split as evaluation reads a split (in order, unshuffled, each sample once, every rank its
+    # share), for a task whose metric needs it (Task.reads_train_split: a kNN monitor). Building it costs
+    # nothing: its batches are made only when it is iterated.
+    train_in_order: TensorBatches | SampledLoader | None = None
 
 
 # In-memory data up to this size moves to the GPU once, so that batches are gathered there with no host work.
@@ -229,4 +233,5 @@ def build_dataloaders(
         return SampledLoader(dataset, batch_size, train, seed, drop_last, num_workers, pin_memory, rank,
                              world_size, pad=train, collate_fn=collate_fn)  # fmt: skip
 
-    return Loaders(make(splits.train, True), make(splits.val, False), make(splits.test, False))
+    return Loaders(make(splits.train, True), make(splits.val, False), make(splits.test, False),
+                   make(splits.train, False))  # fmt: skip

@@ -149,6 +149,19 @@ class Task:
         result again). By default each name's torchmetrics metric as a number."""
         return {name: float(metrics[name].compute()) for name in self.metrics}
 
+    # A metric that needs the train split too (a kNN monitor against the train embeddings, a linear probe):
+    # set reads_train_split, and each evaluation first runs the train split through the model, in order and
+    # in eval mode, calling update_train on each batch. Keep rows in a list in `metrics`
+    # (metrics["train_embeddings"] = [] in init_metrics, then .append(rows)): before `compute` the loop
+    # concatenates every list and gathers it from every DDP rank, so compute sees the whole split's rows.
+    # The train metrics of a log line (train/<metric>) see that line's batches only: no train split rows
+    # there, so compute leaves such a metric out when its list is empty.
+    reads_train_split: bool = False
+
+    def update_train(self, metrics, output, batch) -> None:
+        """With reads_train_split: one train batch, in eval mode, before the evaluated split's batches."""
+        raise NotImplementedError(f"{type(self).__name__} sets reads_train_split but defines no update_train")
+
     def log_pictures(self, writer, metrics, model, batch, step: int, prefix: str = "val") -> None:
         """Rank 0, after each validation: this task's own TensorBoard pictures (writer is never None here).
         `metrics` are the split's, computed; `batch` is the split's first batch, on the device; `model` is
