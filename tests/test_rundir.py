@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from store.rundir import safe_name, unique_run_dir
+import os
+
+from store.rundir import safe_name, short_name, unique_run_dir
 
 
 def test_safe_name_keeps_only_safe_characters():
@@ -25,3 +27,20 @@ def test_same_second_runs_get_distinct_directories(tmp_path):
 def test_the_answer_is_stable_within_a_process(tmp_path):
     # Hydra resolves hydra.run.dir several times during one run; all must agree.
     assert unique_run_dir(str(tmp_path), "x", "") == unique_run_dir(str(tmp_path), "x", "")
+
+
+def test_a_long_name_is_shortened_with_a_hash_of_the_whole(tmp_path):
+    """Two long names that share their start get two short ones; either makes a directory."""
+    import store.rundir as rundir
+
+    names = ["x" * 240, "x" * 239 + "y"]
+    short = [short_name(n) for n in names]
+    assert short[0] != short[1] and all(len(s) < 200 for s in short)
+    assert short_name("short") == "short"
+    made = []
+    for name in names:
+        rundir._reserved.clear()
+        made.append(unique_run_dir(str(tmp_path), "mlp", "digits", name))
+    assert made[0] != made[1] and all(
+        (tmp_path / m).is_dir() and len(os.path.basename(m)) < 200 for m in made
+    )

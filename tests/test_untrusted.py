@@ -226,15 +226,6 @@ def test_a_run_in_use_is_refused_and_a_dead_ones_lock_taken_over(tmp_path):
 # --- 4 and 6. Every value checked before any directory is made: tests/test_cli.py, its table of bad values
 
 
-def test_a_long_name_is_shortened_with_a_hash(tmp_path):
-    outputs = tmp_path / "outputs"
-    names = ["x" * 240, "x" * 239 + "y"]
-    for name in names:
-        assert run_cli([*FAST, f"name={name}", f"paths.output_root={outputs}"], cwd=tmp_path).returncode == 0
-    runs = sorted(p.name for p in outputs.glob("*/*"))
-    assert len(runs) == 2 and all(len(r) < 200 for r in runs) and runs[0] != runs[1]
-
-
 # --- 5. Signals at every moment: tests/test_signals.py ------------------------------------------------
 
 
