@@ -1,0 +1,183 @@
+"""export.py: every shipped model (conf/model/ on disk, each trained for one batch on the first offline data
+and task it fits) exports to each format as docs/export.md's table says, its file read back giving the
+model's outputs within 1e-4 on a batch of a size the export never saw; a model that cannot export is told
+in one line, exit 2, with nothing written; an existing output is refused unless overwrite=true; format=onnx
+without the `export` extra names it before any work."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.helpers import (
+    COMBOS,
+    CONF,
+    REPO,
+    offline,
+    options,
+    require_extra,
+    run_cli,
+    train_in_process,
+    written,
+)
+
+FORMATS = ("onnx", "exported_program")
+# One optimizer step and one batch of each split: export needs a checkpoint, not a good model.
+TINY = ["trainer.max_epochs=1", "trainer.limit_batches=1", "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1", "data.batch_size=8", "logging.progress_bar=false"]  # fmt: skip
+
+
+def fitting(model: str) -> tuple[str, str] | None:
+    """The first task and offline data that `model` trains on, or None."""
+    return next(((t, d) for t, d, m in COMBOS if m == model and offline(d)), None)
+
+
+MODELS = [m for m in options("model") if fitting(m)]
+
+
+def cheap(task: str) -> list[str]:
+    # A task that writes a text sample at each validation (language modeling) spends most of a tiny run
+    # drawing it token by token.
+    return ["task.sample_tokens=1"] if "sample_tokens" in written("task", task) else []
+
+
+def table() -> dict[str, dict[str, bool]]:
+    """docs/export.md's table: for each model, whether it exports to each format."""
+    text = (REPO / "docs" / "export.md").read_text()
+    section = text.split("## Which models export", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("|")]  # fmt: skip
+    header = [c.strip("`") for c in rows[0]]
+    assert header[1:3] == list(FORMATS), header
+    return {row[0].strip("`"): {f: row[1 + i] == "yes" for i, f in enumerate(FORMATS)} for row in rows[2:]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny run of a model, trained the first time a test asks for it."""
+    made = {}
+
+    def run(model: str):
+        if model not in made:
+            task, data = fitting(model)
+            made[model] = tmp_path_factory.mktemp(model) / "run"
+            train_in_process(
+                [*TINY, f"task={task}", f"data={data}", f"model={model}", *cheap(task)], made[model]
+            )
+        return made[model]
+
+    return run
+
+
+def export_in_process(*overrides: str):
+    """export.py's work with its own config composed, in this process (no second torch import)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import export
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("export", overrides=list(overrides))
+    return export.export_run(cfg)
+
+
+def test_the_table_has_a_row_for_every_shipped_model():
+    assert sorted(table()) == sorted(options("model"))
+
+
+def outputs_of(file, fmt: str, x):
+    """What the exported file gives for x, read back as a user would: onnxruntime or torch.export.load."""
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        return [torch.as_tensor(o) for o in session.run(None, {session.get_inputs()[0].name: x.numpy()})]
+    with torch.no_grad():
+        return [
+            t for t in tree_flatten(torch.export.load(file).module()(x))[0] if isinstance(t, torch.Tensor)
+        ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("model", MODELS)
+def test_a_shipped_model_exports_as_the_table_says(runs, model, fmt):
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    from setup.parts import build_data, build_loaders
+    from store.trained import load_trained
+
+    if fmt == "onnx":
+        require_extra("onnxruntime", "export")
+    run = runs(model)
+    out = run / "export" / f"model{'.onnx' if fmt == 'onnx' else '.pt2'}"
+    if not table()[model][fmt]:  # as a user runs it: the exporters' own printing must not get through
+        proc = run_cli([f"run={run}", f"format={fmt}"], script="export.py")
+        *notes, line = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert line.startswith(("the model cannot be exported", "the exported ")), proc.stdout + proc.stderr
+        assert all("the TorchScript exporter is used" in note for note in notes), notes  # ONNX's fallback
+        assert not (run / "export").exists()  # no file, no temp file, no folder
+        return
+    assert export_in_process(f"run={run}", f"format={fmt}") == out
+    assert out.is_file() and not list(out.parent.glob(".*"))  # no temp file left beside it
+    # Read back by the user's runtime, on 3 samples of the run's data (the export saw batches of 8 and 4).
+    trained = load_trained(run)
+    splits = build_data(trained.cfg)
+    _, loaders, _ = build_loaders(trained.cfg, splits, torch.device("cpu"))
+    x = trained.task.inputs(next(iter(loaders.val)))[:3]
+    with torch.no_grad():
+        expected = [t for t in tree_flatten(trained.model(x))[0] if isinstance(t, torch.Tensor)]
+    got = outputs_of(out, fmt, x)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    assert (
+        max((g.double() - e.double()).abs().max().item() for g, e in zip(got, expected, strict=True)) <= 1e-4
+    )
+
+
+def one_line(proc) -> str:
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_an_existing_output_is_refused_unless_overwrite(runs, tmp_path):
+    model = next(m for m in MODELS if table()[m]["exported_program"])
+    run, out = runs(model), tmp_path / "model.pt2"
+    out.write_text("kept")
+    proc = run_cli([f"run={run}", "format=exported_program", f"output={out}"], script="export.py")
+    assert proc.returncode == 2
+    assert f"{out} exists: overwrite=true replaces it" in one_line(proc)
+    assert out.read_text() == "kept"
+    assert (
+        export_in_process(f"run={run}", "format=exported_program", f"output={out}", "overwrite=true") == out
+    )
+    assert out.read_bytes()[:2] == b"PK"  # an ExportedProgram's zip archive now
+
+
+@pytest.mark.parametrize(
+    ("args", "hidden", "message"),
+    [
+        pytest.param(["format=onnx"], "onnxruntime", r"format=onnx needs the `export` extra, and onnxruntime "
+                     r"is not installed: pip install -e '\.\[export\]'", id="no-extra"),
+        pytest.param(["format=tflite"], None, "format=tflite is not one of: onnx, exported_program", id="format"),
+        pytest.param(["format=exported_program", "tolerance=0"], None, "tolerance=0 must be a number above 0",
+                     id="tolerance"),
+    ],
+)  # fmt: skip
+def test_a_bad_command_line_is_one_line_before_any_work(tmp_path, args, hidden, message):
+    env = {}
+    if hidden:  # the module marked absent, as Python marks a module that failed to import
+        (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{hidden!r}] = None\n")
+        env["PYTHONPATH"] = str(tmp_path)
+    proc = run_cli([f"run={tmp_path / 'nowhere.pt'}", *args], env=env, script="export.py")
+    assert proc.returncode == 2
+    assert re.search(message, one_line(proc))
+    assert not (tmp_path / "export").exists()
