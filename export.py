@@ -61,8 +61,8 @@ def export_run(cfg: DictConfig) -> Path:
     missing = [m for m in FORMATS[fmt][1] if not installed(m)]
     if missing:
         raise ConfigError(
-            f"format={fmt} needs the `export` extra, and {', '.join(missing)} is not installed: "
-            "pip install -e '.[export]'"
+            f"format={fmt} needs the `export` extra, and {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: pip install -e '.[export]'"
         )
     tolerance = cfg.tolerance
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
@@ -79,20 +79,19 @@ def export_run(cfg: DictConfig) -> Path:
 
     model, batches, split = model_and_batches(file, cfg.get("allowed_targets") or ())
     exported = export(model, batches[0], fmt)
-    if exported.fallback_reason:
-        log.info(
-            "The dynamo ONNX exporter failed (%s): the TorchScript exporter is used", exported.fallback_reason
-        )
-    made = not out.parent.exists()
+    made = [folder for folder in out.parents if not folder.exists()]  # deepest first
     try:
         with atomic_path(out) as tmp:
             exported.save(tmp)
             worst = exported.check(tmp, model, batches, float(tolerance))
     except BaseException:
-        if made:  # the folder export.py made for the file: none is left behind either
+        for folder in made:  # the folders made for the file go with it; a file it failed to replace stays
             with contextlib.suppress(OSError):
-                out.parent.rmdir()
+                folder.rmdir()
         raise
+    if exported.fallback_reason:
+        log.info("The dynamo ONNX exporter failed (%s): the %s exporter made the file", exported.fallback_reason,
+                 exported.exporter)  # fmt: skip
     sizes = " and ".join(str(len(x)) for x in batches)
     log.info(
         "%s exported by the %s exporter to %s: outputs within %.2e of PyTorch's on %s batches of %s "

@@ -52,39 +52,44 @@ class Exported:
         self, path: Path, model: torch.nn.Module, batches: list[torch.Tensor], tolerance: float
     ) -> float:
         """The largest absolute difference between the file's outputs (read back from `path`) and the
-        model's own over `batches`; ExportError where it does not run, gives other shapes, or differs by
-        more than `tolerance`."""
+        model's own over `batches` (the first the one it was exported from); ExportError where it does not
+        load or run, gives other shapes, or differs by more than `tolerance`."""
         what = "ONNX model" if self.format == ONNX else "ExportedProgram"
         try:
             run = _onnx_runner(path) if self.format == ONNX else _program_runner(path)
         except Exception as err:
-            raise ExportError(f"the exported {what} does not load: {reason(err)}") from None
-        worst = 0.0
+            raise self._failed(f"the exported {what} does not load: {reason(err)}") from None
+        worst, size = 0.0, len(batches[0])
         for x in batches:
+            on = f"on a batch of {len(x)}" + (f" (exported from one of {size})" if len(x) != size else "")
             with torch.no_grad():
                 expected = _tensors(model(x))
             try:
                 got = [torch.as_tensor(g) for g in run(x)]
             except Exception as err:
-                raise ExportError(
-                    f"the exported {what} does not run on a batch of {len(x)}: {reason(err)}"
-                ) from None
+                raise self._failed(f"the exported {what} does not run {on}: {reason(err)}") from None
             if len(got) != len(expected):
-                raise ExportError(
-                    f"the exported {what} gives {len(got)} outputs, the model {len(expected)} (a batch of {len(x)})"
+                raise self._failed(
+                    f"the exported {what} gives {len(got)} outputs {on}, the model {len(expected)}"
                 )
             for e, g in zip(expected, got, strict=True):
                 if tuple(g.shape) != tuple(e.shape):
-                    raise ExportError(
-                        f"the exported {what} gives an output of shape {tuple(g.shape)} on a batch of {len(x)}, "
-                        f"the model {tuple(e.shape)}: it was not exported for any batch size"
+                    raise self._failed(
+                        f"the exported {what} gives an output of shape {tuple(g.shape)} {on}, the model "
+                        f"{tuple(e.shape)}"
                     )
                 worst = max(worst, _largest_difference(e, g))
         if worst > tolerance:
-            raise ExportError(
+            raise self._failed(
                 f"the exported {what} differs from the model by up to {worst:.3g}, more than tolerance={tolerance:g}"
             )
         return worst
+
+    def _failed(self, text: str) -> ExportError:
+        """The check's one line, with why the exporter that made the file was the fallback."""
+        if self.fallback_reason:
+            text += f" (made by the {self.exporter} exporter: the dynamo exporter failed with {self.fallback_reason})"
+        return ExportError(text)
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, format: str) -> Exported:

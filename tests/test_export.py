@@ -186,3 +186,19 @@ def test_a_bad_command_line_is_one_line_before_any_work(tmp_path, args, hidden, 
     assert proc.returncode == 2
     assert re.search(message, one_line(proc))
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.slow
+def test_outputs_beyond_the_tolerance_are_refused_and_the_old_file_kept(runs, tmp_path):
+    """ONNX Runtime's kernels are not PyTorch's: their outputs differ in the last bits, which a tolerance
+    of 1e-12 refuses; the file that overwrite=true would have replaced stays, and no temp file is left."""
+    from system.errors import UserError
+
+    require_extra("onnxruntime", "export")
+    model = next(m for m in MODELS if table()[m]["onnx"])
+    out = tmp_path / "model.onnx"
+    out.write_text("kept")
+    overrides = [f"run={runs(model)}", "format=onnx", f"output={out}", "overwrite=true", "tolerance=1e-12"]
+    with pytest.raises(UserError, match=r"differs from the model by up to \S+, more than tolerance=1e-12$"):
+        export_in_process(*overrides)
+    assert out.read_text() == "kept" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
