@@ -1,8 +1,9 @@
 """export.py: every shipped model (conf/model/ on disk, each trained for one batch on the first offline data
 and task it fits) exports to each format as docs/export.md's table says, its file read back giving the
 model's outputs within 1e-4 on a batch of a size the export never saw; a model that cannot export is told
-in one line, exit 2, with nothing written; an existing output is refused unless overwrite=true; format=onnx
-without the `export` extra names it before any work."""
+in one line, exit 2, with nothing written; outputs beyond the tolerance are refused; an existing output is
+kept unless overwrite=true; a bad command line (format=onnx without the `export` extra, ...) and --help are
+answered without torch."""
 
 from __future__ import annotations
 
@@ -167,6 +168,14 @@ def test_an_existing_output_is_refused_unless_overwrite(runs, tmp_path):
     assert out.read_bytes()[:2] == b"PK"  # an ExportedProgram's zip archive now
 
 
+def without(tmp_path, *modules: str) -> dict:
+    """The environment of a Python where these modules are absent (marked so in sys.modules, as Python
+    marks one that failed to import): `import torch` there fails."""
+    lines = [f"sys.modules[{m!r}] = None" for m in modules]
+    (tmp_path / "sitecustomize.py").write_text("\n".join(["import sys", *lines, ""]))
+    return {"PYTHONPATH": str(tmp_path)}
+
+
 @pytest.mark.parametrize(
     ("args", "hidden", "message"),
     [
@@ -175,17 +184,23 @@ def test_an_existing_output_is_refused_unless_overwrite(runs, tmp_path):
         pytest.param(["format=tflite"], None, "format=tflite is not one of: onnx, exported_program", id="format"),
         pytest.param(["format=exported_program", "tolerance=0"], None, "tolerance=0 must be a number above 0",
                      id="tolerance"),
+        pytest.param(["format=exported_program", "output={tmp}"], None, "output={tmp} is a directory", id="output"),
     ],
 )  # fmt: skip
 def test_a_bad_command_line_is_one_line_before_any_work(tmp_path, args, hidden, message):
-    env = {}
-    if hidden:  # the module marked absent, as Python marks a module that failed to import
-        (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{hidden!r}] = None\n")
-        env["PYTHONPATH"] = str(tmp_path)
+    """Told before torch is imported (it is absent here) or any file is read."""
+    env = without(tmp_path, "torch", *([hidden] if hidden else []))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     proc = run_cli([f"run={tmp_path / 'nowhere.pt'}", *args], env=env, script="export.py")
     assert proc.returncode == 2
-    assert re.search(message, one_line(proc))
+    assert re.search(message.replace("{tmp}", re.escape(str(tmp_path))), one_line(proc))
     assert not (tmp_path / "export").exists()
+
+
+def test_help_needs_no_torch(tmp_path):
+    proc = run_cli(["--help"], env=without(tmp_path, "torch"), script="export.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "format: ???" in proc.stdout and "python export.py run=" in proc.stdout
 
 
 @pytest.mark.slow
