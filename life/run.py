@@ -32,6 +32,7 @@ KEPT = {
     "train": "while training started or ended: checkpoints/ holds the last checkpoint written.",
     "test": "during the final test: the test was skipped; checkpoints/ holds best.pt and last.pt.",
     "evaluate": "while evaluating: nothing was written.",
+    "export": "while exporting: nothing was written.",
 }
 # What a first stop signal does, by the phase the run is in (the loop's own words are the default).
 STOPPING = {"test": "stopping the final test after its batch in flight; best.pt and last.pt are kept"}

@@ -50,6 +50,27 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb"):
     fsync_dir(path.parent)  # the rename itself survives a power cut
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """As atomic_file, for a writer that takes a path rather than a file (torch.export.save, an ONNX
+    exporter): it writes the temp file whose path this yields, and may read it back to check it before
+    the clean exit makes it `path`. The temp file ends in `path`'s suffix, which such writers go by."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, FILE_MODE)
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def write_json(path: str | os.PathLike, value) -> None:
     """`value` as indented JSON, atomically."""
     text = json.dumps(value, indent=2) + "\n"

@@ -6,6 +6,7 @@ path names.
     <run>/checkpoints/step_XXXXXXXX.pt every trainer.checkpoint_every_n_steps steps
     <run>/metrics.json                 the final test's numbers: a run that has one finished
     <run>/tb/                          TensorBoard's events
+    <run>/export/model.onnx, model.pt2 the model exported by export.py (docs/export.md)
     <run>/.hydra/config.yaml           the config the run started with (Hydra's)
     <run>/env.json, <run>/train.log    the environment, the log
 
@@ -73,6 +74,14 @@ class RunDir:
     @property
     def tb(self) -> Path:
         return self.path / "tb"
+
+    @property
+    def export(self) -> Path:
+        return self.path / "export"
+
+    def exported(self, suffix: str) -> Path:
+        """Where export.py writes the model in one format (`.onnx`, `.pt2`) by default."""
+        return self.export / f"model{suffix}"
 
     @property
     def hydra_config(self) -> Path:

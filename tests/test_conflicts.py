@@ -39,7 +39,7 @@ def conflicted_copy(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "export.py"])
 def test_a_config_with_a_merge_conflict_is_one_line(tmp_path, script):
     project = conflicted_copy(tmp_path / "project")
     model = sorted((project / "conf" / "model").glob("*.yaml"))[0].name

@@ -264,6 +264,7 @@ def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
         "dev",
         *["sweep"] * answers["optuna"],
         *["slurm"] * answers["slurm"],
+        "export",  # export.py ships with every project
     ]
     # What copier rendered holds no template syntax, and records the answers for `copier update`.
     for rendered in (
