@@ -8,6 +8,7 @@ path names.
     <run>/tb/                          TensorBoard's events
     <run>/.hydra/config.yaml           the config the run started with (Hydra's)
     <run>/env.json, <run>/train.log    the environment, the log
+    <run>/trackers.json                the MLflow / W&B run ids (logging.trackers), what resume= continues
 
 A module of its own, not part of store/rundir.py: that one names new directories (Hydra's resolvers),
 this one says what is inside one. Paths only: no torch and no reading of a checkpoint, so that
@@ -73,6 +74,11 @@ class RunDir:
     @property
     def tb(self) -> Path:
         return self.path / "tb"
+
+    @property
+    def trackers(self) -> Path:
+        """Each experiment tracker's run id (board/trackers.py): a resume logs to the same runs."""
+        return self.path / "trackers.json"
 
     @property
     def hydra_config(self) -> Path:
