@@ -10,6 +10,7 @@ on a resume, a scalar is logged only past the last step MLflow holds for it (boa
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def check(node) -> None:
     for key in ("tracking_uri", "experiment_name"):
         value = node.get(key)
         if value is not None and not (isinstance(value, str) and value):
-            raise ConfigError(f"logging.mlflow.{key}={value!r} must be a non-empty string (null: MLflow's own)")
+            raise ConfigError(
+                f"logging.mlflow.{key}={value!r} must be a non-empty string (null: MLflow's own)"
+            )
 
 
 class Tracker(Base):
@@ -47,7 +50,10 @@ class Tracker(Base):
         run_tags = {"run_dir": str(self.run_dir), **({"tags": ",".join(tags)} if tags else {})}
         run = self.client.create_run(self._experiment(), run_name=name, tags=run_tags)
         self.run_id = run.info.run_id
-        items = [Param(_NAME.sub("_", k), v[:MAX_VALUE]) for k, v in (params or {}).items()]
+        text = {
+            k: v if isinstance(v, str) else json.dumps(v) for k, v in (params or {}).items()
+        }  # 3, true, null
+        items = [Param(_NAME.sub("_", k), v[:MAX_VALUE]) for k, v in text.items()]
         for i in range(0, len(items), PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=items[i : i + PARAMS_PER_CALL])
         return self.run_id

@@ -53,7 +53,9 @@ def check(node) -> None:
     have = known()
     for name in names:
         if name not in have:
-            raise ConfigError(f"logging.trackers: {name!r} is not a tracker (known: {', '.join(have) or 'none'})")
+            raise ConfigError(
+                f"logging.trackers: {name!r} is not a tracker (known: {', '.join(have) or 'none'})"
+            )
         if names.count(name) > 1:
             raise ConfigError(f"logging.trackers names {name} twice")
         package = _module(name).PACKAGE
@@ -124,7 +126,9 @@ def decode(summary) -> tuple[dict[str, float], list[tuple[str, bytes]], list[tup
             scalars[value.tag] = value.simple_value
         elif kind == "image":
             images.append((value.tag, value.image.encoded_image_string))
-        elif kind == "tensor" and value.metadata.plugin_data.plugin_name == "text" and value.tensor.string_val:
+        elif (
+            kind == "tensor" and value.metadata.plugin_data.plugin_name == "text" and value.tensor.string_val
+        ):
             texts.append((value.tag.removesuffix(TEXT), value.tensor.string_val[0].decode(errors="replace")))
     return scalars, images, texts
 
@@ -157,8 +161,8 @@ class FanOut:
                 tracker.call(f"logging text {tag}", tracker.text, tag, text, step)
 
 
-def flat_params(cfg) -> dict[str, str]:
-    """The resolved config as `a.b.c: value` strings (a list is one value, as JSON)."""
+def flat_params(cfg) -> dict:
+    """The resolved config as `a.b.c: value` (a list is one value, as JSON: trackers take no lists)."""
     from omegaconf import OmegaConf
 
     def walk(node, prefix: str):
@@ -167,7 +171,7 @@ def flat_params(cfg) -> dict[str, str]:
             if isinstance(value, dict) and value:
                 yield from walk(value, f"{full}.")
             else:
-                yield full, value if isinstance(value, str) else json.dumps(value, default=str)
+                yield full, json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
 
     return dict(walk(OmegaConf.to_container(cfg, resolve=True), ""))
 
@@ -226,7 +230,9 @@ def tracking(writer, cfg, settings, run_dir, resumed: bool):
         finished = status == "finished"
         final = final_metrics(run) if finished else {}
         best = run.evaluated_checkpoint()
-        artifacts = [run.metrics, *([best] if best else [])] if finished and settings.tracker_artifacts else []
+        artifacts = (
+            [run.metrics, *([best] if best else [])] if finished and settings.tracker_artifacts else []
+        )
         for tracker in trackers:
             tracker.call("ending its run", tracker.end, status, final, int(final.get("steps", 0)), artifacts)
 

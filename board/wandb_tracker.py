@@ -64,7 +64,9 @@ class Tracker(Base):
         if artifacts:
             artifact = wandb.Artifact(f"run-{self.run.id}", type="model")
             for path in artifacts:
-                artifact.add_file(str(path), name=f"checkpoints/{path.name}" if path.suffix == ".pt" else path.name)
+                artifact.add_file(
+                    str(path), name=f"checkpoints/{path.name}" if path.suffix == ".pt" else path.name
+                )
             self.run.log_artifact(artifact)
         if status == "stopped":
             self.run.mark_preempting()  # W&B shows it as preempted: resume= goes on with it

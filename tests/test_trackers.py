@@ -47,7 +47,9 @@ def assert_same_scalars(got: dict[str, list[tuple[int, float]]], run_dir: Path) 
     for tag, points in want.items():
         steps = [s for s, _ in got.get(tag, [])]
         assert steps == [s for s, _ in points], tag
-        assert all(a < b for a, b in zip(steps, steps[1:])), f"{tag}: a step twice or out of order: {steps}"
+        assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), (
+            f"{tag}: a step twice or out of order: {steps}"
+        )
         assert [v for _, v in got[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
 
 
@@ -103,14 +105,21 @@ def test_mlflow_gets_what_tensorboard_gets(store, tmp_path):
                       f"logging.mlflow.experiment_name={name}", "tags=[baseline]"], run_dir)  # fmt: skip
     (run,) = mlflow_runs(store, name)
     assert json.loads(RunDir(run_dir).trackers.read_text()) == {"mlflow": run.info.run_id}
-    assert run.info.status == "FINISHED" and run.info.run_name == "run" and run.data.tags["tags"] == "baseline"
+    assert (
+        run.info.status == "FINISHED" and run.info.run_name == "run" and run.data.tags["tags"] == "baseline"
+    )
     got = mlflow_scalars(store, run.info.run_id)
     assert_same_scalars(got, run_dir)
     # The final metrics that TensorBoard has no curve of, at the last step.
     metrics = read_metrics(run_dir)
-    assert got["epochs"] == [(metrics["steps"], 1.0)] and got["val/acc_last"] == [(3, metrics["val/acc_last"])]
+    assert got["epochs"] == [(metrics["steps"], 1.0)] and got["val/acc_last"] == [
+        (3, metrics["val/acc_last"])
+    ]
     # The config, flattened; the pictures, texts, metrics.json and the best checkpoint.
-    assert run.data.params["trainer.limit_batches"] == "3" and run.data.params["logging.trackers"] == '["mlflow"]'
+    assert (
+        run.data.params["trainer.limit_batches"] == "3"
+        and run.data.params["logging.trackers"] == '["mlflow"]'
+    )
     assert run.data.params["model._target_"] == "models.mlp.MLP"
     files = artifacts(store, run.info.run_id)
     assert {"metrics.json", "checkpoints/best.pt", "text/run/config/step_00000000.md"} <= set(files)
@@ -197,8 +206,14 @@ def test_an_mlflow_that_fails_mid_run_is_one_warning(store, tmp_path, caplog):
     assert "it is off for the rest of this run" in warned[0]
     (run,) = mlflow_runs(store, name)
     steps = {key: [s for s, _ in points] for key, points in mlflow_scalars(store, run.info.run_id).items()}
-    assert run.info.status == "RUNNING" and steps["train/loss"] == [1] and all(v == [1] for v in steps.values())
-    assert [s for s, _ in tensorboard_scalars(tmp_path / "run")["train/loss"]] == [1, 2, 3]  # TensorBoard went on
+    assert (
+        run.info.status == "RUNNING" and steps["train/loss"] == [1] and all(v == [1] for v in steps.values())
+    )
+    assert [s for s, _ in tensorboard_scalars(tmp_path / "run")["train/loss"]] == [
+        1,
+        2,
+        3,
+    ]  # TensorBoard went on
 
 
 def test_a_sweep_is_one_mlflow_run_per_job(store, tmp_path):
@@ -208,7 +223,10 @@ def test_a_sweep_is_one_mlflow_run_per_job(store, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     runs = mlflow_runs(store, name)
     assert sorted(r.data.params["trainer.seed"] for r in runs) == ["0", "1"]
-    assert {r.info.status for r in runs} == {"FINISHED"} and sorted(r.info.run_name[-2:] for r in runs) == ["/0", "/1"]
+    assert {r.info.status for r in runs} == {"FINISHED"} and sorted(r.info.run_name[-2:] for r in runs) == [
+        "/0",
+        "/1",
+    ]
 
 
 # --- W&B --------------------------------------------------------------------------------------------------------
@@ -247,18 +265,23 @@ def test_wandb_offline_gets_what_tensorboard_gets(tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_DIR", raising=False)  # the files go into the run directory
     run_dir = tmp_path / "run"
-    train_in_process([*FAST, *EVERY_STEP, "logging.trackers=[wandb]", "logging.wandb.project=template"], run_dir)
+    train_in_process(
+        [*FAST, *EVERY_STEP, "logging.trackers=[wandb]", "logging.wandb.project=template"], run_dir
+    )
     records = wandb_records(run_dir)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert json.loads(RunDir(run_dir).trackers.read_text()) == {"wandb": run.run_id}
     assert run.project == "template" and run.display_name == "run"
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
-    assert config["trainer.limit_batches"]["value"] == "3"
+    assert config["trainer.limit_batches"] == 3 and config["model._target_"] == "models.mlp.MLP"
     got: dict[str, list] = {}
     pictures = set()
     for record in records:
         if record.WhichOneof("record_type") == "history":
-            row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            row = {
+                item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                for item in record.history.item
+            }
             for key, value in row.items():
                 if isinstance(value, float | int) and not key.startswith("_"):
                     got.setdefault(key, []).append((row["_step"], value))
@@ -272,28 +295,43 @@ def test_wandb_offline_gets_what_tensorboard_gets(tmp_path, monkeypatch):
             summary |= {item.key: json.loads(item.value_json) for item in record.summary.update if item.key}
     assert summary["test/acc"] == pytest.approx(read_metrics(run_dir)["test/acc"])
     logged = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
-    assert [sorted(e.path for e in a.manifest.contents) for a in logged] == [["checkpoints/best.pt", "metrics.json"]]
+    assert [sorted(e.path for e in a.manifest.contents) for a in logged] == [
+        ["checkpoints/best.pt", "metrics.json"]
+    ]
     assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [0]
 
 
 # --- Refused up front ------------------------------------------------------------------------------------------
 
 
-def test_an_unknown_tracker_is_one_line_and_leaves_nothing(tmp_path):
-    proc = run_cli([*FAST, "logging.trackers=[comet]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "Traceback" not in out, out
-    lines = out.strip().splitlines()
-    assert len(lines) == 1 and f"logging.trackers: 'comet' is not a tracker (known: {', '.join(known())})" in out
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a rejected run left files"
+@pytest.mark.parametrize("tracker", ["comet", *known()])
+def test_a_tracker_unknown_or_not_installed_is_refused_by_the_schema(tracker, tmp_path, monkeypatch):
+    """As on a machine without the package: None in sys.modules is what import and importlib.util.find_spec
+    both take for "not there" (the check only looks for it, never imports it)."""
+    import sys
+
+    from board.trackers import _module
+    from setup.config import ConfigError, check_config
+    from tests.helpers import compose_config
+
+    cfg = compose_config([f"logging.trackers=[{tracker}]"], tmp_path / "run")
+    if tracker == "comet":
+        message = f"logging.trackers: 'comet' is not a tracker (known: {', '.join(known())})"
+    else:
+        package = _module(tracker).PACKAGE
+        monkeypatch.setitem(sys.modules, package, None)
+        message = f"logging.trackers=[{tracker}] needs {package}, which is not installed: pip install -e '.[{tracker}]'"
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert str(err.value) == message
 
 
-@pytest.mark.parametrize("tracker", known())
-def test_a_tracker_not_installed_names_its_extra(tracker, tmp_path):
-    """As on a machine without the package: a sitecustomize (on PYTHONPATH, run at start-up) marks it absent,
-    which import and importlib.util.find_spec both honour."""
+def test_a_tracker_not_installed_is_one_line_and_leaves_nothing(tmp_path):
+    """The same from the command line: a sitecustomize (on PYTHONPATH, run at start-up) marks the package
+    absent; train.py says so in one line, exit 2, before it has made anything."""
     from board.trackers import _module
 
+    tracker = known()[0]
     package = _module(tracker).PACKAGE
     site = tmp_path / "site"
     site.mkdir()
@@ -303,5 +341,10 @@ def test_a_tracker_not_installed_names_its_extra(tracker, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in out, out
     lines = out.strip().splitlines()
-    assert len(lines) == 1 and f"needs {package}, which is not installed: pip install -e '.[{tracker}]'" in lines[0]
-    assert not (tmp_path / "run").exists()
+    assert (
+        len(lines) == 1
+        and f"needs {package}, which is not installed: pip install -e '.[{tracker}]'" in lines[0]
+    )
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != site], (
+        "a rejected run left files"
+    )
