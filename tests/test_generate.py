@@ -53,7 +53,12 @@ OPTIONAL = {
     ],
     "slurm": ["conf/hydra/launcher/slurm.yaml"],
     "optuna": ["conf/hparams_search/digits_optuna.yaml"],
-    "trackers": ["board/mlflow_tracker.py", "board/wandb_tracker.py", "docs/trackers.md", "tests/test_trackers.py"],
+    "trackers": [
+        "board/mlflow_tracker.py",
+        "board/wandb_tracker.py",
+        "docs/trackers.md",
+        "tests/test_trackers.py",
+    ],
     "github_actions": [".github/workflows/ci.yml"],
     "pre_commit": [".pre-commit-config.yaml"],
 }
