@@ -232,13 +232,14 @@ def test_a_sweep_is_one_mlflow_run_per_job(store, tmp_path):
 # --- W&B --------------------------------------------------------------------------------------------------------
 
 
-def wandb_records(run_dir: Path) -> list:
+def wandb_records(run_dir: Path, path: Path | None = None) -> list:
     """Every record of W&B's offline log (`run-<id>.wandb`): a LevelDB-style log of 32 KiB blocks, each
     record a protobuf in one or more chunks (crc32, length, type: full, first, middle, last), after a 7-byte
     header. W&B ships no reader in Python since 0.19; the format is its own documented one."""
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    if path is None:
+        (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     data, block, pos, chunk, records = path.read_bytes(), 32768, 7, b"", []
     assert data[:4] == b":W&B"
     while pos + 7 <= len(data):
@@ -257,6 +258,11 @@ def wandb_records(run_dir: Path) -> list:
             records.append(record)
             chunk = b""
     return records
+
+
+def history_key(item) -> str:
+    """A history item's name: W&B stores `train/loss` as the nested key (train, loss)."""
+    return item.key or "/".join(item.nested_key)
 
 
 def test_wandb_offline_gets_what_tensorboard_gets(tmp_path, monkeypatch):
@@ -278,10 +284,7 @@ def test_wandb_offline_gets_what_tensorboard_gets(tmp_path, monkeypatch):
     pictures = set()
     for record in records:
         if record.WhichOneof("record_type") == "history":
-            row = {
-                item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                for item in record.history.item
-            }
+            row = {history_key(item): json.loads(item.value_json) for item in record.history.item}
             for key, value in row.items():
                 if isinstance(value, float | int) and not key.startswith("_"):
                     got.setdefault(key, []).append((row["_step"], value))
@@ -299,6 +302,39 @@ def test_wandb_offline_gets_what_tensorboard_gets(tmp_path, monkeypatch):
         ["checkpoints/best.pt", "metrics.json"]
     ]
     assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [0]
+
+
+def test_a_resumed_wandb_run_keeps_its_id(tmp_path, monkeypatch):
+    """resume= goes on with the W&B run of trackers.json (offline: a second local directory of that id,
+    which `wandb sync` uploads into the same run), each with its own steps."""
+    require_extra("wandb", "wandb")
+    from omegaconf import OmegaConf
+
+    from board.trackers import tracking
+    from board.writer import writing
+    from setup.config import LoggingSchema, WandbSchema
+
+    for key, value in {"WANDB_CONSOLE": "off", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)
+    settings = LoggingSchema(graph=False, every_n_steps=1, progress_bar=False, images=False,
+                             histograms_every_n_epochs=0, lr_per_group=False, trackers=["wandb"],
+                             wandb=WandbSchema(mode="offline", project="template"))  # fmt: skip
+    cfg = OmegaConf.create({"trainer": {"seed": 0}})
+    for first, last, resumed in ((1, 2, False), (3, 4, True)):
+        with writing(tmp_path / "tb") as writer, tracking(writer, cfg, settings, tmp_path, resumed):
+            for step in range(first, last + 1):
+                writer.add_scalar("train/loss", float(step), step)
+    (run_id,) = json.loads(RunDir(tmp_path).trackers.read_text()).values()
+    logs = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert [p.name for p in logs] == [f"run-{run_id}.wandb"] * 2
+    steps = []
+    for log in logs:
+        records = wandb_records(tmp_path, log)
+        rows = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+        steps.append(
+            [json.loads(i.value_json) for row in rows for i in row.item if history_key(i) == "train/loss"]
+        )
+    assert steps == [[1, 2], [3, 4]]  # each step's loss is the step
 
 
 # --- Refused up front ------------------------------------------------------------------------------------------
