@@ -236,7 +236,10 @@ def wandb_records(run_dir: Path, path: Path | None = None) -> list:
     """Every record of W&B's offline log (`run-<id>.wandb`): a LevelDB-style log of 32 KiB blocks, each
     record a protobuf in one or more chunks (crc32, length, type: full, first, middle, last), after a 7-byte
     header. W&B ships no reader in Python since 0.19; the format is its own documented one."""
+    import wandb
     from wandb.proto import wandb_internal_pb2
+
+    wandb.teardown()  # W&B's service writes the log: its end, the whole log on disk (a run's exit does the same)
 
     if path is None:
         (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
