@@ -50,10 +50,9 @@ class Tracker(Base):
         run_tags = {"run_dir": str(self.run_dir), **({"tags": ",".join(tags)} if tags else {})}
         run = self.client.create_run(self._experiment(), run_name=name, tags=run_tags)
         self.run_id = run.info.run_id
-        text = {
-            k: v if isinstance(v, str) else json.dumps(v) for k, v in (params or {}).items()
-        }  # 3, true, null
-        items = [Param(_NAME.sub("_", k), v[:MAX_VALUE]) for k, v in text.items()]
+        # A param is text: numbers, booleans and null as JSON writes them (3, true, null).
+        text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (params or {}).items()}
+        items = [Param(self.key(k), v[:MAX_VALUE]) for k, v in text.items()]
         for i in range(0, len(items), PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=items[i : i + PARAMS_PER_CALL])
         return self.run_id
@@ -74,13 +73,16 @@ class Tracker(Base):
                     raise
         return found.experiment_id
 
+    def key(self, tag):
+        return _NAME.sub("_", tag)
+
     def scalars(self, values, step):
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(_NAME.sub("_", k), float(v), now, step) for k, v in values.items()]
+        metrics = [Metric(self.key(k), float(v), now, step) for k, v in values.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def image(self, tag, png, step):
@@ -92,7 +94,8 @@ class Tracker(Base):
         self.client.log_text(self.run_id, text, f"text/{_NAME.sub('_', tag)}/step_{step:08d}.md")
 
     def end(self, status, final, step, artifacts: list[Path]):
-        new = {k: v for k, v in final.items() if k not in self.held}  # test/ and the best came as scalars
+        # test/ and val/<monitor>_best came as scalars already: only the rest, once.
+        new = {k: v for k, v in final.items() if self.key(k) not in self.held}
         if new:
             self.scalars(new, step)
         for path in artifacts:

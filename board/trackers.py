@@ -112,8 +112,12 @@ class Tracker:
                         "the checkpoints go on", self.name, doing, type(err).__name__, first)  # fmt: skip
             return None
 
+    def key(self, tag: str) -> str:
+        """The name the tracker keeps a scalar under (MLflow takes fewer characters than TensorBoard)."""
+        return tag
+
     def new_scalars(self, values: dict[str, float], step: int) -> dict[str, float]:
-        return {k: v for k, v in values.items() if step > self.held.get(k, self.held_other)}
+        return {k: v for k, v in values.items() if step > self.held.get(self.key(k), self.held_other)}
 
 
 def decode(summary) -> tuple[dict[str, float], list[tuple[str, bytes]], list[tuple[str, str]]]:
@@ -154,7 +158,7 @@ class FanOut:
             new = tracker.new_scalars(scalars, step)
             if new:
                 tracker.call(f"logging scalars at step {step}", tracker.scalars, new, step)
-                tracker.held.update(dict.fromkeys(new, step))
+                tracker.held.update(dict.fromkeys(map(tracker.key, new), step))
             for tag, png in images if step > tracker.held_media else ():
                 tracker.call(f"logging image {tag}", tracker.image, tag, png, step)
             for tag, text in texts if step > tracker.held_media else ():
