@@ -98,33 +98,35 @@ def artifacts(store, run_id: str, path: str | None = None) -> list[str]:
     return found
 
 
-def test_mlflow_gets_what_tensorboard_gets(store, tmp_path):
+def test_mlflow_gets_what_tensorboard_gets_one_run_per_job(store, tmp_path):
+    """A sweep of two jobs (`-m`, in one process): two MLflow runs, each with its own config and the curves,
+    pictures, final metrics and files of its own run directory."""
     name = experiment(store, "same")
-    run_dir = tmp_path / "run"
-    train_in_process([*FAST, *EVERY_STEP, "logging.trackers=[mlflow]", f"logging.mlflow.tracking_uri={store[0]}",
-                      f"logging.mlflow.experiment_name={name}", "tags=[baseline]"], run_dir)  # fmt: skip
-    (run,) = mlflow_runs(store, name)
-    assert json.loads(RunDir(run_dir).trackers.read_text()) == {"mlflow": run.info.run_id}
-    assert (
-        run.info.status == "FINISHED" and run.info.run_name == "run" and run.data.tags["tags"] == "baseline"
-    )
-    got = mlflow_scalars(store, run.info.run_id)
-    assert_same_scalars(got, run_dir)
-    # The final metrics that TensorBoard has no curve of, at the last step.
-    metrics = read_metrics(run_dir)
-    assert got["epochs"] == [(metrics["steps"], 1.0)] and got["val/acc_last"] == [
-        (3, metrics["val/acc_last"])
-    ]
-    # The config, flattened; the pictures, texts, metrics.json and the best checkpoint.
-    assert (
-        run.data.params["trainer.limit_batches"] == "3"
-        and run.data.params["logging.trackers"] == '["mlflow"]'
-    )
-    assert run.data.params["model._target_"] == "models.mlp.MLP"
-    files = artifacts(store, run.info.run_id)
-    assert {"metrics.json", "checkpoints/best.pt", "text/run/config/step_00000000.md"} <= set(files)
-    for picture in ("inputs~train_batch+step+0+", "val~confusion_matrix+step+3+"):
-        assert any(f.startswith(f"images/{picture}") and f.endswith(".png") for f in files), picture
+    proc = run_cli(["-m", "trainer.seed=0,1", *FAST, *EVERY_STEP, "logging.trackers=[mlflow]", "tags=[baseline]",
+                    f"logging.mlflow.tracking_uri={store[0]}", f"logging.mlflow.experiment_name={name}",
+                    f"paths.multirun_root={tmp_path}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    runs = sorted(mlflow_runs(store, name), key=lambda r: r.data.params["trainer.seed"])
+    assert [r.data.params["trainer.seed"] for r in runs] == ["0", "1"]
+    for job, run in enumerate(runs):
+        run_dir = Path(run.data.tags["run_dir"])
+        assert run_dir.parent.parent.parent == tmp_path and run_dir.name == str(job)
+        assert json.loads(RunDir(run_dir).trackers.read_text()) == {"mlflow": run.info.run_id}
+        assert run.info.status == "FINISHED" and run.info.run_name == f"{run_dir.parent.name}/{job}"
+        assert run.data.tags["tags"] == "baseline"
+        got = mlflow_scalars(store, run.info.run_id)
+        assert_same_scalars(got, run_dir)
+        # The final metrics that TensorBoard has no curve of, at the last step.
+        metrics = read_metrics(run_dir)
+        assert got["epochs"] == [(3, 1.0)] and got["val/acc_last"] == [(3, metrics["val/acc_last"])]
+        # The config, flattened; the pictures, texts, metrics.json and the best checkpoint.
+        params = run.data.params
+        assert params["trainer.limit_batches"] == "3" and params["logging.trackers"] == '["mlflow"]'
+        assert params["model._target_"] == "models.mlp.MLP"
+        files = artifacts(store, run.info.run_id)
+        assert {"metrics.json", "checkpoints/best.pt", "text/run/config/step_00000000.md"} <= set(files)
+        for picture in ("inputs~train_batch+step+0+", "val~confusion_matrix+step+3+"):
+            assert any(f.startswith(f"images/{picture}") and f.endswith(".png") for f in files), picture
 
 
 def start(args: list[str], env: dict) -> subprocess.Popen:
@@ -214,19 +216,6 @@ def test_an_mlflow_that_fails_mid_run_is_one_warning(store, tmp_path, caplog):
         2,
         3,
     ]  # TensorBoard went on
-
-
-def test_a_sweep_is_one_mlflow_run_per_job(store, tmp_path):
-    name = experiment(store, "sweep")
-    proc = run_cli(["-m", "trainer.seed=0,1", *FAST, "logging.trackers=[mlflow]", f"paths.multirun_root={tmp_path}"],
-                   env={"MLFLOW_TRACKING_URI": store[0], "MLFLOW_EXPERIMENT_NAME": name})  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    runs = mlflow_runs(store, name)
-    assert sorted(r.data.params["trainer.seed"] for r in runs) == ["0", "1"]
-    assert {r.info.status for r in runs} == {"FINISHED"} and sorted(r.info.run_name[-2:] for r in runs) == [
-        "/0",
-        "/1",
-    ]
 
 
 # --- W&B --------------------------------------------------------------------------------------------------------
