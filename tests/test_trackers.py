@@ -98,6 +98,7 @@ def artifacts(store, run_id: str, path: str | None = None) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_mlflow_gets_what_tensorboard_gets_one_run_per_job(store, tmp_path):
     """A sweep of two jobs (`-m`, in one process): two MLflow runs, each with its own config and the curves,
     pictures, final metrics and files of its own run directory."""
@@ -138,6 +139,7 @@ def start(args: list[str], env: dict) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_kill9_and_resume_go_on_with_the_same_mlflow_run(store, tmp_path):
     """MLflow named by its own environment variables; killed right after the step-2 checkpoint (it may have
     logged a step past it), resumed: one run, finished, every step once, TensorBoard's values."""
@@ -354,6 +356,7 @@ def test_a_tracker_unknown_or_not_installed_is_refused_by_the_schema(tracker, tm
     assert str(err.value) == message
 
 
+@pytest.mark.slow
 def test_a_tracker_not_installed_is_one_line_and_leaves_nothing(tmp_path):
     """The same from the command line: a sitecustomize (on PYTHONPATH, run at start-up) marks the package
     absent; train.py says so in one line, exit 2, before it has made anything."""
