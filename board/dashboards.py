@@ -239,13 +239,18 @@ def log_run_end(writer, metrics: dict, step: int, final_tags: list[str]) -> None
 @contextlib.contextmanager
 def run_writer(parts, resumed_step: int | None):
     """The run's SummaryWriter on rank 0 (None elsewhere), closed when the block ends (board/
-    writer.py `writing`). A new run writes its config, environment and HPARAMS row, and the task's
-    reference numbers, first; a resumed one hides the events that the interrupted run wrote after its
-    checkpoint, so that no step shows twice."""
+    writer.py `writing`), with the experiment trackers fed from it (board/trackers.py). A new run writes
+    its config, environment and HPARAMS row, and the task's reference numbers, first; a resumed one hides
+    the events that the interrupted run wrote after its checkpoint, so that no step shows twice."""
+    from board.trackers import tracking
     from board.writer import writing
 
     purge = None if resumed_step is None else resumed_step + 1
-    with writing(RunDir(parts.run_dir).tb, enabled=parts.ddp.is_main, purge_step=purge) as writer:
+    with (
+        writing(RunDir(parts.run_dir).tb, enabled=parts.ddp.is_main, purge_step=purge) as writer,
+        # MLflow, W&B (logging.trackers): each gets what the writer writes, from here to the run's end.
+        tracking(writer, parts.cfg, parts.logging, parts.run_dir, resumed=resumed_step is not None),
+    ):
         if writer and resumed_step is None:  # the interrupted run wrote these already
             log_run_start(writer, parts.cfg, parts.run_dir, parts.device, metric_tags(parts.task)[0])
             for name, value in parts.reference.items():

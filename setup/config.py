@@ -25,6 +25,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from board import trackers
 from system.errors import ConfigError  # defined below the floors that raise it, named here too
 
 
@@ -88,6 +89,21 @@ class DataSchema:
 
 
 @dataclass
+class MlflowSchema:  # board/mlflow_tracker.py; null: MLflow's own environment variables
+    tracking_uri: Optional[str] = None
+    experiment_name: Optional[str] = None
+
+
+@dataclass
+class WandbSchema:  # board/wandb_tracker.py; null: W&B's own environment variables
+    project: Optional[str] = None
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    mode: Optional[str] = None
+    dir: Optional[str] = None
+
+
+@dataclass
 class LoggingSchema:
     graph: bool
     every_n_steps: int
@@ -95,6 +111,10 @@ class LoggingSchema:
     images: bool
     histograms_every_n_epochs: int
     lr_per_group: bool
+    trackers: list[str] = field(default_factory=list)  # board/trackers.py: what is known, and installed
+    tracker_artifacts: bool = True
+    mlflow: MlflowSchema = field(default_factory=MlflowSchema)
+    wandb: WandbSchema = field(default_factory=WandbSchema)
 
 
 SCHEMAS = {"trainer": TrainerSchema, "data": DataSchema, "logging": LoggingSchema}
@@ -206,6 +226,7 @@ def check_config(cfg: DictConfig) -> None:
     tags = cfg.get("tags") or []
     if not isinstance(tags, (list, ListConfig)) or any(not isinstance(x, (str, int, float)) for x in tags):
         raise ConfigError(f"tags={tags} must be a list of words, e.g. tags=[baseline,lr_sweep]")
+    trackers.check(cfg.logging)  # each one known and installed, before anything is built
     shape = cfg.data.input_shape  # null: found in the data's files when they are read (data=csv)
     if shape is not None and (not shape or any(not isinstance(d, int) or d < 1 for d in shape)):
         raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")

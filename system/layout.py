@@ -9,6 +9,7 @@ path names.
     <run>/export/model.onnx, model.pt2 the model exported by export.py (docs/export.md)
     <run>/.hydra/config.yaml           the config the run started with (Hydra's)
     <run>/env.json, <run>/train.log    the environment, the log
+    <run>/trackers.json                the MLflow / W&B run ids (logging.trackers), what resume= continues
 
 A module of its own, not part of store/rundir.py: that one names new directories (Hydra's resolvers),
 this one says what is inside one. Paths only: no torch and no reading of a checkpoint, so that
@@ -82,6 +83,11 @@ class RunDir:
     def exported(self, suffix: str) -> Path:
         """Where export.py writes the model in one format (`.onnx`, `.pt2`) by default."""
         return self.export / f"model{suffix}"
+
+    @property
+    def trackers(self) -> Path:
+        """Each experiment tracker's run id (board/trackers.py): a resume logs to the same runs."""
+        return self.path / "trackers.json"
 
     @property
     def hydra_config(self) -> Path:

@@ -53,6 +53,12 @@ OPTIONAL = {
     ],
     "slurm": ["conf/hydra/launcher/slurm.yaml"],
     "optuna": ["conf/hparams_search/digits_optuna.yaml"],
+    "trackers": [
+        "board/mlflow_tracker.py",
+        "board/wandb_tracker.py",
+        "docs/trackers.md",
+        "tests/test_trackers.py",
+    ],
     "github_actions": [".github/workflows/ci.yml"],
     "pre_commit": [".pre-commit-config.yaml"],
 }
@@ -265,6 +271,7 @@ def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
         *["sweep"] * answers["optuna"],
         *["slurm"] * answers["slurm"],
         "export",  # export.py ships with every project
+        *["mlflow", "wandb"] * answers["trackers"],
     ]
     # What copier rendered holds no template syntax, and records the answers for `copier update`.
     for rendered in (
