@@ -81,7 +81,9 @@ def predict(cfg: DictConfig):
             moved = batch.to(device) if isinstance(batch, torch.Tensor) else [x.to(device) for x in batch]
             rows = task.predict(model, moved, how)
             if len(rows) != len(names):
-                raise TaskError(f"{type(task).__name__}.predict returned {len(rows)} rows for {len(names)} inputs")
+                raise TaskError(
+                    f"{type(task).__name__}.predict returned {len(rows)} rows for {len(names)} inputs"
+                )
             for name, row in zip(names, rows, strict=True):
                 out.add(name, row)
             if bar is not None:

@@ -9,6 +9,7 @@ from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
 from data.splits import DatasetError, Splits, split_indices
+from data.transforms import eval_transform, to_tensor
 
 
 def imagefolder(
@@ -47,18 +48,6 @@ def imagefolder(
         Subset(eval_full, test_idx.tolist()),
         found={"class_names": train_full.classes},  # the folders' names, for predict.py's rows
     )
-
-
-def to_tensor(in_channels: int, mean: list[float], std: list[float]) -> list:
-    """A PIL image to a normalized tensor of in_channels (grey or colour as the data is)."""
-    grey = [transforms.Grayscale(in_channels)] if in_channels in (1, 3) else []
-    return [*grey, transforms.ToTensor(), transforms.Normalize(mean, std)]
-
-
-def eval_transform(image_size: int, in_channels: int, mean: list[float], std: list[float]):
-    """What val, test and predict.py do to an image: resized and centre-cropped to image_size, normalized."""
-    resize = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
-    return transforms.Compose(resize + to_tensor(in_channels, mean, std))
 
 
 def write_example(directory, classes: int = 2, per_class: int = 10, size: int = 20) -> list[str]:

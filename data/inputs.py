@@ -16,6 +16,7 @@ the file, for an input it cannot read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def _images(data: dict, path: Path) -> Inputs:
     mean, std = list(data["mean"]), list(data["std"])
     if path.suffix.lower() == ".npy":
         return _array(path, channels, size, mean, std)
-    from data.imagefolder import eval_transform
+    from data.transforms import eval_transform
 
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -113,8 +114,6 @@ def _array(path: Path, channels: int, size: int, mean: list[float], std: list[fl
 
 
 def _table(data: dict, path: Path) -> Inputs:
-    from data.csv import _numbers, _read, _require_columns
-
     features, mean, std = data.get("features"), data.get("feature_mean"), data.get("feature_std")
     if not features or mean is None or std is None:
         raise DatasetError(
@@ -122,14 +121,47 @@ def _table(data: dict, path: Path) -> Inputs:
             "feature_mean, feature_std): it was trained by an older version; train it again to predict"
         )
     delimiter = (data.get("dataset") or {}).get("delimiter", ",")
-    header, lines, rows = _read(str(path), delimiter)
-    where = f"input {path}"
-    _require_columns(where, header, list(features), "a feature column the run was trained on")
-    columns = [_numbers([row[header.index(name)] for row in rows], lines, where, name) for name in features]
+    lines, columns = _read_table(path, delimiter, [str(f) for f in features])
     x = torch.from_numpy(np.stack(columns, axis=1))
     # In float64, then float32, as data/csv.py standardizes its rows.
     x = ((x - torch.tensor(mean, dtype=torch.float64)) / torch.tensor(std, dtype=torch.float64)).float()
     return Inputs([f"line {n}" for n in lines], x.__getitem__)
+
+
+def _read_table(path: Path, delimiter: str, features: list[str]) -> tuple[list[int], list[np.ndarray]]:
+    """Each row's line number and the feature columns' values (float64), by the header's names. Its own
+    reader, not data/csv.py's: a project may keep data=diabetes without data=csv."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's byte-order mark
+            reader = csv.reader(f, delimiter=delimiter)
+            header = [name.strip() for name in next(reader, [])]
+            table = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DatasetError(f"input {path} cannot be read as a CSV table ({err})") from None
+    missing = [name for name in features if name not in header]
+    if missing:
+        raise DatasetError(
+            f"input {path} has no column {', '.join(map(repr, missing))} (a feature column the run was "
+            f"trained on); its columns: {', '.join(header)}"
+        )
+    if not table:
+        raise DatasetError(f"input {path} has a header but no rows")
+    columns = []
+    for name in features:
+        at = header.index(name)
+        values = []
+        for line, cells in table:
+            cell = cells[at].strip() if at < len(cells) else ""
+            try:
+                values.append(float(cell))
+            except ValueError:
+                values.append(math.nan)
+            if not math.isfinite(values[-1]):
+                raise DatasetError(f"input {path} line {line}, column {name!r}: {cell!r} is not a number")
+        columns.append(np.asarray(values, dtype=np.float64))
+    return [line for line, _ in table], columns
 
 
 def _prompts(data: dict, path: Path) -> Inputs:

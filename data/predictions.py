@@ -111,7 +111,9 @@ def _plain(value):
         return value.tolist()
     if isinstance(value, (list, tuple, dict, str, int, float, bool)) or value is None:
         return value
-    raise DatasetError(f"a prediction's value of type {type(value).__name__} cannot be written as CSV or JSON")
+    raise DatasetError(
+        f"a prediction's value of type {type(value).__name__} cannot be written as CSV or JSON"
+    )
 
 
 def _write_csv(rows: list[dict], f) -> None:

@@ -124,9 +124,9 @@ class Detection(Task):
         # In pixels of the image as the model saw it (resized to data.image_size), as the model ranks them.
         return [
             {
-                "boxes": [[round(v, 2) for v in box] for box in found["boxes"].tolist()],
+                "boxes": found["boxes"].tolist(),
                 "labels": [self.classes[c] for c in found["labels"].tolist()],
-                "scores": [round(s, 4) for s in found["scores"].tolist()],
+                "scores": found["scores"].tolist(),
             }
             for found in model(inputs)
         ]

@@ -89,7 +89,9 @@ class Regression(Task):
     def predict(self, model, inputs, how):
         # In the target's own units: the data's map (y - mean) / std undone.
         values = output_tensor(model(inputs)).double().cpu() * self.target_std + self.target_mean
-        columns = ["prediction"] if self.num_targets == 1 else [f"prediction_{i}" for i in range(self.num_targets)]
+        columns = (
+            ["prediction"] if self.num_targets == 1 else [f"prediction_{i}" for i in range(self.num_targets)]
+        )
         return [dict(zip(columns, row, strict=True)) for row in values.tolist()]
 
     def check(self, output, batch):
