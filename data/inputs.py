@@ -97,13 +97,14 @@ def _array(path: Path, channels: int, size: int, mean: list[float], std: list[fl
         pixels = np.load(path, allow_pickle=False)  # never pickled objects: they could run code
     except (OSError, ValueError) as err:
         raise DatasetError(f"input {path} cannot be read as a .npy array ({err})") from None
+    shape = list(pixels.shape)
     if pixels.ndim == 3 and channels == 1:
         pixels = pixels[:, None]
     expected = (channels, size, size)
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected or not len(pixels):
         grey = f" or [N, {size}, {size}]" if channels == 1 else ""
         raise DatasetError(
-            f"input {path} holds an array of shape {list(pixels.shape)}; this run's model takes "
+            f"input {path} holds an array of shape {shape}; this run's model takes "
             f"[N, {channels}, {size}, {size}]{grey}, pixels in [0, 1]"
         )
     x = torch.from_numpy(pixels)

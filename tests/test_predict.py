@@ -59,7 +59,7 @@ def run_predict(args: list[str], cwd) -> subprocess.CompletedProcess:
     )
 
 
-def test_split(run, count: int = 32):
+def first_test_samples(run, count: int = 32):
     """The run's data config (plain) and the first `count` samples of its test split, rebuilt from the
     config stored in its checkpoint."""
     from setup.parts import build_data
@@ -142,11 +142,12 @@ def same_map50(rows, samples, data, metrics, folder):
 AGREES = {"class": same_accuracy, "real": same_rmse, "mask": same_pixel_accuracy, "boxes": same_map50}
 
 
+@pytest.mark.slow  # five trainings: about 40 s of CPU
 @pytest.mark.parametrize(("task", "data", "model"), first_combo_per_task())
 def test_each_task_s_predictions_give_its_run_s_test_metrics(task, data, model, tmp_path):
     run = tmp_path / "run"
     train_in_process([*SMALL, f"task={task}", f"data={data}", f"model={model}"], run)
-    stored, samples = test_split(run)
+    stored, samples = first_test_samples(run)
     source, prompts = write_input(stored, samples, tmp_path)
     out = predict_in_process(
         f"run={run}", f"input={source}", f"output={tmp_path / 'out.jsonl'}", "max_new_tokens=6"
