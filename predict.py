@@ -57,19 +57,15 @@ def predict(cfg: DictConfig):
     from tasks.base import Predicting, TaskError
 
     output = check_output(cfg.output, cfg.overwrite)  # before any work: an output that exists is refused
-    batch_size = cfg.batch_size
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ConfigError(f"batch_size={batch_size} must be a whole number >= 1 (null: the run's)")
-    if cfg.max_new_tokens < 0 or cfg.temperature < 0:
-        raise ConfigError("max_new_tokens and temperature must be >= 0")
+    check_options(cfg)
     device = pick_device(cfg.device)
     trained = load_trained(str(cfg.run), device, cfg.get("allowed_targets") or ())
     data = OmegaConf.to_container(trained.cfg.data, resolve=True)  # stored resolved: plain values
     inputs = read_inputs(data, cfg.input)
-    shape = data.get("input_shape") or []
+    tokens = (data.get("declares") or {}).get("input") == "tokens"
     how = Predicting(
         class_names=data.get("class_names"),
-        context=int(shape[0]) if len(shape) == 1 else None,  # tokens: the longest context the model reads
+        context=int(data["input_shape"][0]) if tokens else None,  # the longest context the model reads
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         seed=cfg.seed,
@@ -77,7 +73,7 @@ def predict(cfg: DictConfig):
     task, model = trained.task, trained.model
     bar = progress(len(inputs.names), cfg.progress_bar)
     with Predictions(output, cfg.overwrite) as out, torch.no_grad():
-        for names, batch in inputs.batches(batch_size or int(data["batch_size"])):
+        for names, batch in inputs.batches(cfg.batch_size or int(data["batch_size"])):
             moved = batch.to(device) if isinstance(batch, torch.Tensor) else [x.to(device) for x in batch]
             rows = task.predict(model, moved, how)
             if len(rows) != len(names):
@@ -92,6 +88,23 @@ def predict(cfg: DictConfig):
         bar.close()
     log.info("%s: %d predictions of %s in %s", trained.path, len(inputs.names), cfg.input, output)
     return output
+
+
+def check_options(cfg: DictConfig) -> None:
+    """The numbers of the command line, each in one line naming its key."""
+    whole = {"batch_size": 1, "max_new_tokens": 0, "seed": 0}  # the least each may be
+    for key, least in whole.items():
+        value = cfg[key]
+        if value is None and key == "batch_size":  # the run's own
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{key}={value} must be a whole number >= {least}")
+    if (
+        isinstance(cfg.temperature, bool)
+        or not isinstance(cfg.temperature, (int, float))
+        or cfg.temperature < 0
+    ):
+        raise ConfigError(f"temperature={cfg.temperature} must be a number >= 0 (0: greedy)")
 
 
 def progress(total: int, enabled: bool):

@@ -39,6 +39,9 @@ def check_output(path, overwrite: bool) -> Path:
         raise ConfigError(f"output={path} is a folder; name a {' or '.join(FORMATS)} file")
     if path.exists() and not overwrite:
         raise ConfigError(f"output={path} exists; pass overwrite=true to replace it")
+    folder = next(p for p in path.parents if p.exists())  # the output's folder, or the nearest that is
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"output={path}: {folder} is not writable")
     return path
 
 
@@ -58,6 +61,8 @@ class Predictions:
         try:
             if kind is None:
                 self._write()
+        except OSError as err:  # a folder that cannot be written, a full disk: the user's to fix
+            raise ConfigError(f"output={self.path} cannot be written ({err.strerror or err})") from None
         finally:
             if self.staging is not None:
                 shutil.rmtree(self.staging, ignore_errors=True)
@@ -73,16 +78,26 @@ class Predictions:
         from PIL import Image
 
         if self.staging is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.", dir=self.path.parent))
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.staging = Path(tempfile.mkdtemp(prefix=f".{self.path.stem}.", dir=self.path.parent))
+            except OSError as err:
+                raise ConfigError(f"output={self.path} cannot be written ({err.strerror or err})") from None
         relative = Path(name).with_suffix(".png").as_posix()
         if relative in self.image_names:  # a.jpg and a.png: the same name once the suffix is .png
             relative = f"{Path(relative).with_suffix('').as_posix()}_{len(self.rows)}.png"
         self.image_names.add(relative)
         file = self.staging / column / relative
-        file.parent.mkdir(parents=True, exist_ok=True)
         pixels = image.cpu().numpy()
-        Image.fromarray(pixels.astype("uint8" if int(pixels.max(initial=0)) < 256 else "uint16")).save(file)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.astype("uint8" if int(pixels.max(initial=0)) < 256 else "uint16")).save(
+                file
+            )
+        except OSError as err:
+            raise ConfigError(
+                f"output={self.path}: {file.name} cannot be written ({err.strerror or err})"
+            ) from None
         return f"{self.path.stem}_{column}/{relative}"
 
     def _write(self) -> None:
