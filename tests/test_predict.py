@@ -206,6 +206,50 @@ def test_a_table_s_rows_are_predicted_with_its_class_names(table_run, tmp_path):
     assert accuracy == read_metrics(table_run / "run")["test/acc"]  # the same rows, the same numbers
 
 
+@needs("conf/data/csv.yaml", "conf/task/regression.yaml")
+def test_a_table_s_real_target_is_predicted_in_its_own_units(table_run, tmp_path):
+    """Column d of the example table as a real target: the table's standardization of the features and
+    of the target, stored in the checkpoint, is what predict.py applies and undoes."""
+    from data.splits import split_indices
+    from store.trained import load_trained
+
+    run = tmp_path / "run"
+    train_in_process(
+        [*SMALL, "data=csv", "task=regression", f"data.path={table_run / 'table.csv'}", "data.target=d"], run
+    )
+    with open(table_run / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    split = load_trained(run).cfg.data.dataset
+    _, test, _ = split_indices(len(rows), [split.val_fraction, split.test_fraction], split.split_seed)
+    first = [rows[i] for i in test[:32].tolist()]
+    given = tmp_path / "given.csv"
+    with open(given, "w", newline="") as f:
+        out = csv.DictWriter(f, ["a", "b", "c"], extrasaction="ignore")  # the features alone
+        out.writeheader()
+        out.writerows(first)
+    written = read_csv(predict_in_process(f"run={run}", f"input={given}", f"output={tmp_path / 'p.csv'}"))
+    errors = [float(r["prediction"]) - float(row["d"]) for r, row in zip(written, first, strict=True)]
+    rmse = math.sqrt(sum(e * e for e in errors) / len(errors))
+    assert rmse == pytest.approx(read_metrics(run)["test/rmse"], rel=1e-5)
+
+
+@needs("conf/data/imagefolder.yaml")
+def test_an_image_folder_s_classes_are_its_folders_names(tmp_path):
+    """A folder of class folders, as data=imagefolder reads it, is also an input: each image predicted,
+    named by its path, its class named as the folders are."""
+    from data.imagefolder import write_example
+
+    overrides = write_example(tmp_path / "images")
+    # No DataLoader workers in-process (tests/test_file_data.py): a forked worker of pytest's may hang.
+    train_in_process([*SMALL, "data=imagefolder", *overrides, "data.num_workers=0"], tmp_path / "run")
+    given, output = f"input={tmp_path / 'images'}", f"output={tmp_path / 'p.csv'}"
+    written = read_csv(predict_in_process(f"run={tmp_path / 'run'}", given, output))
+    assert [r["input"] for r in written] == sorted(p.relative_to(tmp_path / "images").as_posix()
+                                                   for p in (tmp_path / "images").rglob("*.png"))  # fmt: skip
+    assert {r["class"] for r in written} <= {"class_0", "class_1"}
+    assert list(written[0])[1:] == ["class", "prob_class_0", "prob_class_1"]
+
+
 def read_csv(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
