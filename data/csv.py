@@ -59,12 +59,14 @@ def csv(
             f"{where} has {len(rows)} rows: too few for a train, val and test split "
             f"(data.dataset.val_fraction={val_fraction}, test_fraction={test_fraction})"
         )
-    mean, std = x[train].mean(dim=0), x[train].std(dim=0, correction=0)
-    x = ((x - mean) / std.clamp(min=1e-12)).float()  # a constant column becomes zeros, not NaN
+    mean, std = x[train].mean(dim=0), x[train].std(dim=0, correction=0).clamp(min=1e-12)
+    x = ((x - mean) / std).float()  # a constant column becomes zeros, not NaN
     found = {
         "declares": {"target": kind},  # what the task must read: class or real
         "input_shape": [len(chosen)],
         "features": chosen,
+        "feature_mean": mean.tolist(),  # what predict.py standardizes a new table's rows with
+        "feature_std": std.tolist(),
         "num_classes": len(class_names) if kind == "class" else None,
         "class_names": class_names,
         "num_targets": 1 if kind == "real" else None,

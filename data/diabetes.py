@@ -23,5 +23,11 @@ def diabetes(
     val, test, train = split_indices(len(target), [val_fraction, test_fraction], split_seed)
     mean, std = features[train].mean(dim=0), features[train].std(dim=0).clamp(min=1e-8)
     features = (features - mean) / std
+    # What predict.py reads a new table's rows by: the columns (age, sex, bmi, ...) and their standardization.
+    found = {
+        "features": list(bunch.feature_names),
+        "feature_mean": mean.tolist(),
+        "feature_std": std.tolist(),
+    }
     # TensorDataset tells the loaders to slice whole batches by index, with no per-sample Python work.
-    return Splits(*(TensorDataset(features[i], target[i]) for i in (train, val, test)))
+    return Splits(*(TensorDataset(features[i], target[i]) for i in (train, val, test)), found=found)

@@ -9,6 +9,7 @@ from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
 from data.splits import DatasetError, Splits, split_indices
+from data.transforms import eval_transform, to_tensor
 
 
 def imagefolder(
@@ -25,14 +26,11 @@ def imagefolder(
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(root):
         raise DatasetError(f"imagefolder: {root} does not exist or is not a directory (data.dataset.root).")
-    resize = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
-    grey = [transforms.Grayscale(in_channels)] if in_channels in (1, 3) else []
-    to_tensor = [*grey, transforms.ToTensor(), transforms.Normalize(mean, std)]
     train_tf = transforms.Compose(
         [transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0)), transforms.RandomHorizontalFlip()]
-        + to_tensor
+        + to_tensor(in_channels, mean, std)
     )
-    eval_tf = transforms.Compose(resize + to_tensor)
+    eval_tf = eval_transform(image_size, in_channels, mean, std)
     try:
         train_full = datasets.ImageFolder(root, transform=train_tf)
     except FileNotFoundError as err:  # no class folders, or no images in them
@@ -48,6 +46,7 @@ def imagefolder(
         Subset(train_full, train_idx.tolist()),
         Subset(eval_full, val_idx.tolist()),
         Subset(eval_full, test_idx.tolist()),
+        found={"class_names": train_full.classes},  # the folders' names, for predict.py's rows
     )
 
 

@@ -14,6 +14,8 @@ torchmetrics metrics for what is more than a sum (AUROC, mAP; torchmetrics syncs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from system.errors import UserError  # torch-free, one file: copy it along with tasks/ (its docstring)
@@ -62,6 +64,19 @@ def mean_metric():
     from torchmetrics import MeanMetric
 
     return MeanMetric(nan_strategy="disable")
+
+
+@dataclass
+class Predicting:
+    """What predict.py tells a task's `predict` beside the inputs: the data's class names (a CSV's labels,
+    imagefolder's folders; None: the classes are their indices), the longest input the model reads, and
+    how a generative task draws (language modeling)."""
+
+    class_names: list[str] | None = None
+    context: int | None = None
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    seed: int = 0
 
 
 def output_tensor(output) -> torch.Tensor:
@@ -171,6 +186,17 @@ class Task:
         """Optional reference numbers for this data, computed once at the start from the splits and logged
         beside the run's own (metrics.json, TensorBoard `reference/<name>`), e.g. a closed-form baseline."""
         return {}
+
+    # --- prediction (predict.py) -----------------------------------------------------------------------
+    def predict(self, model, inputs, how: Predicting) -> list[dict]:
+        """One row a sample of `inputs` (what `inputs(batch)` gives, on the device; a list of 1-D token
+        tensors for tokens), in the data's own terms: numbers, text and lists go into the CSV or JSONL as
+        they are; a 2-D integer tensor (a mask) is written as a PNG beside it. `model` is in eval mode,
+        under no_grad."""
+        raise TaskError(
+            f"{type(self).__name__} cannot predict: add a `predict(self, model, inputs, how)` method to it "
+            "that returns one dict of columns a sample (tasks/base.py, docs/predict.md)"
+        )
 
     # --- before training --------------------------------------------------------------------------------
     def check(self, output: torch.Tensor, batch) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Task, check_ids, describe, require
+from tasks.base import Task, check_ids, describe, output_tensor, require
 
 
 class Classification(Task):
@@ -68,6 +68,16 @@ class Classification(Task):
 
             # IMAGES: confusion matrix and per-class accuracy; SCALARS: one accuracy curve per class.
             log_per_class(writer, sums["confusion"].view(self.num_classes, -1).cpu(), step, prefix)
+
+    def predict(self, model, inputs, how):
+        # The class by the logits' argmax, as `update` counts it, and each class's probability.
+        logits = output_tensor(model(inputs)).float()
+        names = how.class_names or [str(i) for i in range(self.num_classes)]
+        chosen, probs = logits.argmax(dim=1).tolist(), logits.softmax(dim=1).tolist()
+        return [
+            {"class": names[c], **{f"prob_{n}": v for n, v in zip(names, row, strict=True)}}
+            for c, row in zip(chosen, probs, strict=True)
+        ]
 
     def check(self, output, batch):
         y = self.targets(batch)

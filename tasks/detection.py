@@ -120,6 +120,17 @@ class Detection(Task):
                 canvas[:, top : top + h, left : left + w] = panel
         return canvas
 
+    def predict(self, model, inputs, how) -> list[dict]:
+        # In pixels of the image as the model saw it (resized to data.image_size), as the model ranks them.
+        return [
+            {
+                "boxes": found["boxes"].tolist(),
+                "labels": [self.classes[c] for c in found["labels"].tolist()],
+                "scores": found["scores"].tolist(),
+            }
+            for found in model(inputs)
+        ]
+
     # --- before training ------------------------------------------------------------------------------
     def check(self, output, batch) -> None:
         self.check_batch(batch, "the batch checked before training")  # once: on a GPU, one sync

@@ -81,18 +81,19 @@ class LanguageModeling(Task):
 
     def sample(self, model, context: int, device: torch.device) -> str:
         """The prompt and its continuation, decoded as UTF-8 (bad bytes replaced). Call under no_grad."""
-        tokens = torch.tensor([list(self.prompt.encode())], dtype=torch.long, device=device)
-        generator = torch.Generator().manual_seed(self.sample_seed)  # on the CPU: draws are on the host
-        for _ in range(self.sample_tokens):
-            logits = output_tensor(model(tokens[:, -context:]))[0, -1].float().cpu()
-            if self.temperature > 0:
-                probs = torch.softmax(logits / self.temperature, dim=-1)
-                next_token = torch.multinomial(probs, 1, generator=generator)
-            else:
-                next_token = logits.argmax().view(1)
-            tokens = torch.cat([tokens, next_token.view(1, 1).to(device)], dim=1)
-        ids = tokens[0].tolist()
-        return bytes(t for t in ids if t < 256).decode("utf-8", errors="replace")
+        tokens = torch.tensor(list(self.prompt.encode()), dtype=torch.long, device=device)
+        new = generate(model, tokens, self.sample_tokens, context, self.temperature, self.sample_seed)
+        return decode(torch.cat([tokens.cpu(), new]))
+
+    def predict(self, model, inputs, how):
+        # Each prompt drawn from a generator of its own seeded alike: its continuation is the same
+        # whatever other prompts the file holds, and in whatever batches.
+        context = how.context or max(len(t) for t in inputs)
+        rows = []
+        for tokens in inputs:
+            new = generate(model, tokens, how.max_new_tokens, context, how.temperature, how.seed)
+            rows.append({"prompt": decode(tokens.cpu()), "continuation": decode(new)})
+        return rows
 
     # --- before training ----------------------------------------------------------------------------------
     def check(self, output, batch):
@@ -116,3 +117,25 @@ class LanguageModeling(Task):
     def check_targets(self, targets):
         not_integer = f"language modeling needs integer token ids, got {describe(targets)}"
         check_ids(targets, self.vocab_size, "token ids", "vocab_size", not_integer)
+
+
+def generate(model, tokens, steps: int, context: int, temperature: float, seed: int) -> torch.Tensor:
+    """`steps` tokens after `tokens` (1-D, on the model's device), each from the logits of the last
+    `context` tokens, drawn at `temperature` (0: greedy) from a CPU generator seeded with `seed` (the
+    draws are on the host; the training random state is untouched). Call under no_grad."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = tokens.view(1, -1)
+    for _ in range(steps):
+        logits = output_tensor(model(tokens[:, -context:]))[0, -1].float().cpu()
+        if temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            next_token = torch.multinomial(probs, 1, generator=generator)
+        else:
+            next_token = logits.argmax().view(1)
+        tokens = torch.cat([tokens, next_token.view(1, 1).to(tokens.device)], dim=1)
+    return tokens[0, tokens.shape[1] - steps :].cpu()
+
+
+def decode(tokens: torch.Tensor) -> str:
+    """Token ids as UTF-8 text, bad bytes replaced (ids past 255, of a larger vocabulary, left out)."""
+    return bytes(t for t in tokens.tolist() if t < 256).decode("utf-8", errors="replace")

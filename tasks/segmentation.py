@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tasks.base import Task, check_ids, describe, require
+from tasks.base import Task, check_ids, describe, output_tensor, require
 
 
 class Segmentation(Task):
@@ -64,6 +64,12 @@ class Segmentation(Task):
         pred = self.forward(model, (x,)).argmax(dim=1)
         image = mask_rows(x, self.targets(batch)[:n], pred, self.num_classes, self.mean, self.std)
         add_png(writer, f"{prefix}/image_true_predicted", image, step)
+
+    def predict(self, model, inputs, how):
+        # One mask a sample, a class id a pixel: written as a PNG beside the CSV (16-bit past 256 classes).
+        dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
+        masks = output_tensor(model(inputs)).argmax(dim=1).to(dtype).cpu()
+        return [{"mask": mask} for mask in masks]
 
     def check(self, output, batch):
         y = self.targets(batch)

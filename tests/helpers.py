@@ -26,7 +26,7 @@ def runnable(*extra: str) -> list[str]:
     """What a copy of the project needs to run: the entry points, its configs and every package on disk (the
     template's own floors and the parts), read from the checkout rather than listed."""
     packages = sorted(p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name != "tests")
-    return ["train.py", "eval.py", "export.py", "pyproject.toml", "conf", *packages, *extra]
+    return ["train.py", "eval.py", "predict.py", "export.py", "pyproject.toml", "conf", *packages, *extra]
 
 
 def compose_config(overrides: list[str], run_dir: Path) -> DictConfig:
