@@ -18,8 +18,8 @@ from system.errors import ConfigError
 
 def backbone_frozen(model: torch.nn.Module, frozen: bool) -> None:
     """The backbone frozen (no gradients) or trained, for the epoch about to start."""
-    if frozen and torch.distributed.is_available() and torch.distributed.is_initialized():
-        if torch.distributed.get_world_size() > 1:  # DDP's reducer waits for every gradient it was built with
-            raise ConfigError("trainer.freeze_backbone_epochs runs in one process only, not under DDP")
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if frozen and distributed and torch.distributed.get_world_size() > 1:  # DDP waits for every gradient
+        raise ConfigError("trainer.freeze_backbone_epochs runs in one process only, not under DDP")
     for _, p in head_and_backbone(model)[1]:
         p.requires_grad_(not frozen)

@@ -21,7 +21,11 @@ HEAD = ("fc.",)
 
 
 def resnet18(
-    in_channels: int, num_classes: int, image_size: int, pretrained: bool = False, weights: str = "IMAGENET1K_V1"
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    pretrained: bool = False,
+    weights: str = "IMAGENET1K_V1",
 ) -> nn.Module:
     if pretrained:
         return _pretrained(in_channels, num_classes, image_size, weights)

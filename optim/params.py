@@ -69,7 +69,11 @@ def param_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict]:
             for g in groups
             for part in (
                 {**g, "params": [p for p in g["params"] if id(p) in head]},
-                {**g, "params": [p for p in g["params"] if id(p) not in head], "lr": g.get("lr", base) * scale},
+                {
+                    **g,
+                    "params": [p for p in g["params"] if id(p) not in head],
+                    "lr": g.get("lr", base) * scale,
+                },
             )
         ]
     if no_decay:  # nanoGPT's rule: matrices (linear, convolution, embedding weights) decay, vectors do not
@@ -93,7 +97,7 @@ def head_and_backbone(model: torch.nn.Module) -> tuple[list, list]:
     head = [(n, p) for n, p in named if prefixes and n.startswith(prefixes)]
     if not head:
         raise ConfigError(
-            f"{type(model).__name__} declares no head: set `model.head_prefixes = (\"fc.\",)` (the prefixes of "
+            f'{type(model).__name__} declares no head: set `model.head_prefixes = ("fc.",)` (the prefixes of '
             f"its new layers' parameter names, {_some(named)}) where it is built, to fine-tune its backbone apart"
         )
     return head, [(n, p) for n, p in named if not n.startswith(prefixes)]

@@ -339,7 +339,9 @@ def _check_param_groups(cfg: DictConfig) -> None:
         raise ConfigError(f"param_groups.no_decay_norm_and_bias={_plain(flag)!r} must be true or false")
     scale = _number(cfg, "param_groups.backbone_lr_scale")
     if scale is not None and not (math.isfinite(scale) and scale >= 0):
-        raise ConfigError(f"param_groups.backbone_lr_scale={scale} must be a finite number, at least 0 (null: off)")
+        raise ConfigError(
+            f"param_groups.backbone_lr_scale={scale} must be a finite number, at least 0 (null: off)"
+        )
     by_name = node.get("by_name")
     one = "{params: 'backbone.*', lr: 1.0e-4}"
     if by_name is not None and not isinstance(by_name, ListConfig):
