@@ -13,18 +13,14 @@ from system.errors import ConfigError
 
 
 def timm_model(name: str, in_channels: int, num_classes: int, pretrained: bool = False) -> nn.Module:
-    timm = _timm()
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else " (timm.list_models() lists them)"
-        raise ConfigError(f"model.name={name!r} is not a model timm knows{hint}")
+    timm = _known(name)
     load = wanted(pretrained)
     try:
         model = timm.create_model(name, pretrained=load, num_classes=num_classes, in_chans=in_channels)
     except (OSError, RuntimeError, ValueError) as err:  # offline without the file, a refused download
         if not load:
             raise
-        raise WeightsError(_missing(timm, name, err)) from None
+        raise WeightsError(_missing(name, err)) from None
     head = model.pretrained_cfg.get("classifier") or ()
     model.head_prefixes = tuple(f"{h}." for h in ([head] if isinstance(head, str) else head))
     return model
@@ -32,26 +28,40 @@ def timm_model(name: str, in_channels: int, num_classes: int, pretrained: bool =
 
 def preprocessing(name: str, **_) -> dict:
     """What the weights were trained on: their mean, std and input size (setup/pretrained.py reads it)."""
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(name)
+    cfg = _pretrained_cfg(name)
     return {"mean": list(cfg.mean), "std": list(cfg.std), "image_size": cfg.input_size[-1]}
 
 
-def _timm():
+def _known(name: str):
+    """timm, once it is there and knows `name`; else one line (with the close names it knows)."""
     try:
         import timm
     except ImportError:
         raise ConfigError("model=timm needs timm: pip install -e '.[timm]'") from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else " (timm.list_models() lists them)"
+        raise ConfigError(f"model.name={name!r} is not a model timm knows{hint}")
     return timm
 
 
-def _missing(timm, name: str, err: Exception) -> str:
-    """The file timm looks for, and the directory of the Hugging Face cache it looks in."""
-    from huggingface_hub.constants import HF_HUB_CACHE
+def _pretrained_cfg(name: str):
+    _known(name)
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise WeightsError(
+            f"model.name={name}: timm has no pretrained weights of it (model.pretrained=false)"
+        )
+    return cfg
+
+
+def _missing(name: str, err: Exception) -> str:
+    """The file timm looks for, and the directory of the Hugging Face cache it looks in."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cfg = _pretrained_cfg(name)
     repo = cfg.hf_hub_id or "?"
     file = cfg.hf_hub_filename or "model.safetensors"
     cause = " ".join(str(err).split())[:160] or type(err).__name__
