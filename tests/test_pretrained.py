@@ -23,7 +23,8 @@ OFFLINE = {
     **{v: "http://127.0.0.1:9" for v in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
     **{"no_proxy": "", "NO_PROXY": ""},
 }
-SHORT = ["logging.progress_bar=false", "data.num_workers=0", "data.batch_size=4", "trainer.limit_batches=3"]
+SHORT = ["logging.progress_bar=false", "data.num_workers=0", "data.batch_size=4", "trainer.limit_batches=3",
+         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]  # fmt: skip
 
 
 def images(tmp_path) -> list[str]:
