@@ -150,3 +150,24 @@ def test_timm_model_by_name_trains_from_the_hugging_face_cache(tmp_path):
     assert (
         f"model.safetensors of https://huggingface.co/timm/convnext_atto.d2_in1k is not in {folder}" in output
     )
+
+
+# --- tests/test_resume.py's kill -9 matrix, case `finetune` ------------------------------------------------
+
+
+def finetune_in(tmp_path) -> tuple:
+    """experiment=finetune_imagefolder on example images (16 px: several batches a second), with the
+    weights in a cache of its own."""
+    from tests.helpers import REPO
+
+    env, _ = torchvision_weights(tmp_path / "cache")
+    overrides = dict(o.split("=", 1) for o in images(tmp_path))
+    return REPO, {"experiment": "finetune_imagefolder", **overrides, "data.num_workers": "0"}, env
+
+
+def froze_then_trained(whole, killed) -> None:
+    """Steps 3 and 6 fall in the frozen epoch 0 (8 steps), 9 after the switch: the backbone stood still,
+    then moved; the head trained throughout."""
+    ckpt = lambda step: load_checkpoint(whole / "checkpoints" / f"step_{step:08d}.pt")["model"]  # noqa: E731
+    assert backbone_equal(ckpt(6), ckpt(3), "fc.") and not backbone_equal(ckpt(9), ckpt(6), "fc.")
+    assert not torch.equal(ckpt(6)["fc.weight"], ckpt(3)["fc.weight"])
