@@ -2,7 +2,8 @@
 (experiment=finetune_imagefolder): the weights come from the local cache, written here in its real layout
 (tests/pretrained_cache.py), and a run starts from them; their normalization goes into the run's config;
 the backbone trains at a scaled lr, frozen for the first epochs, and a resume on either side of the switch
-ends where the run never stopped ends (kill -9: tests/test_resume.py's matrix, case `finetune`)."""
+ends where the run never stopped ends (after it: here; kill -9 before it: tests/test_resume.py's matrix,
+case `finetune`)."""
 
 from __future__ import annotations
 
@@ -63,10 +64,10 @@ def test_resnet18_starts_from_the_cached_weights_with_a_new_head(tmp_path, monke
         build("model", compose_config([*overrides, "model.weights=IMAGENET1K_V3"], tmp_path / "run").model)
 
 
-def test_finetune_recipe_freezes_then_trains_and_resumes_on_either_side_of_the_switch(tmp_path, monkeypatch):
+def test_finetune_recipe_freezes_then_trains_and_resumes_after_the_switch(tmp_path, monkeypatch):
     """experiment=finetune_imagefolder: the weights' mean and std in the stored config (image_size, set on
     the command line, kept); the optimizer's groups; the backbone equal to the file's through epoch 0 and
-    trained in epoch 1; a run resumed from a step in either epoch ends bit-identical."""
+    trained in epoch 1; a run resumed from a step in epoch 1 ends bit-identical."""
     from setup.parts import build, build_optimizer
 
     env, file = torchvision_weights(tmp_path / "cache")
@@ -94,14 +95,14 @@ def test_finetune_recipe_freezes_then_trains_and_resumes_on_either_side_of_the_s
         assert (g["weight_decay"] == 0) == all(p.dim() < 2 for p in g["params"])
     assert len(groups) == 4
 
+    # Resumed after the switch (from the frozen epoch: tests/test_resume.py's matrix, case finetune).
     whole = load_checkpoint(run / "checkpoints" / "last.pt")
-    for step in (2, 4):  # in the frozen epoch, and after the switch
-        shutil.copyfile(run / "checkpoints" / f"step_{step:08d}.pt", run / "checkpoints" / "last.pt")
-        (run / "metrics.json").unlink()
-        train_in_process([f"resume={run}"], run)
-        resumed = load_checkpoint(run / "checkpoints" / "last.pt")
-        for part in ("model", "optimizer", "scheduler", "step", "epoch"):
-            assert_same(resumed[part], whole[part], f"resumed from step {step}: {part}")
+    shutil.copyfile(run / "checkpoints" / "step_00000004.pt", run / "checkpoints" / "last.pt")
+    (run / "metrics.json").unlink()
+    train_in_process([f"resume={run}"], run)
+    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
+    for part in ("model", "optimizer", "scheduler", "step", "epoch"):
+        assert_same(resumed[part], whole[part], f"resumed from step 4: {part}")
 
 
 def test_absent_weights_offline_is_one_line_naming_the_file_and_its_directory(tmp_path):
