@@ -52,11 +52,13 @@ def build_optimizer(cfg: DictConfig, model, device):
     """The optimizer of cfg.optimizer over `model`'s parameter groups (optim/params.py: the config's
     `param_groups`, and the function a fork edits), with the fused kernel on CUDA. train.py and the
     benchmark both build theirs here."""
-    from optim.params import check_options, param_groups
+    from optim.params import check_options, head_and_backbone, param_groups
     from setup.runtime import fused_on_cuda
 
     optimizer = build("optimizer", fused_on_cuda(cfg.optimizer, device), param_groups(model, cfg))
     check_options(optimizer, cfg)
+    if OmegaConf.select(cfg, "trainer.freeze_backbone_epochs", default=0):
+        head_and_backbone(model)  # a model that names no head stops here, before training
     return optimizer
 
 

@@ -19,7 +19,7 @@ from tests.helpers import compose_config, needs, read_metrics, require_extra, ru
 from tests.pretrained_cache import timm_weights, torchvision_weights
 from tests.test_resume import assert_same
 
-pytestmark = needs("conf/model/resnet18.yaml", "conf/data/imagefolder.yaml")
+pytestmark = needs("conf/model/resnet18.yaml", "conf/model/simple_cnn.yaml", "conf/data/imagefolder.yaml")
 OFFLINE = {
     **{v: "http://127.0.0.1:9" for v in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
     **{"no_proxy": "", "NO_PROXY": ""},
@@ -103,6 +103,18 @@ def test_finetune_recipe_freezes_then_trains_and_resumes_after_the_switch(tmp_pa
     resumed = load_checkpoint(run / "checkpoints" / "last.pt")
     for part in ("model", "optimizer", "scheduler", "step", "epoch"):
         assert_same(resumed[part], whole[part], f"resumed from step 4: {part}")
+
+
+def test_a_recipe_on_a_model_without_a_head_or_with_a_bad_scale_is_one_line(tmp_path):
+    from setup.config import ConfigError, check_config
+    from setup.parts import build, build_optimizer
+
+    for override in ("param_groups.backbone_lr_scale=0.1", "trainer.freeze_backbone_epochs=1"):
+        cfg = compose_config(["model=simple_cnn", override], tmp_path / "run")
+        with pytest.raises(ConfigError, match=r"SimpleCNN declares no head: set `model.head_prefixes = "):
+            build_optimizer(cfg, build("model", cfg.model), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"param_groups.backbone_lr_scale=-1 must be a finite number"):
+        check_config(compose_config(["param_groups.backbone_lr_scale=-1"], tmp_path / "run"))
 
 
 def test_absent_weights_offline_is_one_line_naming_the_file_and_its_directory(tmp_path):
