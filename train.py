@@ -68,9 +68,10 @@ from torch.nn.utils import clip_grad_norm_
 import setup.config as schema
 import setup.distributed
 import setup.parts
+import setup.pretrained
 import setup.runtime
 from board import dashboards, writer
-from loop import evaluation, nonfinite
+from loop import evaluation, freeze, nonfinite
 from loop.session import Session
 from loop.state import Parts, Plan, TrainState
 from loop.timebudget import Deadline
@@ -121,7 +122,9 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
     ddp = setup.distributed.init_distributed(t.device)
     # A random stream per rank (dropout, augmentation); DDP hands every rank rank 0's initial weights.
     setup.runtime.seed_everything(t.seed + ddp.rank, t.deterministic, t.cudnn_benchmark)
-    # First: what only its files know (a table's classes) reaches the task and model.
+    # First: what only its files know (a table's classes), and a pretrained model's normalization and image
+    # size (setup/pretrained.py), reach the task, the model and the data.
+    setup.pretrained.take_preprocessing(cfg, log)
     splits = setup.parts.build_data(cfg)
     task = setup.parts.build("task", cfg.task)
     # Each rank its own shard: data.batch_size is per rank, the global batch world_size times that.
@@ -133,7 +136,7 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
         raise schema.ConfigError(
             f"trainer.val_every_n_steps={t.val_every_n_steps} is more than the run's {plan.total_steps} steps"
         )
-    model = setup.parts.build("model", cfg.model).to(ddp.device)
+    model = setup.parts.build_model(cfg).to(ddp.device)
     setup.parts.check_fit(cfg, task, model, splits, loaders.val, ddp.device)  # one real batch, first
     if cfg.get("init_from") and not cfg.get("resume"):  # fine-tuning: these weights, a new run
         init_from.log_summary(init_from.load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
@@ -169,6 +172,8 @@ def fit(parts: Parts, state: TrainState, session: Session) -> None:
         if epoch != state.epoch:
             state.epoch, state.batch_in_epoch = epoch, 0
         parts.loaders.train.set_epoch(epoch, state.batch_in_epoch)  # a resumed run goes on mid-epoch
+        if t.freeze_backbone_epochs:  # the backbone frozen for the first N epochs (loop/freeze.py)
+            freeze.backbone_frozen(parts.model, epoch < t.freeze_backbone_epochs)
         for i, batch in enumerate(parts.loaders.train, start=state.batch_in_epoch):
             if i >= plan.batches_per_epoch or train_on_batch(parts, state, session, batch, i):
                 break

@@ -50,10 +50,10 @@ def imagefolder(
     )
 
 
-def write_example(directory, classes: int = 2, per_class: int = 10, size: int = 20) -> list[str]:
-    """A few small PNGs of random pixels in class folders (root/class_<i>/<j>.png), in the layout this
-    dataset reads; returns the config overrides that point data=imagefolder at them (the tests train on
-    it)."""
+def write_example(directory, classes: int = 2, per_class: int = 60, size: int = 20) -> list[str]:
+    """Small PNGs of random pixels in class folders (root/class_<i>/<j>.png), in the layout this dataset
+    reads; returns the config overrides that point data=imagefolder at them (the tests train on it). As
+    many as make three batches of 32 for training (debug=smoke's three steps, in one epoch)."""
     import numpy as np
     from PIL import Image
 

@@ -9,6 +9,8 @@ Two places, one per kind of rule:
   those options (`lr`, `weight_decay`, or any other option of the optimizer); the parameters no group
   names keep the optimizer config's options, in the first group. `param_groups.no_decay_norm_and_bias=true`
   then takes the weight decay off every 1-D parameter (biases, norm layers' weights) of each group.
+  `param_groups.backbone_lr_scale=0.1` (fine-tuning) splits each group first into the model's new head
+  (the parameters that its `head_prefixes` name) and its backbone, whose lr is the group's times 0.1.
 - `param_groups` below, for a rule that a name cannot say (by module type, a layer-wise lr decay): it
   returns the groups as torch.optim takes them.
 
@@ -34,7 +36,8 @@ def param_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict]:
     node = cfg.get("param_groups") or {}  # a config stored before parameter groups has none
     by_name = OmegaConf.to_container(node.by_name, resolve=True) if node.get("by_name") else []
     no_decay = bool(node.get("no_decay_norm_and_bias", False))
-    if not by_name and not no_decay:
+    scale = node.get("backbone_lr_scale")
+    if not by_name and not no_decay and scale is None:
         return [{"params": list(model.parameters())}]  # what the optimizer got before groups existed
     named = list(model.named_parameters())
     owner: dict[str, int] = {}  # parameter name -> the index of the group that takes it
@@ -58,6 +61,21 @@ def param_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict]:
     groups = [{"params": [], **o} for o in options]  # 0: the parameters no group takes
     for name, p in named:
         groups[owner[name] + 1 if name in owner else 0]["params"].append(p)
+    if scale is not None:  # fine-tuning: each group's backbone part at its lr times the scale
+        head = {id(p) for _, p in head_and_backbone(model)[0]}
+        base = cfg.optimizer.get("lr")
+        groups = [
+            part
+            for g in groups
+            for part in (
+                {**g, "params": [p for p in g["params"] if id(p) in head]},
+                {
+                    **g,
+                    "params": [p for p in g["params"] if id(p) not in head],
+                    "lr": g.get("lr", base) * scale,
+                },
+            )
+        ]
     if no_decay:  # nanoGPT's rule: matrices (linear, convolution, embedding weights) decay, vectors do not
         groups = [
             part
@@ -68,6 +86,21 @@ def param_groups(model: torch.nn.Module, cfg: DictConfig) -> list[dict]:
             )
         ]
     return [g for g in groups if g["params"]]
+
+
+def head_and_backbone(model: torch.nn.Module) -> tuple[list, list]:
+    """The model's new head and the rest, its backbone, as (name, parameter) lists: the head is the
+    parameters whose names start with one of `model.head_prefixes` (the convention a model declares:
+    docs/tasks.md). A model that declares none, or whose prefixes name nothing, is a ConfigError."""
+    prefixes = tuple(getattr(model, "head_prefixes", None) or ())
+    named = list(model.named_parameters())
+    head = [(n, p) for n, p in named if prefixes and n.startswith(prefixes)]
+    if not head:
+        raise ConfigError(
+            f'{type(model).__name__} declares no head: set `model.head_prefixes = ("fc.",)` (the prefixes of '
+            f"its new layers' parameter names, {_some(named)}) where it is built, to fine-tune its backbone apart"
+        )
+    return head, [(n, p) for n, p in named if not n.startswith(prefixes)]
 
 
 def check_options(optimizer: torch.optim.Optimizer, cfg: DictConfig) -> None:

@@ -67,6 +67,7 @@ class TrainerSchema:
     profile_steps: Optional[int] = None
     detect_anomaly: bool = False
     ema_decay: Optional[float] = None
+    freeze_backbone_epochs: int = 0
 
 
 @dataclass
@@ -123,18 +124,19 @@ CLOSED = {
     "trainer": TrainerSchema,
     "logging": LoggingSchema,
     "paths": ("output_root", "multirun_root", "data_dir"),
-    "param_groups": ("no_decay_norm_and_bias", "by_name"),
+    "param_groups": ("no_decay_norm_and_bias", "by_name", "backbone_lr_scale"),
 }
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
              "allowed_targets", "init_from", "init_strict", "tags", "declares", "param_groups")  # fmt: skip
 # What a model and a task config declare, under `declares.model` and `declares.task` (beside the group's
 # node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
-# and the output it gives; the data's target a task reads and the model output it needs. Another group
+# and the output it gives (and `extra`: the optional extra of pyproject it needs, e.g. timm); the data's
+# target a task reads and the model output it needs. Another group
 # may declare what it likes under `declares.<group>`: the template reads only these.
 # Where a data config's samples come from (data.declares.source): no download and no files, fetched when
 # online, or the user's files.
 SOURCES = ("builtin", "download", "files")
-DECLARES = {"model": ("input", "output"), "task": ("target", "output")}
+DECLARES = {"model": ("input", "output", "extra"), "task": ("target", "output")}
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
@@ -154,6 +156,7 @@ RANGES = (
     ("trainer.early_stopping.min_delta", 0, None),
     ("trainer.overfit_batches", 1, None),
     ("trainer.profile_steps", 1, None),
+    ("trainer.freeze_backbone_epochs", 0, "off"),
     ("data.batch_size", 1, None),
     ("data.num_workers", 0, None),
     ("data.num_outputs", 1, None),
@@ -355,6 +358,11 @@ def _check_param_groups(cfg: DictConfig) -> None:
     flag = node.get("no_decay_norm_and_bias", False)
     if not isinstance(flag, bool):
         raise ConfigError(f"param_groups.no_decay_norm_and_bias={_plain(flag)!r} must be true or false")
+    scale = _number(cfg, "param_groups.backbone_lr_scale")
+    if scale is not None and not (math.isfinite(scale) and scale >= 0):
+        raise ConfigError(
+            f"param_groups.backbone_lr_scale={scale} must be a finite number, at least 0 (null: off)"
+        )
     by_name = node.get("by_name")
     one = "{params: 'backbone.*', lr: 1.0e-4}"
     if by_name is not None and not isinstance(by_name, ListConfig):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from setup.config import DECLARES, ConfigError
-from system.errors import one_line
+from system.errors import UserError, one_line
 
 
 def build(group: str, node: DictConfig, *args, **kwargs):
@@ -27,11 +27,8 @@ def build(group: str, node: DictConfig, *args, **kwargs):
         obj = instantiate(node)
         obj = obj(*args, **kwargs) if args or kwargs else obj
     except (InstantiationException, TypeError, ValueError) as err:
-        from data.splits import DatasetError  # here: both import torch, which `build` needs anyway
-        from tasks.base import TaskError
-
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
-        if isinstance(cause, (DatasetError, TaskError)):  # the data's or the task's own one line
+        if isinstance(cause, UserError):  # the part's own one line (the data's, the task's, the weights')
             raise cause from None
         target = node.get("_target_", "?")
         # A fork's config written for an older template: its declarations inside the group's node.
@@ -55,12 +52,25 @@ def build_optimizer(cfg: DictConfig, model, device):
     """The optimizer of cfg.optimizer over `model`'s parameter groups (optim/params.py: the config's
     `param_groups`, and the function a fork edits), with the fused kernel on CUDA. train.py and the
     benchmark both build theirs here."""
-    from optim.params import check_options, param_groups
+    from optim.params import check_options, head_and_backbone, param_groups
     from setup.runtime import fused_on_cuda
 
     optimizer = build("optimizer", fused_on_cuda(cfg.optimizer, device), param_groups(model, cfg))
     check_options(optimizer, cfg)
+    if OmegaConf.select(cfg, "trainer.freeze_backbone_epochs", default=0):
+        head_and_backbone(model)  # a model that names no head stops here, before training
     return optimizer
+
+
+def build_model(cfg: DictConfig):
+    """The model of cfg.model; a resumed run's without reading its pretrained weights (models/pretrained.py):
+    the checkpoint's replace them, and the machine may not have the file."""
+    from models.pretrained import from_checkpoint
+
+    if cfg.get("resume"):
+        with from_checkpoint():
+            return build("model", cfg.model)
+    return build("model", cfg.model)
 
 
 def _is_module(obj) -> bool:
@@ -101,7 +111,7 @@ def build_data(cfg: DictConfig):
             else:
                 cfg.data[key] = literal(value)
         if found:  # which keys came from the files: a resume checks its config with them against its own
-            cfg.data.found_in_files = sorted(found)
+            cfg.data.found_in_files = sorted({*found, *(cfg.data.get("found_in_files") or [])})
     check_declared(cfg)
     return splits
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from models.pretrained import from_checkpoint
 from setup.config import ConfigError
 from setup.parts import build
 from setup.trust import stored_config
@@ -60,7 +61,8 @@ def trained_model(ckpt: Checkpoint, cfg: DictConfig, device="cpu") -> torch.nn.M
     """The model that `cfg` builds (a checkpoint's own config, checked by setup/trust.py), its lazy
     modules given their shapes, with the weights the checkpoint's run evaluated (the EMA's, when it kept
     one), in eval mode. Raises CheckpointError when the weights do not fit the model."""
-    model = build("model", cfg.model).to(device)
+    with from_checkpoint():  # the checkpoint's weights, not the pretrained file's (which may be absent)
+        model = build("model", cfg.model).to(device)
     if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
         materialize(model, cfg, device)
     load_weights(model, ckpt.evaluated_weights, ckpt.path)

@@ -31,3 +31,26 @@ def pytest_collection_modifyitems(config, items):
     if absent:
         config.hook.pytest_deselected(items=absent)
         items[:] = [item for item in items if item not in absent]
+    for item in items:
+        _skip_without_its_extra(item)
+
+
+def _skip_without_its_extra(item) -> None:
+    """A case of a model that declares an optional extra (`declares.model.extra: timm`) skips where the
+    extra is not installed, as a test calling require_extra does (and fails under REQUIRE_E2E=1): the cases
+    come from conf/ on disk, so no test can call it for them."""
+    import importlib.util
+
+    from tests.helpers import declared
+
+    model = getattr(getattr(item, "callspec", None), "params", {}).get("model")
+    known = isinstance(model, str) and (REPO / "conf" / "model" / f"{model}.yaml").is_file()
+    extra = declared("model", model).get("extra") if known else None
+    if not extra or os.environ.get("REQUIRE_E2E") == "1":
+        return  # under REQUIRE_E2E=1 it runs, and fails in one line naming the extra
+    try:  # a dotted name whose parent package is missing raises instead of returning None
+        if importlib.util.find_spec(extra) is not None:
+            return
+    except ModuleNotFoundError:
+        pass
+    item.add_marker(pytest.mark.skip(reason=f"model={model} needs {extra}: pip install -e '.[{extra}]'"))

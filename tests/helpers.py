@@ -189,6 +189,18 @@ def write_example(data: str, directory: Path) -> list[str] | None:
     return list(getattr(importlib.import_module(module), function)(directory))
 
 
+def experiment_inputs(experiment: str, directory: Path) -> tuple[list[str], dict[str, str]]:
+    """What an experiment needs from outside the checkout, made up under `directory`: its data's example
+    files, when its data reads files (the overrides that point at them), and a pretrained model's weights
+    in a local cache (tests/pretrained_cache.py: the environment that finds them). Nothing for most."""
+    from tests.pretrained_cache import pretrained_env
+
+    cfg = compose_config([f"experiment={experiment}"], directory / "composed")
+    data = HydraConfig.get().runtime.choices["data"]
+    overrides = [] if offline(data) else write_example(data, directory / "files") or []
+    return overrides, pretrained_env(cfg, directory / "weights")
+
+
 COMBOS = [
     (t, d, m)
     for t in options("task")

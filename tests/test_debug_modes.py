@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import PYTHON, REPO, compose_config, options
+from tests.helpers import PYTHON, REPO, compose_config, experiment_inputs, options
 
 # The most training batches a debug mode may run (debug=overfit: 60 epochs of 4 batches), and the most
 # batches of one validation or of the test.
@@ -31,7 +31,8 @@ def train_batches(t) -> float:
 def test_every_debug_mode_bounds_every_experiment(mode, experiment, tmp_path):
     from setup.config import check_config
 
-    overrides = [f"debug={mode}", *([f"experiment={experiment}"] if experiment else [])]
+    files = experiment_inputs(experiment, tmp_path)[0] if experiment else []  # its data's example files
+    overrides = [f"debug={mode}", *([f"experiment={experiment}"] if experiment else []), *files]
     cfg = compose_config(overrides, tmp_path / "run")
     check_config(cfg)  # what train.py checks first: the combination is a valid run
     t = cfg.trainer
@@ -49,16 +50,22 @@ def test_every_debug_mode_bounds_every_experiment(mode, experiment, tmp_path):
 @pytest.mark.slow
 def test_smoke_runs_every_experiment(tmp_path):
     """`python train.py -m 'experiment=glob(*)' debug=smoke`, for real: every experiment trains its three
-    steps, validates and tests, in one sweep."""
+    steps, validates and tests, in one sweep; one that needs inputs from outside the checkout (your files,
+    pretrained weights: tests/helpers.py experiment_inputs) in a run of its own, given them."""
     root = tmp_path / "multirun"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run(
-        [PYTHON, str(REPO / "train.py"), "-m", "experiment=glob(*)", "debug=smoke", "logging.progress_bar=false",
-         f"paths.multirun_root={root}", "data.num_workers=0"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    inputs = {name: experiment_inputs(name, tmp_path / name) for name in options("experiment")}
+    given = sorted(name for name, (files, weights) in inputs.items() if files or weights)
+    sweeps = [(f"experiment=glob(*,exclude=[{','.join(given)}])" if given else "experiment=glob(*)", [], {})]
+    sweeps += [(f"experiment={name}", *inputs[name]) for name in given]
+    for choice, files, weights in sweeps:
+        proc = subprocess.run(
+            [PYTHON, str(REPO / "train.py"), "-m", choice, "debug=smoke", "logging.progress_bar=false",
+             f"paths.multirun_root={root}", "data.num_workers=0", *files],
+            cwd=REPO, env={**env, **weights}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted(root.rglob("metrics.json"))
     assert len(runs) == len(options("experiment")), [str(r) for r in runs]
     for path in runs:

@@ -243,7 +243,13 @@ def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
         # The code of exactly those parts: no module left without its config.
         modules = {module_of(project, group, n) for n in from_disk[group]}
         folder = {"task": "tasks", "model": "models", "data": "data"}[group]
-        shared = {f"{folder}/__init__.py", f"{folder}/base.py", f"{folder}/splits.py"}
+        # Shared by the parts: pretrained.py by the models that load weights, and by every checkpoint's reader.
+        shared = {
+            f"{folder}/__init__.py",
+            f"{folder}/base.py",
+            f"{folder}/splits.py",
+            f"{folder}/pretrained.py",
+        }
         assert {f"{folder}/{p.name}" for p in (project / folder).glob("*.py")} - shared == modules, group
     for task in ("regression", "segmentation", "language_modeling"):  # each task's own tests go with it
         assert (project / "tests" / f"test_{task}.py").exists() == (task in answers["tasks"]), task
@@ -272,6 +278,7 @@ def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
         *["slurm"] * answers["slurm"],
         "export",  # export.py ships with every project
         *["mlflow", "wandb"] * answers["trackers"],
+        *["timm"] * ("timm" in answers["models"]),  # the extra of model=timm goes with it
     ]
     # What copier rendered holds no template syntax, and records the answers for `copier update`.
     for rendered in (

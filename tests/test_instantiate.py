@@ -23,6 +23,7 @@ from tests.helpers import (
     compose_config,
     declared,
     default_run,
+    experiment_inputs,
     needs,
     offline,
     options,
@@ -91,10 +92,15 @@ def test_instantiate_builds_every_task(task, data, model):
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_an_experiment_s_override_of_the_model_and_task_brings_their_declarations(experiment):
+def test_an_experiment_s_override_of_the_model_and_task_brings_their_declarations(
+    experiment, tmp_path, monkeypatch
+):
     """`override /model: ...` in an experiment replaces the default model's node and its declarations
     alike (nothing of the default's is left in either), and both still instantiate."""
-    cfg = compose_as_a_user([f"experiment={experiment}"], hydra_node=True)
+    files, weights = experiment_inputs(experiment, tmp_path)  # your files, pretrained weights: made up
+    for key, value in weights.items():
+        monkeypatch.setenv(key, value)
+    cfg = compose_as_a_user([f"experiment={experiment}", *files], hydra_node=True)
     chosen = cfg.hydra.runtime.choices
     for group in ("model", "task"):
         assert cfg[group]._target_ == written(group, chosen[group])["_target_"], group

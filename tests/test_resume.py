@@ -149,8 +149,9 @@ KILL_RUN = {
 class Case:
     """A run of the matrix: its overrides (over KILL_RUN); `setup` and `check`, "module:function" names
     imported only when the case runs (a project without the part has neither the case nor, maybe, the
-    module): setup(tmp_path) -> (the checkout to run in, more overrides), e.g. a fork's copy of the
-    template; check(whole, killed), what the part asserts beyond the matrix, on the two finished runs."""
+    module): setup(tmp_path) -> (the checkout to run in, more overrides[, environment variables]), e.g. a
+    fork's copy of the template; check(whole, killed), what the part asserts beyond the matrix, on the two
+    finished runs."""
 
     overrides: dict[str, str]
     setup: str | None = None
@@ -164,15 +165,15 @@ def named(name: str):
     return getattr(importlib.import_module(module), function)
 
 
-def start(root: Path, args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def start(root: Path, args: list[str], extra_env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.Popen([PYTHON, "train.py", *args], cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
 
 
-def run_in(root: Path, script: str, *args: str) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_in(root: Path, script: str, *args: str, extra_env: dict | None = None) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     for name in ("HYDRA_FULL_ERROR", "PYTEST_ADDOPTS"):
         env.pop(name, None)
     done = subprocess.run(
@@ -204,13 +205,15 @@ def without_clock(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.endswith(("_seconds", "_per_s"))}
 
 
-def kill9_and_resume(root: Path, args: list[str], tmp_path: Path) -> tuple[Path, Path]:
+def kill9_and_resume(
+    root: Path, args: list[str], tmp_path: Path, env: dict | None = None
+) -> tuple[Path, Path]:
     """A run killed with -9 right after its first step checkpoint and resumed, beside the same run never
     killed: the same directory goes on (its config and overrides kept, its log continued), and both end
     with the same checkpoint, metrics, TensorBoard steps and values, and eval.py numbers."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    reference = start(root, [*args, f"hydra.run.dir={whole}"])  # alongside, on the other core
-    victim = start(root, [*args, f"hydra.run.dir={killed}"])
+    reference = start(root, [*args, f"hydra.run.dir={whole}"], env)  # alongside, on the other core
+    victim = start(root, [*args, f"hydra.run.dir={killed}"], env)
     every = next(int(a.split("=")[1]) for a in args if a.startswith("trainer.checkpoint_every_n_steps="))
     first = killed / "checkpoints" / f"step_{every:08d}.pt"
     # A victim that finished before the kill would compare a run with itself: that fails, never passes.
@@ -220,7 +223,7 @@ def kill9_and_resume(root: Path, args: list[str], tmp_path: Path) -> tuple[Path,
     assert state["batch_in_epoch"] > 0, "the kill was not mid-epoch"
     overrides = (killed / ".hydra" / "overrides.yaml").read_text()
 
-    run_in(root, "train.py", f"resume={killed}")  # the run dir comes from `resume` alone
+    run_in(root, "train.py", f"resume={killed}", extra_env=env)  # the run dir comes from `resume` alone
     assert reference.wait(timeout=300) == 0
     assert (killed / ".hydra" / "overrides.yaml").read_text() == overrides
     assert "Resuming from" in (killed / "train.log").read_text()
@@ -235,7 +238,7 @@ def kill9_and_resume(root: Path, args: list[str], tmp_path: Path) -> tuple[Path,
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), tag
     # eval.py tests best.pt (its moving average, if any) to the run's own final test numbers.
     best = killed / "checkpoints" / "best.pt"
-    run_in(root, "eval.py", f"ckpt={best}")
+    run_in(root, "eval.py", f"ckpt={best}", extra_env=env)
     evaluated = read_metrics(best.parent)
     for key in (k for k in metrics if k.startswith("test/")):
         assert evaluated[key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-9), key
@@ -299,6 +302,15 @@ def cases() -> list:
             id="param_groups",
             marks=needs(*REFERENCE_RUN.args),
         ),
+        pytest.param(  # fine-tuning pretrained weights, killed in the frozen epoch and resumed across the switch
+            Case(
+                {"trainer.freeze_backbone_epochs": "1"},
+                setup="tests.test_pretrained:finetune_in",
+                check="tests.test_pretrained:froze_then_trained",
+            ),  # fmt: skip
+            id="finetune",
+            marks=needs("conf/experiment/finetune_imagefolder.yaml", "tests/test_pretrained.py"),
+        ),
         pytest.param(  # docs/loop.md's second model and optimizer
             Case(
                 {"trainer.critic_weight": "0.1"},
@@ -323,8 +335,8 @@ def cifar10_files(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", cases())
 def test_kill9_then_resume_is_bit_identical(case, tmp_path):
-    root, overrides = named(case.setup)(tmp_path) if case.setup else (REPO, {})
+    root, overrides, env = (*named(case.setup)(tmp_path), {})[:3] if case.setup else (REPO, {}, {})
     args = {**KILL_RUN, **overrides, **case.overrides}
-    whole, killed = kill9_and_resume(root, [f"{k}={v}" for k, v in args.items()], tmp_path)
+    whole, killed = kill9_and_resume(root, [f"{k}={v}" for k, v in args.items()], tmp_path, env)
     if case.check:
         named(case.check)(whole, killed)

@@ -16,6 +16,7 @@ from tests.helpers import (
     compatible,
     default_run,
     event_accumulator,
+    experiment_inputs,
     needs,
     offline,
     options,
@@ -93,7 +94,8 @@ def test_each_experiment_runs_end_to_end(experiment, tmp_path):
         "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2",
     ]
-    proc = run_cli([f"experiment={experiment}", *few, f"hydra.run.dir={run}"])
+    files, env = experiment_inputs(experiment, tmp_path)  # its data's example files, pretrained weights
+    proc = run_cli([f"experiment={experiment}", *few, *files, f"hydra.run.dir={run}"], env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_run_dir(run, graph=False, by_hydra=True)
 
