@@ -34,6 +34,10 @@ def digits_table() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
+# load_diabetes's feature_names, which scikit-learn too keeps in its code, not in the data files.
+DIABETES_FEATURES = ("age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6")
+
+
 def diabetes_table() -> tuple[np.ndarray, np.ndarray]:
     """The 442 patients' 10 raw (unscaled) features and their target, as load_diabetes(scaled=False)."""
     data, target = sklearn_file("diabetes_data_raw.csv.gz"), sklearn_file("diabetes_target.csv.gz")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import TensorDataset
 
-from data.bundled import diabetes_table
+from data.bundled import DIABETES_FEATURES, diabetes_table
 from data.splits import Splits, split_indices
 
 
@@ -25,7 +25,7 @@ def diabetes(
     features = (features - mean) / std
     # What predict.py reads a new table's rows by: the columns (age, sex, bmi, ...) and their standardization.
     found = {
-        "features": list(bunch.feature_names),
+        "features": list(DIABETES_FEATURES),
         "feature_mean": mean.tolist(),
         "feature_std": std.tolist(),
     }

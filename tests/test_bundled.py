@@ -9,7 +9,7 @@ import numpy as np
 def test_the_bundled_tables_are_sklearns_own():
     from sklearn.datasets import load_diabetes, load_digits
 
-    from data.bundled import diabetes_table, digits_table
+    from data.bundled import DIABETES_FEATURES, diabetes_table, digits_table
 
     images, labels = digits_table()
     bunch = load_digits()
@@ -18,6 +18,7 @@ def test_the_bundled_tables_are_sklearns_own():
     features, target = diabetes_table()
     bunch = load_diabetes(scaled=False)
     assert np.array_equal(features, bunch.data) and np.array_equal(target, bunch.target)
+    assert list(DIABETES_FEATURES) == list(bunch.feature_names)
 
 
 def test_a_default_run_does_not_import_sklearn(tmp_path):

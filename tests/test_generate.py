@@ -243,14 +243,10 @@ def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
         # The code of exactly those parts: no module left without its config.
         modules = {module_of(project, group, n) for n in from_disk[group]}
         folder = {"task": "tasks", "model": "models", "data": "data"}[group]
-        # Shared by the parts: pretrained.py by the models that load weights, and by every checkpoint's reader.
-        shared = {
-            f"{folder}/__init__.py",
-            f"{folder}/base.py",
-            f"{folder}/splits.py",
-            f"{folder}/pretrained.py",
-        }
-        assert {f"{folder}/{p.name}" for p in (project / folder).glob("*.py")} - shared == modules, group
+        # Of the modules some part of the template builds from, the chosen parts' and no other; the rest of
+        # the folder (what the parts share: splits, transforms, pretrained weights) is kept whole.
+        built = {module_of(REPO, group, p.stem) for p in (REPO / "conf" / group).glob("*.yaml")}
+        assert {f"{folder}/{p.name}" for p in (project / folder).glob("*.py")} & built == modules, group
     for task in ("regression", "segmentation", "language_modeling"):  # each task's own tests go with it
         assert (project / "tests" / f"test_{task}.py").exists() == (task in answers["tasks"]), task
     # The default run is chosen parts that fit, with data that needs no download.
