@@ -302,15 +302,6 @@ def cases() -> list:
             id="param_groups",
             marks=needs(*REFERENCE_RUN.args),
         ),
-        pytest.param(  # fine-tuning pretrained weights, killed in the frozen epoch and resumed across the switch
-            Case(
-                {"trainer.freeze_backbone_epochs": "1"},
-                setup="tests.test_pretrained:finetune_in",
-                check="tests.test_pretrained:froze_then_trained",
-            ),  # fmt: skip
-            id="finetune",
-            marks=needs("conf/experiment/finetune_imagefolder.yaml", "tests/test_pretrained.py"),
-        ),
         pytest.param(  # docs/loop.md's second model and optimizer
             Case(
                 {"trainer.critic_weight": "0.1"},
