@@ -37,6 +37,24 @@ def test_binary_classification_reports_auroc_and_f1_as_scikit_learn_does():
     assert "auroc" not in Classification(num_classes=3).metrics
 
 
+def test_mean_metric_weighs_each_value_by_its_weight():
+    """A masked loss (weights 0 on the padding) averages only what the weights keep; without weights it is
+    the plain mean torchmetrics' MeanMetric gives, over batches of any size."""
+    from torchmetrics import MeanMetric
+
+    from tasks.base import mean_metric
+
+    g = torch.Generator().manual_seed(2)
+    values, mask = torch.rand(5, 7, generator=g), torch.rand(5, 7, generator=g) > 0.4
+    weighted, plain, reference = mean_metric(), mean_metric(), MeanMetric()
+    for rows in torch.arange(5).split(2):
+        weighted.update(values[rows], mask[rows].float())
+        plain.update(values[rows])
+        reference.update(values[rows])
+    assert float(weighted.compute()) == pytest.approx(float(values[mask].mean()), rel=1e-6)
+    assert float(plain.compute()) == pytest.approx(float(reference.compute()), rel=1e-6)
+
+
 def cases():
     """(name, task, model outputs, batch) for one split of each shipped task this checkout has (conf/task/
     on disk), 12 samples each."""
