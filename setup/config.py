@@ -106,7 +106,8 @@ CLOSED = {
     "param_groups": ("no_decay_norm_and_bias", "by_name"),
 }
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
-             "allowed_targets", "init_from", "init_strict", "tags", "declares", "param_groups")  # fmt: skip
+             "allowed_targets", "init_from", "init_strict", "init_from_map", "tags", "declares",
+              "param_groups")  # fmt: skip
 # What a model and a task config declare, under `declares.model` and `declares.task` (beside the group's
 # node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
 # and the output it gives; the data's target a task reads and the model output it needs. Another group
@@ -203,6 +204,13 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("init_from starts a new run from weights, resume continues one: give only one")
     if not isinstance(cfg.get("init_strict", True), bool):
         raise ConfigError(f"init_strict={cfg.init_strict!r} must be true or false")
+    prefixes = cfg.get("init_from_map") or {}
+    if not isinstance(prefixes, (dict, DictConfig)) or any(not isinstance(v, str) for v in prefixes.values()):
+        raise ConfigError(
+            f"init_from_map={prefixes} must map prefixes to prefixes, e.g. {{encoder.: features.}}"
+        )
+    if prefixes and not cfg.get("init_from"):
+        raise ConfigError("init_from_map renames the keys of init_from's checkpoint: give init_from too")
     tags = cfg.get("tags") or []
     if not isinstance(tags, (list, ListConfig)) or any(not isinstance(x, (str, int, float)) for x in tags):
         raise ConfigError(f"tags={tags} must be a list of words, e.g. tags=[baseline,lr_sweep]")
