@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -187,6 +188,32 @@ def write_example(data: str, directory: Path) -> list[str] | None:
         return None
     module, _, function = name.rpartition(".")
     return list(getattr(importlib.import_module(module), function)(directory))
+
+
+def build_run(
+    task: str, data: str, model: str, directory: Path, overrides=(), rank: int = 0, world_size: int = 1
+):
+    """The parts of a run of these three as train.py builds them, on the CPU: its config (the data's example
+    files written under `directory` where it reads files), the splits, the task, the model (seeded) and the
+    loaders of this rank, whose batches are the data's own (its collate, dict samples, token ids). None for
+    data with neither builtin samples nor an `example` to write. A test takes its inputs from these batches,
+    never from a declared shape, which cannot describe two inputs or a vocabulary."""
+    import torch
+
+    from setup.parts import build, build_data, build_loaders
+
+    example = [] if offline(data) else write_example(data, directory / "files")
+    if example is None:
+        return None
+    cfg = compose_config(
+        [f"task={task}", f"data={data}", f"model={model}", *example, *overrides], directory / "run"
+    )
+    splits = build_data(cfg)
+    built_task = build("task", cfg.task)
+    splits, loaders, _ = build_loaders(cfg, splits, torch.device("cpu"), rank, world_size)
+    torch.manual_seed(0)
+    net = build("model", cfg.model)
+    return SimpleNamespace(cfg=cfg, task=built_task, model=net, splits=splits, loaders=loaders)
 
 
 COMBOS = [
