@@ -172,18 +172,18 @@ def compatible(task: str, data: str, model: str) -> bool:
     )
 
 
-def offline(data: str) -> bool:
+def offline(data: str, conf: Path = CONF) -> bool:
     """Data that needs no download and no files of the user's: its config declares `source: builtin`
     (download and files are trained on their `example` instead: tests/test_file_data.py)."""
-    return declared("data", data).get("source") == "builtin"
+    return declared("data", data, conf).get("source") == "builtin"
 
 
-def write_example(data: str, directory: Path) -> list[str] | None:
+def write_example(data: str, directory: Path, conf: Path = CONF) -> list[str] | None:
     """Call the data config's `example` (a dotted function name): it writes a small example of the data's
     files into `directory` and returns the overrides that point the config at it. None: it declares none."""
     import importlib
 
-    name = declared("data", data).get("example")
+    name = declared("data", data, conf).get("example")
     if not name:
         return None
     module, _, function = name.rpartition(".")
@@ -191,18 +191,26 @@ def write_example(data: str, directory: Path) -> list[str] | None:
 
 
 def build_run(
-    task: str, data: str, model: str, directory: Path, overrides=(), rank: int = 0, world_size: int = 1
+    task: str,
+    data: str,
+    model: str,
+    directory: Path,
+    overrides=(),
+    rank: int = 0,
+    world_size: int = 1,
+    conf=CONF,
 ):
     """The parts of a run of these three as train.py builds them, on the CPU: its config (the data's example
     files written under `directory` where it reads files), the splits, the task, the model (seeded) and the
     loaders of this rank, whose batches are the data's own (its collate, dict samples, token ids). None for
     data with neither builtin samples nor an `example` to write. A test takes its inputs from these batches,
-    never from a declared shape, which cannot describe two inputs or a vocabulary."""
+    never from a declared shape, which cannot describe two inputs or a vocabulary. `conf`: where the data's
+    config is (a fork's own, added through hydra.searchpath in `overrides`)."""
     import torch
 
     from setup.parts import build, build_data, build_loaders
 
-    example = [] if offline(data) else write_example(data, directory / "files")
+    example = [] if offline(data, conf) else write_example(data, directory / "files", conf)
     if example is None:
         return None
     cfg = compose_config(
