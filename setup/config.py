@@ -116,6 +116,10 @@ TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logg
 # online, or the user's files.
 SOURCES = ("builtin", "download", "files")
 DECLARES = {"model": ("input", "output"), "task": ("target", "output")}
+# And the batch's layout a task reads, as the data declares its own (data.declares.batch): `tuple` unless
+# said (the template's (inputs, targets) and (tokens,)), e.g. `fields` for a dict batch.
+PAIRING = {"model": DECLARES["model"], "task": (*DECLARES["task"], "batch")}
+BATCH = "tuple"
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
@@ -315,10 +319,10 @@ def _check_declares(cfg: DictConfig) -> None:
             raise ConfigError(f"declares.{group} names no config group{near}")
         if not isinstance(node, DictConfig):
             raise ConfigError(f"declares.{group}={node!r} must be a mapping, e.g. {{output: vector}}")
-        for key, value in node.items() if group in DECLARES else ():
+        for key, value in node.items() if group in PAIRING else ():
             full = f"declares.{group}.{key}"
-            if key not in DECLARES[group]:
-                known = [f"declares.{group}.{k}" for k in DECLARES[group]]
+            if key not in PAIRING[group]:
+                known = [f"declares.{group}.{k}" for k in PAIRING[group]]
                 raise ConfigError(f"{full} is not a config key this template reads{_nearest(full, known)}")
             if key == "input":  # the input kinds a model takes
                 ok = isinstance(value, ListConfig) and len(value) > 0

@@ -123,8 +123,8 @@ def require_extra(module: str, extra: str) -> None:
 # --- The shipped configs, read from disk: a fork that adds or deletes one needs no edit here ---------------
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+def options(group: str, conf: Path = CONF) -> list[str]:
+    return sorted(p.stem for p in (conf / group).glob("*.yaml"))
 
 
 def written(group: str, name: str, conf: Path = CONF) -> dict:
@@ -162,13 +162,29 @@ def declared(group: str, name: str, conf: Path = CONF) -> dict:
     return (tree.get("declares") or {}).get(group) or {}
 
 
-def compatible(task: str, data: str, model: str) -> bool:
+def data_keys_read(group: str, name: str, conf: Path = CONF) -> set[str]:
+    """The data keys a model or task config reads (`${data.block_size}` in its node): what it needs from the
+    data it is paired with."""
+    import json
+    import re
+
+    return set(re.findall(r"\$\{data\.(\w+)", json.dumps(written(group, name, conf))))
+
+
+def compatible(task: str, data: str, model: str, conf: Path = CONF) -> bool:
     """Whether the configs' declarations pair up: the data's input is one the model takes, the model's
-    output is the shape the task reads, and the data's target is the task's."""
-    t, d, m = declared("task", task), declared("data", data), declared("model", model)
+    output is the shape the task reads, the data's target is the task's, the data's batch layout is the one
+    the task reads (`batch`, by default `tuple`), and the data config has every key the task and the model
+    read from it. The same rule as setup/parts.py `check_declared` and .copier/parts.jinja `_fits`."""
+    t, d, m = declared("task", task, conf), declared("data", data, conf), declared("model", model, conf)
     inputs = m.get("input") or []
     return (
-        d.get("input") in inputs and m.get("output") == t.get("output") and d.get("target") == t.get("target")
+        d.get("input") in inputs
+        and m.get("output") == t.get("output")
+        and d.get("target") == t.get("target")
+        and d.get("batch", "tuple") == t.get("batch", "tuple")
+        and data_keys_read("task", task, conf) | data_keys_read("model", model, conf)
+        <= set(written("data", data, conf))
     )
 
 

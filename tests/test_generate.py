@@ -801,3 +801,44 @@ def test_a_folder_name_too_long_is_refused_in_one_line_before_anything_is_writte
     proc = new_project(template, tmp_path / ("c" * 255), PROJECTS["minimum"] | {"project_name": "short"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c" * 255]
+
+
+def test_the_three_pairing_rules_agree_on_every_triple_a_fork_s_too(tmp_path):
+    """tests/helpers.py `compatible`, copier's `_fits` (.copier/parts.jinja) and the check before training
+    (setup/parts.py `check_declared`) pair the same task x data x model, over the parts on disk and a fork's
+    dict-batch parts (tests/dict_fork/conf) beside them: words, batch layout and the data keys read."""
+    from omegaconf import OmegaConf
+
+    from setup.config import ConfigError
+    from setup.parts import check_declared
+    from tests.helpers import compatible, declared, options, written
+
+    root = tmp_path / "template"
+    shutil.copytree(REPO / ".copier", root / ".copier")
+    shutil.copytree(REPO / "conf", root / "conf")
+    shutil.copytree(REPO / "tests" / "dict_fork" / "conf", root / "conf", dirs_exist_ok=True)
+    conf = root / "conf"
+
+    def checked(t, d, m) -> bool:
+        cfg = OmegaConf.create({
+            "task": written("task", t, conf), "model": written("model", m, conf), "data": written("data", d, conf),
+            "declares": {"task": declared("task", t, conf), "model": declared("model", m, conf)},
+        })  # fmt: skip
+        try:
+            check_declared(cfg)
+        except ConfigError:
+            return False
+        return True
+
+    tasks, data, models = options("task", conf), options("data", conf), options("model", conf)
+    pairs = set()
+    for t in tasks:
+        for m in models:
+            fitting = parts_jinja(f"fitting_datasets(['{t}'], ['{m}'])", root)
+            for d in data:
+                rule = compatible(t, d, m, conf)
+                assert rule == (d in fitting) == checked(t, d, m), (t, d, m)
+                pairs |= {(t, d, m)} if rule else set()
+    # The fork's dict batches pair only with its dict-reading task, and gpt only with data that has a block size.
+    assert {(t, m) for t, d, m in pairs if d == "two_inputs"} == {("dict_classification", "two_branch")}
+    assert all("block_size" in written("data", d, conf) for _, d, m in pairs if m == "gpt")
