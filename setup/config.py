@@ -107,7 +107,7 @@ CLOSED = {
 }
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
              "allowed_targets", "init_from", "init_strict", "init_from_map", "tags", "declares",
-              "param_groups")  # fmt: skip
+             "param_groups")  # fmt: skip
 # What a model and a task config declare, under `declares.model` and `declares.task` (beside the group's
 # node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
 # and the output it gives; the data's target a task reads and the model output it needs. Another group

@@ -60,9 +60,8 @@ def renamed(weights: dict, prefixes: dict, own: dict, file: Path) -> tuple[dict,
         out[key] = value
     for old, new in prefixes.items():
         if not counts[old]:
-            raise CheckpointError(
-                f"init_from_map: no key of {file} starts with {old!r} (it has {_names(list(weights), 'keys')})"
-            )
+            has = _names(list(weights), "keys")
+            raise CheckpointError(f"init_from_map: no key of {file} starts with {old!r} (it has {has})")
         if not any(k.startswith(new) for k in own):
             raise CheckpointError(
                 f"init_from_map: {old!r} -> {new!r}, but no key of this model starts with {new!r} "
@@ -78,8 +77,9 @@ def load_initial_weights(
     (init_from_map: {checkpoint prefix: model prefix}).
 
     Returns {"path", "missing", "unexpected", "skipped": [(name, ckpt_shape, model_shape)], "loaded",
-    "renamed": [(old prefix, new prefix, count)]}. Raises CheckpointError (one line) for a file that is no checkpoint, a
-    prefix that renames nothing, any difference when strict, and when not a single tensor fits."""
+    "renamed": [(old prefix, new prefix, count)]}. Raises CheckpointError (one line) for a file that is no
+    checkpoint, a prefix that renames nothing, any difference when strict, and when not a single tensor
+    fits."""
     lazy = [k for k, t in model.state_dict().items() if _shape(t) is None and isinstance(t, torch.Tensor)]
     if lazy:
         raise ValueError(

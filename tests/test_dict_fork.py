@@ -1,5 +1,5 @@
-"""A fork whose batch is a dict of two inputs and whose model returns a dict (tests/dict_fork/) is first-class:
-the check before training, the tests' real batches and the graph at step 0 (logging.graph=true) take the
+"""A fork whose batch is a dict of two inputs and whose model returns a dict (tests/dict_fork/) is
+first-class: the check before training, the tests' real batches and the graph at step 0 (logging.graph=true) take the
 task's input as it is, a dict of tensors."""
 
 from __future__ import annotations

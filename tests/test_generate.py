@@ -860,7 +860,7 @@ def test_the_three_pairing_rules_agree_on_every_triple_a_fork_s_too(tmp_path):
                 rule = compatible(t, d, m, conf)
                 assert rule == (d in fitting) == checked(t, d, m), (t, d, m)
                 pairs |= {(t, d, m)} if rule else set()
-    # The fork's dict batches pair only with its dict-reading task, and gpt only with data that has a block size.
+    # The fork's dict batches pair only with its dict-reading task; gpt only with data that has a block size.
     assert {(t, m) for t, d, m in pairs if d == "two_inputs"} == {("dict_classification", "two_branch")}
     assert all("block_size" in written("data", d, conf) for _, d, m in pairs if m == "gpt")
 
