@@ -139,7 +139,10 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
     model = setup.parts.build_model(cfg).to(ddp.device)
     setup.parts.check_fit(cfg, task, model, splits, loaders.val, ddp.device)  # one real batch, first
     if cfg.get("init_from") and not cfg.get("resume"):  # fine-tuning: these weights, a new run
-        init_from.log_summary(init_from.load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
+        loaded = init_from.load_initial_weights(
+            model, cfg.init_from, cfg.init_strict, cfg.get("init_from_map")
+        )
+        init_from.log_summary(loaded, log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = setup.parts.build_optimizer(cfg, model, ddp.device)  # its parameter groups: optim/params.py

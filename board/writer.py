@@ -123,8 +123,21 @@ def _training_flags_kept(model: nn.Module):
             module.training = training
 
 
-def log_graph_once(writer, model: nn.Module, example: torch.Tensor) -> bool:
-    """Trace `model` on `example` into the GRAPHS tab. Never changes training, never raises.
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in a model input: itself, or those in its tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def log_graph_once(writer, model: nn.Module, example) -> bool:
+    """Trace `model` on `example`, the model's input (a tensor, or a tuple, list or dict of tensors, which the
+    model is called with as one argument, as the task calls it), into the GRAPHS tab. Never changes
+    training, never raises.
 
     Returns whether the graph was written. The trace runs on the unwrapped model, outside autocast,
     without grad, with the RNG forked so that it draws nothing from the training stream.
@@ -132,11 +145,18 @@ def log_graph_once(writer, model: nn.Module, example: torch.Tensor) -> bool:
     if writer is None:
         return False
     model = unwrap(model)
-    devices = [example.device] if example.device.type == "cuda" else []
+    tensors = _tensors(example)
+    if not tensors:
+        log.warning("Graph not logged: the model's input holds no tensor (%s). Training continues.",
+                    type(example).__name__)  # fmt: skip
+        return False
+    device = tensors[0].device
+    # One argument, as the task passes it: add_graph would spread a tuple or list over several.
+    args = example if isinstance(example, torch.Tensor) else (example,)
     with (
         _training_flags_kept(model),
-        torch.random.fork_rng(devices=devices),
-        torch.autocast(example.device.type, enabled=False),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.autocast(device.type, enabled=False),
         torch.no_grad(),
         warnings.catch_warnings(record=True) as caught,
     ):
@@ -147,7 +167,7 @@ def log_graph_once(writer, model: nn.Module, example: torch.Tensor) -> bool:
             try:
                 # torch prints the tracer's error to stdout before raising it; we report it once, below.
                 with contextlib.redirect_stdout(io.StringIO()):
-                    writer.add_graph(candidate, example)
+                    writer.add_graph(candidate, args)
                 error = None
                 break
             except Exception as err:  # the tracer raises many types; none of them may stop training

@@ -127,7 +127,8 @@ CLOSED = {
     "param_groups": ("no_decay_norm_and_bias", "by_name", "backbone_lr_scale"),
 }
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
-             "allowed_targets", "init_from", "init_strict", "tags", "declares", "param_groups")  # fmt: skip
+             "allowed_targets", "init_from", "init_strict", "init_from_map", "tags", "declares",
+             "param_groups")  # fmt: skip
 # What a model and a task config declare, under `declares.model` and `declares.task` (beside the group's
 # node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
 # and the output it gives (and `extra`: the optional extra of pyproject it needs, e.g. timm); the data's
@@ -137,6 +138,10 @@ TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logg
 # online, or the user's files.
 SOURCES = ("builtin", "download", "files")
 DECLARES = {"model": ("input", "output", "extra"), "task": ("target", "output")}
+# And the batch's layout a task reads, as the data declares its own (data.declares.batch): `tuple` unless
+# said (the template's (inputs, targets) and (tokens,)), e.g. `fields` for a dict batch.
+PAIRING = {"model": DECLARES["model"], "task": (*DECLARES["task"], "batch")}
+BATCH = "tuple"
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
@@ -226,6 +231,13 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("init_from starts a new run from weights, resume continues one: give only one")
     if not isinstance(cfg.get("init_strict", True), bool):
         raise ConfigError(f"init_strict={cfg.init_strict!r} must be true or false")
+    prefixes = cfg.get("init_from_map") or {}
+    if not isinstance(prefixes, (dict, DictConfig)) or any(not isinstance(v, str) for v in prefixes.values()):
+        raise ConfigError(
+            f"init_from_map={prefixes} must map prefixes to prefixes, e.g. {{encoder.: features.}}"
+        )
+    if prefixes and not cfg.get("init_from"):
+        raise ConfigError("init_from_map renames the keys of init_from's checkpoint: give init_from too")
     tags = cfg.get("tags") or []
     if not isinstance(tags, (list, ListConfig)) or any(not isinstance(x, (str, int, float)) for x in tags):
         raise ConfigError(f"tags={tags} must be a list of words, e.g. tags=[baseline,lr_sweep]")
@@ -331,10 +343,10 @@ def _check_declares(cfg: DictConfig) -> None:
             raise ConfigError(f"declares.{group} names no config group{near}")
         if not isinstance(node, DictConfig):
             raise ConfigError(f"declares.{group}={node!r} must be a mapping, e.g. {{output: vector}}")
-        for key, value in node.items() if group in DECLARES else ():
+        for key, value in node.items() if group in PAIRING else ():
             full = f"declares.{group}.{key}"
-            if key not in DECLARES[group]:
-                known = [f"declares.{group}.{k}" for k in DECLARES[group]]
+            if key not in PAIRING[group]:
+                known = [f"declares.{group}.{k}" for k in PAIRING[group]]
                 raise ConfigError(f"{full} is not a config key this template reads{_nearest(full, known)}")
             if key == "input":  # the input kinds a model takes
                 ok = isinstance(value, ListConfig) and len(value) > 0

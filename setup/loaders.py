@@ -38,7 +38,9 @@ def shard_size(n: int, rank: int, world_size: int, pad: bool = True) -> int:
 
 
 class TensorBatches:
-    """Batches of a TensorDataset by fancy indexing: one gather per tensor per batch, no collate."""
+    """Batches of a TensorDataset by fancy indexing: one gather per tensor per batch. A `collate_fn` given
+    (data.collate_fn) is called on the batch's samples, the list of per-sample tuples a DataLoader would
+    hand it, cut from the gathered tensors: the same batches as the per-sample path, without its workers."""
 
     def __init__(
         self,
@@ -50,8 +52,9 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         pad: bool = True,
+        collate_fn=None,
     ) -> None:
-        self.tensors = dataset.tensors
+        self.tensors, self.collate_fn = dataset.tensors, collate_fn
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start_batch = 0, 0
@@ -70,7 +73,8 @@ class TensorBatches:
         ).to(self.tensors[0].device)  # the order is drawn on the CPU (the same on every device and rank)
         for b in range(self.start_batch, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield tuple(t[idx] for t in self.tensors)
+            batch = tuple(t[idx] for t in self.tensors)
+            yield batch if self.collate_fn is None else self.collate_fn(list(zip(*batch, strict=True)))
 
 
 class EpochSampler(Sampler[int]):
@@ -217,8 +221,8 @@ def build_dataloaders(
     collate_fn=None,
 ) -> Loaders:
     """The three splits' loaders. In-memory TensorDatasets are sliced into batches (no per-sample Python);
-    any other dataset goes through a DataLoader, with `collate_fn` (data.collate_fn) making its batches
-    when samples do not stack (a variable number of boxes per image, say)."""
+    any other dataset goes through a DataLoader. `collate_fn` (data.collate_fn) makes the batches of both
+    kinds when given (samples that do not stack, padding, two views of a sample)."""
 
     def make(dataset: Dataset, train: bool):
         # Only the training split is shuffled and drops its ragged last batch (BatchNorm dislikes a batch of 1).
@@ -227,9 +231,10 @@ def build_dataloaders(
         if len(dataset) < world_size:
             raise ConfigError(f"a split of {len(dataset)} samples cannot feed {world_size} processes")
         if isinstance(dataset, TensorDataset):
-            return TensorBatches(
-                on_device(dataset, device), batch_size, train, seed, drop_last, rank, world_size, pad=train
-            )
+            # A collate is written for the CPU samples a DataLoader gives: its data stays on the CPU.
+            resident = on_device(dataset, device) if collate_fn is None else dataset
+            return TensorBatches(resident, batch_size, train, seed, drop_last, rank, world_size, pad=train,
+                                 collate_fn=collate_fn)  # fmt: skip
         return SampledLoader(dataset, batch_size, train, seed, drop_last, num_workers, pin_memory, rank,
                              world_size, pad=train, collate_fn=collate_fn)  # fmt: skip
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from setup.config import DECLARES, ConfigError
+from setup.config import BATCH, DECLARES, ConfigError
 from system.errors import UserError, one_line
 
 
@@ -194,6 +194,26 @@ def check_declared(cfg: DictConfig) -> None:
         raise ConfigError(
             f"{names}: the task needs {task.output} outputs, the model gives {model.output} outputs"
         )
+    if task and task.get("batch", BATCH) != data.get("batch", BATCH):
+        raise ConfigError(
+            f"{names}: the task reads {task.get('batch', BATCH)} batches, the data gives "
+            f"{data.get('batch', BATCH)} batches (declares.batch)"
+        )
+    for group in ("task", "model"):
+        if missing := sorted(set(data_keys_read(cfg[group])) - set(cfg.data)):
+            raise ConfigError(
+                f"{names}: the {group} reads {', '.join(f'data.{k}' for k in missing)}, which this data "
+                "config does not have"
+            )
+
+
+def data_keys_read(node) -> list[str]:
+    """The data keys a config node interpolates (`${data.block_size}`): what its part needs from the data
+    (the pairing rule of tests/helpers.py `compatible` and .copier/parts.jinja `_fits` reads the same)."""
+    import json
+    import re
+
+    return re.findall(r"\$\{data\.(\w+)", json.dumps(OmegaConf.to_container(node, resolve=False)))
 
 
 def tasks_reading(target) -> list[str]:

@@ -4,7 +4,9 @@ PATH is a checkpoint file or a run directory (its checkpoints/best.pt, else last
 weights are taken: the new run has its own directory, optimizer, schedule and step 0, and the current
 config. With `init_strict=true` every key and shape must match; with `init_strict=false` what fits is
 loaded and the rest (a new head for another class count) keeps its fresh initialization, each kind of
-difference named in one log line.
+difference named in one log line. `init_from_map={encoder.: features.}` renames the checkpoint's keys by
+prefix first (another model's module names: a pretrained encoder into a classifier's body); a prefix that
+renames nothing is an error, not a silent fresh start.
 
 Call it on the plain model (not wrapped by DDP or torch.compile), after one batch went through it (lazy
 modules take their shapes then; until they do, a changed head could not be told from a fitting one).
@@ -44,12 +46,40 @@ def _shape(t) -> tuple[int, ...] | None:
     return tuple(t.shape)
 
 
-def load_initial_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool) -> dict:
-    """Load the weights of the checkpoint that `path` names into `model`.
+def renamed(weights: dict, prefixes: dict, own: dict, file: Path) -> tuple[dict, dict[str, int]]:
+    """The checkpoint's weights with each key's longest matching prefix of `prefixes` (init_from_map)
+    replaced, and how many keys each prefix renamed. Raises CheckpointError for a prefix that matches no key
+    of the checkpoint, or whose renamed keys match none of the model's."""
+    order = sorted(prefixes, key=len, reverse=True)
+    counts, out = dict.fromkeys(prefixes, 0), {}
+    for key, value in weights.items():
+        old = next((p for p in order if key.startswith(p)), None)
+        if old is not None:
+            counts[old] += 1
+            key = prefixes[old] + key[len(old) :]
+        out[key] = value
+    for old, new in prefixes.items():
+        if not counts[old]:
+            has = _names(list(weights), "keys")
+            raise CheckpointError(f"init_from_map: no key of {file} starts with {old!r} (it has {has})")
+        if not any(k.startswith(new) for k in own):
+            raise CheckpointError(
+                f"init_from_map: {old!r} -> {new!r}, but no key of this model starts with {new!r} "
+                f"(it has {_names(list(own), 'keys')})"
+            )
+    return out, counts
 
-    Returns {"path", "missing", "unexpected", "skipped": [(name, ckpt_shape, model_shape)], "loaded"}.
-    Raises CheckpointError (one line) for a file that is no checkpoint, for any difference when strict, and
-    when not a single tensor fits."""
+
+def load_initial_weights(
+    model: torch.nn.Module, path: str | os.PathLike, strict: bool, prefixes: dict | None = None
+) -> dict:
+    """Load the weights of the checkpoint that `path` names into `model`, their keys renamed by `prefixes`
+    (init_from_map: {checkpoint prefix: model prefix}).
+
+    Returns {"path", "missing", "unexpected", "skipped": [(name, ckpt_shape, model_shape)], "loaded",
+    "renamed": [(old prefix, new prefix, count)]}. Raises CheckpointError (one line) for a file that is no
+    checkpoint, a prefix that renames nothing, any difference when strict, and when not a single tensor
+    fits."""
     lazy = [k for k, t in model.state_dict().items() if _shape(t) is None and isinstance(t, torch.Tensor)]
     if lazy:
         raise ValueError(
@@ -58,6 +88,8 @@ def load_initial_weights(model: torch.nn.Module, path: str | os.PathLike, strict
     file = initial_weights_path(path)
     theirs = read_checkpoint(file).model_weights
     own = model.state_dict()
+    prefixes = dict(prefixes or {})
+    theirs, counts = renamed(theirs, prefixes, own, file)
     missing = [k for k in own if k not in theirs]
     unexpected = [k for k in theirs if k not in own]
     skipped = []
@@ -66,7 +98,8 @@ def load_initial_weights(model: torch.nn.Module, path: str | os.PathLike, strict
             mine, saved = _shape(t), _shape(theirs[k])
             if mine is not None and saved is not None and mine != saved:
                 skipped.append((k, saved, mine))
-    result = {"path": str(file), "missing": missing, "unexpected": unexpected, "skipped": skipped}
+    result = {"path": str(file), "missing": missing, "unexpected": unexpected, "skipped": skipped,
+              "renamed": [(old, prefixes[old], n) for old, n in counts.items()]}  # fmt: skip
     if strict and (missing or unexpected or skipped):
         raise CheckpointError(
             f"init_from={path}: {file} does not fit this {type(model).__name__}: {_differences(result)}; "
@@ -109,8 +142,13 @@ def log_summary(result: dict, log) -> None:
     """One info line for what was loaded, and at most one warning line each for the missing, unexpected
     and skipped keys."""
     total = result["loaded"] + len(result["missing"]) + len(result["skipped"])
+    renames = ", ".join(f"{n} {old}* as {new}*" for old, new, n in result.get("renamed", []))
     log.info(
-        "init_from: loaded %d of this model's %d tensors from %s", result["loaded"], total, result["path"]
+        "init_from: loaded %d of this model's %d tensors from %s%s",
+        result["loaded"],
+        total,
+        result["path"],
+        f" (renamed: {renames})" if renames else "",
     )
     if result["missing"]:
         log.warning(

@@ -59,11 +59,11 @@ def collection(device: torch.device, **metrics):
 
 
 def mean_metric():
-    """torchmetrics' (weighted) mean, for a loss over a split, without its NaN check: the check reads the
-    values back to the host every batch."""
-    from torchmetrics import MeanMetric
+    """A (weighted) mean over a split, for a loss: `update(values)` or `update(values, weights)`, e.g. a
+    loss per token with the padding mask as its weights. Two sums, no host sync (tasks/weighted_mean.py)."""
+    from tasks.weighted_mean import WeightedMean
 
-    return MeanMetric(nan_strategy="disable")
+    return WeightedMean()
 
 
 @dataclass
@@ -86,6 +86,17 @@ def output_tensor(output) -> torch.Tensor:
     if isinstance(output, dict):
         return output["logits"]
     return output.logits
+
+
+def first_rows(value, n: int):
+    """`value` with every tensor in it (in tuples, lists and dicts, at any depth) cut to its first n rows."""
+    if isinstance(value, torch.Tensor):
+        return value[:n]
+    if isinstance(value, dict):
+        return {k: first_rows(v, n) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(first_rows(v, n) for v in value)
+    return value
 
 
 class Task:
@@ -124,9 +135,9 @@ class Task:
         return int(self.targets(batch).shape[0])
 
     def example_input(self, batch):
-        """The graph's example: the model's input for two samples."""
-        x = self.inputs(batch)
-        return x[:2]
+        """The graph's example: the model's input for two samples (a tensor, or a tuple, list or dict of
+        them, each cut to its first two rows)."""
+        return first_rows(self.inputs(batch), 2)
 
     def images(self, batch) -> torch.Tensor | None:
         """Input images to show in TensorBoard at the first step ([N, C, H, W] float), or None."""

@@ -20,8 +20,9 @@ def pytest_collection_modifyitems(config, items):
     runs exactly the tests of what it has."""
     absent = []
     for item in items:
-        needs = item.get_closest_marker("needs")
-        missing = needs is not None and not all((REPO / path).exists() for path in needs.args)
+        # Every `needs` mark, the stacked ones too (a module's and a test's, or two on one test).
+        needed = [path for mark in item.iter_markers("needs") for path in mark.args]
+        missing = not all((REPO / path).exists() for path in needed)
         empty = any(
             str(mark.kwargs.get("reason", "")).startswith("got empty parameter set")
             for mark in item.iter_markers("skip")

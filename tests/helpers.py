@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -122,8 +123,8 @@ def require_extra(module: str, extra: str) -> None:
 # --- The shipped configs, read from disk: a fork that adds or deletes one needs no edit here ---------------
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+def options(group: str, conf: Path = CONF) -> list[str]:
+    return sorted(p.stem for p in (conf / group).glob("*.yaml"))
 
 
 def written(group: str, name: str, conf: Path = CONF) -> dict:
@@ -161,28 +162,44 @@ def declared(group: str, name: str, conf: Path = CONF) -> dict:
     return (tree.get("declares") or {}).get(group) or {}
 
 
-def compatible(task: str, data: str, model: str) -> bool:
+def data_keys_read(group: str, name: str, conf: Path = CONF) -> set[str]:
+    """The data keys a model or task config reads (`${data.block_size}` in its node): what it needs from the
+    data it is paired with."""
+    import json
+    import re
+
+    return set(re.findall(r"\$\{data\.(\w+)", json.dumps(written(group, name, conf))))
+
+
+def compatible(task: str, data: str, model: str, conf: Path = CONF) -> bool:
     """Whether the configs' declarations pair up: the data's input is one the model takes, the model's
-    output is the shape the task reads, and the data's target is the task's."""
-    t, d, m = declared("task", task), declared("data", data), declared("model", model)
+    output is the shape the task reads, the data's target is the task's, the data's batch layout is the one
+    the task reads (`batch`, by default `tuple`), and the data config has every key the task and the model
+    read from it. The same rule as setup/parts.py `check_declared` and .copier/parts.jinja `_fits`."""
+    t, d, m = declared("task", task, conf), declared("data", data, conf), declared("model", model, conf)
     inputs = m.get("input") or []
     return (
-        d.get("input") in inputs and m.get("output") == t.get("output") and d.get("target") == t.get("target")
+        d.get("input") in inputs
+        and m.get("output") == t.get("output")
+        and d.get("target") == t.get("target")
+        and d.get("batch", "tuple") == t.get("batch", "tuple")
+        and data_keys_read("task", task, conf) | data_keys_read("model", model, conf)
+        <= set(written("data", data, conf))
     )
 
 
-def offline(data: str) -> bool:
+def offline(data: str, conf: Path = CONF) -> bool:
     """Data that needs no download and no files of the user's: its config declares `source: builtin`
     (download and files are trained on their `example` instead: tests/test_file_data.py)."""
-    return declared("data", data).get("source") == "builtin"
+    return declared("data", data, conf).get("source") == "builtin"
 
 
-def write_example(data: str, directory: Path) -> list[str] | None:
+def write_example(data: str, directory: Path, conf: Path = CONF) -> list[str] | None:
     """Call the data config's `example` (a dotted function name): it writes a small example of the data's
     files into `directory` and returns the overrides that point the config at it. None: it declares none."""
     import importlib
 
-    name = declared("data", data).get("example")
+    name = declared("data", data, conf).get("example")
     if not name:
         return None
     module, _, function = name.rpartition(".")
@@ -199,6 +216,40 @@ def experiment_inputs(experiment: str, directory: Path) -> tuple[list[str], dict
     data = HydraConfig.get().runtime.choices["data"]
     overrides = [] if offline(data) else write_example(data, directory / "files") or []
     return overrides, pretrained_env(cfg, directory / "weights")
+
+
+def build_run(
+    task: str,
+    data: str,
+    model: str,
+    directory: Path,
+    overrides=(),
+    rank: int = 0,
+    world_size: int = 1,
+    conf=CONF,
+):
+    """The parts of a run of these three as train.py builds them, on the CPU: its config (the data's example
+    files written under `directory` where it reads files), the splits, the task, the model (seeded) and the
+    loaders of this rank, whose batches are the data's own (its collate, dict samples, token ids). None for
+    data with neither builtin samples nor an `example` to write. A test takes its inputs from these batches,
+    never from a declared shape, which cannot describe two inputs or a vocabulary. `conf`: where the data's
+    config is (a fork's own, added through hydra.searchpath in `overrides`)."""
+    import torch
+
+    from setup.parts import build, build_data, build_loaders
+
+    example = [] if offline(data, conf) else write_example(data, directory / "files", conf)
+    if example is None:
+        return None
+    cfg = compose_config(
+        [f"task={task}", f"data={data}", f"model={model}", *example, *overrides], directory / "run"
+    )
+    splits = build_data(cfg)
+    built_task = build("task", cfg.task)
+    splits, loaders, _ = build_loaders(cfg, splits, torch.device("cpu"), rank, world_size)
+    torch.manual_seed(0)
+    net = build("model", cfg.model)
+    return SimpleNamespace(cfg=cfg, task=built_task, model=net, splits=splits, loaders=loaders)
 
 
 COMBOS = [

@@ -104,6 +104,7 @@ BAD_VALUES = [
     ("resume=latest", "resume=latest: no unfinished run"),
     ("resume=/nonexistent", "resume=/nonexistent: /nonexistent does not exist"),
     ("init_from=/nonexistent.pt", "/nonexistent.pt"),
+    ("init_from_map={encoder.:features.}", "init_from_map renames the keys of init_from's checkpoint"),
     pytest.param("data.num_classes=5", "labels run from 0 to 9, outside 0..4", marks=REFERENCE_RUN),
     pytest.param(
         "model.num_outputs=7", "model outputs of shape [batch, num_classes=10]", marks=REFERENCE_RUN

@@ -106,6 +106,7 @@ def test_the_target_kind_rule_and_its_override(tmp_path):
     assert table(fractional, **fractions).found["declares"]["target"] == "real"
 
 
+@pytest.mark.needs("conf/task/regression.yaml")  # stacked on the module's mark: conftest reads both
 def test_regression_reports_in_the_target_s_units(tmp_path):
     from data.splits import split_indices
 
@@ -186,9 +187,10 @@ BAD = {
         "a,label\n" + "".join(f"{i},{i * 0.37:.2f}\n" for i in range(20)), "t.csv", [],
         "the data has real targets: add task=regression",
     ),
-    "a class target with task=regression": (
+    "a class target with task=regression": pytest.param(
         "a,label\n" + "".join(f"{i},{'yes' if i % 2 else 'no'}\n" for i in range(20)), "t.csv",
         ["task=regression"], "the data has class targets: add task=classification",
+        marks=pytest.mark.needs("conf/task/regression.yaml"),
     ),
 }  # fmt: skip
 

@@ -99,6 +99,23 @@ def module_of(root: Path, group: str, name: str) -> str:
     return target.rsplit(".", 1)[0].replace(".", "/") + ".py"
 
 
+def with_imports(root: Path, modules: set[str]) -> set[str]:
+    """These source files and those of data/, models/, tasks/ and optim/ that they import, transitively (the
+    rule of .copier/parts.jinja `_kept_modules_json`)."""
+    found, todo = set(modules), list(modules)
+    while todo:
+        path = root / todo.pop()
+        code = path.read_text() if path.is_file() else ""
+        for name in re.findall(
+            r"(?m)^[ \t]*(?:from|import)[ \t]+((?:data|models|tasks|optim)[.][\w.]+)", code
+        ):
+            file = name.replace(".", "/") + ".py"
+            if file not in found:
+                found.add(file)
+                todo.append(file)
+    return found
+
+
 def parts_jinja(expression: str, root: Path = REPO):
     """A macro or variable of .copier/parts.jinja for the template at root, as copier's Jinja sees it
     (sandboxed, with the ansible filters, _copier_conf.src_path the template), read back as YAML."""
@@ -240,13 +257,15 @@ def assert_has_what_was_chosen(project: Path, answers: dict) -> None:
     for group, question in (("task", "tasks"), ("model", "models"), ("data", "datasets")):
         from_disk[group] = sorted(p.stem for p in (project / "conf" / group).glob("*.yaml"))
         assert from_disk[group] == sorted(answers[question]), group
-        # The code of exactly those parts: no module left without its config.
-        modules = {module_of(project, group, n) for n in from_disk[group]}
+        # The code of exactly those parts and what it imports: no other part's module (shared helpers such
+        # as tasks/base.py, which no config builds, stay).
+        modules = with_imports(project, {module_of(project, group, n) for n in from_disk[group]})
         folder = {"task": "tasks", "model": "models", "data": "data"}[group]
-        # Of the modules some part of the template builds from, the chosen parts' and no other; the rest of
-        # the folder (what the parts share: splits, transforms, pretrained weights) is kept whole.
-        built = {module_of(REPO, group, p.stem) for p in (REPO / "conf" / group).glob("*.yaml")}
-        assert {f"{folder}/{p.name}" for p in (project / folder).glob("*.py")} & built == modules, group
+        parts = {
+            module_of(REPO, group, n) for n in sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+        }
+        present = {f"{folder}/{p.name}" for p in (project / folder).glob("*.py")}
+        assert present & parts == modules & parts, group
     for task in ("regression", "segmentation", "language_modeling"):  # each task's own tests go with it
         assert (project / "tests" / f"test_{task}.py").exists() == (task in answers["tasks"]), task
     # The default run is chosen parts that fit, with data that needs no download.
@@ -812,3 +831,69 @@ def test_a_folder_name_too_long_is_refused_in_one_line_before_anything_is_writte
     proc = new_project(template, tmp_path / ("c" * 255), PROJECTS["minimum"] | {"project_name": "short"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c" * 255]
+
+
+def test_the_three_pairing_rules_agree_on_every_triple_a_fork_s_too(tmp_path):
+    """tests/helpers.py `compatible`, copier's `_fits` (.copier/parts.jinja) and the check before training
+    (setup/parts.py `check_declared`) pair the same task x data x model, over the parts on disk and a fork's
+    dict-batch parts (tests/dict_fork/conf) beside them: words, batch layout and the data keys read."""
+    from omegaconf import OmegaConf
+
+    from setup.config import ConfigError
+    from setup.parts import check_declared
+    from tests.helpers import compatible, declared, options, written
+
+    root = tmp_path / "template"
+    shutil.copytree(REPO / ".copier", root / ".copier")
+    shutil.copytree(REPO / "conf", root / "conf")
+    shutil.copytree(REPO / "tests" / "dict_fork" / "conf", root / "conf", dirs_exist_ok=True)
+    conf = root / "conf"
+
+    def checked(t, d, m) -> bool:
+        cfg = OmegaConf.create({
+            "task": written("task", t, conf), "model": written("model", m, conf), "data": written("data", d, conf),
+            "declares": {"task": declared("task", t, conf), "model": declared("model", m, conf)},
+        })  # fmt: skip
+        try:
+            check_declared(cfg)
+        except ConfigError:
+            return False
+        return True
+
+    tasks, data, models = options("task", conf), options("data", conf), options("model", conf)
+    pairs = set()
+    for t in tasks:
+        for m in models:
+            fitting = parts_jinja(f"fitting_datasets(['{t}'], ['{m}'])", root)
+            for d in data:
+                rule = compatible(t, d, m, conf)
+                assert rule == (d in fitting) == checked(t, d, m), (t, d, m)
+                pairs |= {(t, d, m)} if rule else set()
+    # The fork's dict batches pair only with its dict-reading task; gpt only with data that has a block size.
+    assert {(t, m) for t, d, m in pairs if d == "two_inputs"} == {("dict_classification", "two_branch")}
+    assert all("block_size" in written("data", d, conf) for _, d, m in pairs if m == "gpt")
+
+
+def test_a_project_of_one_part_keeps_the_modules_that_part_imports(tmp_path):
+    """A clone adds a dataset whose module imports another dataset's (`from data.digits import digits`);
+    a project of that dataset alone (no `digits`) keeps data/digits.py, found in the code's imports, and
+    leaves out conf/data/digits.yaml and the modules nothing kept imports."""
+    clone = template_repo(tmp_path / "clone")
+    user_task = REPO / "tests" / "user_task"
+    for name, folder in (("digit_attributes", "data"), ("multilabel", "tasks")):
+        group = "data" if folder == "data" else "task"
+        shutil.copy(user_task / f"{name}.py", clone / folder / f"{name}.py")
+        shutil.copy(user_task / f"{name}.yaml", clone / "conf" / group / f"{name}.yaml")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-q", "-m", "a dataset that imports another's module")
+    answers = {**plain_defaults(), "project_name": "attributes", "tasks": ["multilabel"], "models": ["mlp"],
+               "datasets": ["digit_attributes"]}  # fmt: skip
+    project = tmp_path / "attributes"
+    made = generate(clone, project, answers)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert (project / "data" / "digits.py").is_file() and not (
+        project / "conf" / "data" / "digits.yaml"
+    ).exists()
+    assert not (project / "data" / "shapes.py").exists() and not (project / "models" / "gpt.py").exists()
+    imported = run([PYTHON, "-c", "import data.digit_attributes, tasks.multilabel"], project)
+    assert imported.returncode == 0, imported.stderr

@@ -20,6 +20,7 @@ from tests.helpers import (
     COMBOS,
     CONF,
     REFERENCE_RUN,
+    build_run,
     compose_config,
     declared,
     default_run,
@@ -44,7 +45,7 @@ def with_offline_data(group: str) -> list:
     """Each part of the group (model or task) on disk, with the first task, data and model it pairs with
     whose data needs no download and no files (no dataset.root). A part that pairs only with data to
     download or of the user's is not listed (a project has no skipped tests: conftest.py); test_configs.py
-    builds it on that data's declared shape."""
+    builds it on a real batch of that data's example files."""
     found = {}
     for task, data, model in COMBOS:
         name = {"task": task, "model": model}[group]
@@ -53,16 +54,19 @@ def with_offline_data(group: str) -> list:
     return [pytest.param(*found[name], id=name) for name in options(group) if name in found]
 
 
-def batch_of(cfg: DictConfig) -> torch.Tensor:
-    """Two inputs shaped like the data's declared input_shape (token ids for token data)."""
-    shape = (2, *cfg.data.input_shape)
-    if cfg.data.declares.input == "tokens":
-        return torch.randint(0, cfg.data.num_outputs, shape)
-    return torch.randn(shape)
+def tensors_in(value) -> list[torch.Tensor]:
+    """The tensors in a model's output: itself, or those in its lists, tuples, dicts and attributes."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif not isinstance(value, (list, tuple)):
+        value = list(vars(value).values()) if hasattr(value, "__dict__") else []
+    return [t for v in value for t in tensors_in(v)]
 
 
 @pytest.mark.parametrize(("task", "data", "model"), with_offline_data("model"))
-def test_instantiate_builds_every_model_and_its_forward_runs(task, data, model):
+def test_instantiate_builds_every_model_and_its_forward_runs(task, data, model, tmp_path):
     cfg = compose_as_a_user([f"task={task}", f"data={data}", f"model={model}"])
     # Only the constructor's parameters: the declarations are in `declares`, merged from both files.
     assert not set(DECLARES["model"]) & set(cfg.model), OmegaConf.to_yaml(cfg.model)
@@ -70,16 +74,15 @@ def test_instantiate_builds_every_model_and_its_forward_runs(task, data, model):
         "task": declared("task", task),
         "model": declared("model", model),
     }
-    net = instantiate(cfg.model)
-    assert isinstance(net, nn.Module)
-    net.eval()
+    assert isinstance(instantiate(cfg.model), nn.Module)
+    # Called as the task calls it, on a batch of the data itself (two inputs, a dict, token ids: whatever
+    # the data gives), not on a tensor of a declared shape.
+    run = build_run(task, data, model, tmp_path, ["data.batch_size=2"])
+    batch = next(iter(run.loaders.val))
     with torch.no_grad():
-        out = net(batch_of(cfg))
-    if isinstance(out, list):  # one result an input (a detector's dict of boxes, scores and labels an image)
-        assert len(out) == 2 and all(torch.isfinite(v.float()).all() for o in out for v in o.values())
-        return
-    logits = out if isinstance(out, torch.Tensor) else out["logits"] if isinstance(out, dict) else out.logits
-    assert logits.shape[0] == 2 and torch.isfinite(logits).all()
+        out = run.model.eval()(run.task.inputs(batch))
+    found = tensors_in(out)
+    assert found and all(torch.isfinite(t.float()).all() for t in found)
 
 
 @pytest.mark.parametrize(("task", "data", "model"), with_offline_data("task"))

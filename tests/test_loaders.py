@@ -68,3 +68,22 @@ def test_ranks_split_an_epoch_without_overlap():
         shards.append(labels(loader))
     assert len(shards[0]) == len(shards[1]) == 25
     assert sorted(shards[0] + shards[1]) == list(range(50))
+
+
+def collate_pairs(samples: list) -> dict:
+    """A collate as a fork writes one: a list of (x, y) samples in, a dict batch out."""
+    return {"x": torch.stack([x for x, _ in samples]), "y": torch.tensor([int(y) for _, y in samples])}
+
+
+def test_a_collate_given_makes_the_batches_of_in_memory_data_too():
+    tensors = TensorDataset(torch.arange(50.0).unsqueeze(1), torch.arange(50))
+    loaders = build_dataloaders(Splits(tensors, tensors, Numbers()), batch_size=8, num_workers=0, seed=0,
+                                pin_memory=False, collate_fn=collate_pairs)  # fmt: skip
+    for split in ("train", "val", "test"):  # in memory (train, val) as through a DataLoader (test)
+        batches = list(getattr(loaders, split))
+        assert all(isinstance(b, dict) for b in batches), split
+        assert sorted(torch.cat([b["y"] for b in batches]).tolist())[:5] == [0, 1, 2, 3, 4]
+    # Without one, in-memory batches stay the gathered tensors.
+    plain = build_dataloaders(Splits(tensors, tensors, tensors), batch_size=8, num_workers=0, seed=0,
+                              pin_memory=False)  # fmt: skip
+    assert all(isinstance(b, tuple) for b in plain.val)

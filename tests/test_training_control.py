@@ -167,6 +167,13 @@ def test_init_from_loads_weights_into_a_new_run_and_changes_the_head(tmp_path):
     # A new run: its own directory, step 0 to its own length, the body's weights from the source.
     state = load_checkpoint(tuned / "checkpoints" / "last.pt")
     assert state["step"] == read_metrics(tuned)["steps"] == 2 and state["model"]["7.weight"].shape[0] == 4
+    # A prefix map that renames nothing is refused before training, in one line.
+    proc = run_cli([*FAST, *fake, f"init_from={source}", "init_from_map={encoder.:features.}",
+                    f"hydra.run.dir={tmp_path / 'mapped'}"])  # fmt: skip
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert (
+        proc.returncode == 2 and len(lines) == 1 and "no key of" in lines[0] and "'encoder.'" in lines[0]
+    ), lines
     # A strict load of another head, and what is no checkpoint, are refused in one line: the units'
     # (tests/test_training_control_units.py); any CheckpointError of init_from= is one line: tests/test_cli.py.
 

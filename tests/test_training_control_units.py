@@ -475,6 +475,7 @@ def test_init_from_loads_every_weight_of_the_same_model(tmp_path):
         "unexpected": [],
         "skipped": [],
         "loaded": len(source.state_dict()),
+        "renamed": [],
     }
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -586,6 +587,38 @@ def test_init_from_what_is_no_checkpoint_or_of_another_model(tmp_path):
     cnn = SimpleCNN(in_channels=1, num_classes=10)
     with pytest.raises(CheckpointError, match="none of the 6 tensors"):
         load_initial_weights(cnn, path, strict=False)
+
+
+def two_parts(body: str, seed: int) -> torch.nn.Module:
+    """A model of a body named `body` and a head: a contrastive encoder's names, or a classifier's."""
+    torch.manual_seed(seed)
+    return torch.nn.ModuleDict({body: torch.nn.Linear(4, 3), "head": torch.nn.Linear(3, 2)})
+
+
+def test_init_from_map_renames_the_checkpoint_keys_by_prefix_and_says_so(tmp_path, caplog):
+    from store.init_from import load_initial_weights, log_summary
+
+    source = two_parts("encoder", seed=1)
+    path = checkpoint_of(source, tmp_path / "encoder.pt")
+    with pytest.raises(CheckpointError, match="missing"):  # by name alone, nothing of the body fits
+        load_initial_weights(two_parts("features", seed=2), path, strict=True)
+    target = two_parts("features", seed=2)
+    result = load_initial_weights(target, path, strict=True, prefixes={"encoder.": "features."})
+    assert result["loaded"] == 4 and result["renamed"] == [("encoder.", "features.", 2)]
+    assert torch.equal(target["features"].weight, source["encoder"].weight)
+    with caplog.at_level(logging.INFO, logger="test.init"):
+        log_summary(result, logging.getLogger("test.init"))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"init_from: loaded 4 of this model's 4 tensors from {path} (renamed: 2 encoder.* as features.*)"
+    ]
+    # A prefix that renames nothing, on either side, is one line, not a silently fresh body.
+    for prefixes, message in (
+        ({"backbone.": "features."}, "no key of .* starts with 'backbone.'"),
+        ({"encoder.": "trunk."}, "no key of this model starts with 'trunk.'"),
+    ):
+        with pytest.raises(CheckpointError, match=message) as err:
+            load_initial_weights(two_parts("features", seed=2), path, strict=False, prefixes=prefixes)
+        assert "\n" not in str(err.value)
 
 
 class LazyMLP(torch.nn.Sequential):

@@ -29,6 +29,22 @@ def make(node: dict, *args, **kwargs):
     return getattr(importlib.import_module(module), name)(*args, **params, **kwargs)
 
 
+# The tasks whose loss and metrics are written out below; a fork's own task is not (cannot_write).
+KINDS = ("classification", "regression", "segmentation", "language_modeling")
+
+
+def cannot_write(spec: dict) -> str | None:
+    """Why this script cannot do the run of `spec` (None: it can): a task not written out here, or data that
+    is not in-memory tensors (it gathers batches from `dataset.tensors`). The benchmark leaves such a run
+    out with this reason, as a project whose default run is a fork's own task."""
+    if spec["kind"] not in KINDS:
+        return f"its task ({spec['kind']}) is none of those written out by hand ({', '.join(KINDS)})"
+    splits = make(spec["dataset"])
+    if not hasattr(splits.train, "tensors"):
+        return f"its data ({spec['dataset']['_target_']}) is not in-memory tensors"
+    return None
+
+
 def batches(dataset, batch_size: int, shuffle: bool, generator=None):
     """Whole batches gathered by index from the in-memory tensors; the train split drops its ragged end."""
     tensors, n = dataset.tensors, len(dataset)
