@@ -16,9 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from setup.config import _nearest
 from setup.conflicts import conflict_line
-from system.errors import USER, ending, signal_exit
+from system.errors import USER, did_you_mean, ending, signal_exit
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # Hydra's options that answer without running the task (help, the composed config, tab completion).
@@ -96,7 +95,7 @@ def hydra_error_line(err: Exception, conf_dir, config_name: str) -> str | None:
     cause = err.__cause__
     key = getattr(cause, "full_key", None)
     if key and "not in struct" in str(cause):
-        return f"{key} is not a config key{_nearest(key, _known_keys(conf_dir, config_name))}; a new key needs +{key}=..."
+        return f"{key} is not a config key{did_you_mean(key, _known_keys(conf_dir, config_name))}; a new key needs +{key}=..."
     return text
 
 

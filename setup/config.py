@@ -15,7 +15,6 @@ No torch here: this module is imported before Hydra parses the command line.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import MISSING, dataclass, field, fields
@@ -26,7 +25,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from board import trackers
-from system.errors import ConfigError  # defined below the floors that raise it, named here too
+from setup.declares import check_declares
+from system.errors import (  # ConfigError: defined below the floors that raise it, named here too
+    ConfigError,
+    did_you_mean,
+)
 
 
 def typed(node: DictConfig, schema: type):
@@ -129,19 +132,6 @@ CLOSED = {
 TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logging", "paths", "name", "resume",
              "allowed_targets", "init_from", "init_strict", "init_from_map", "tags", "declares",
              "param_groups")  # fmt: skip
-# What a model and a task config declare, under `declares.model` and `declares.task` (beside the group's
-# node, so that `instantiate(cfg.model)` never sees them): the data's input kinds a model takes (a list)
-# and the output it gives (and `extra`: the optional extra of pyproject it needs, e.g. timm); the data's
-# target a task reads and the model output it needs. Another group
-# may declare what it likes under `declares.<group>`: the template reads only these.
-# Where a data config's samples come from (data.declares.source): no download and no files, fetched when
-# online, or the user's files.
-SOURCES = ("builtin", "download", "files")
-DECLARES = {"model": ("input", "output", "extra"), "task": ("target", "output")}
-# And the batch's layout a task reads, as the data declares its own (data.declares.batch): `tuple` unless
-# said (the template's (inputs, targets) and (tokens,)), e.g. `fields` for a dict batch.
-PAIRING = {"model": DECLARES["model"], "task": (*DECLARES["task"], "batch")}
-BATCH = "tuple"
 
 CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
@@ -188,7 +178,7 @@ def check_config(cfg: DictConfig) -> None:
             f"{'them' if len(missing) > 1 else 'it'} on the command line, e.g. {missing[0]}=..."
         )
     _check_unknown_keys(cfg)
-    _check_declares(cfg)
+    check_declares(cfg)
     _check_param_groups(cfg)
     for group, schema in SCHEMAS.items():
         node = cfg[group]
@@ -313,49 +303,15 @@ def _number(cfg: DictConfig, key: str) -> Any:
 def _check_unknown_keys(cfg: DictConfig) -> None:
     for key in cfg:
         if key not in TOP_LEVEL:
-            raise ConfigError(f"{key} is not a config key this template reads{_nearest(key, TOP_LEVEL)}")
+            raise ConfigError(f"{key} is not a config key this template reads{did_you_mean(key, TOP_LEVEL)}")
     for group, known in CLOSED.items():
         names = [f.name for f in fields(known)] if isinstance(known, type) else list(known)
         for key in cfg.get(group) or {}:
             if key not in names:
                 full = [f"{group}.{n}" for n in names]
                 raise ConfigError(
-                    f"{group}.{key} is not a config key this template reads{_nearest(f'{group}.{key}', full)}"
+                    f"{group}.{key} is not a config key this template reads{did_you_mean(f'{group}.{key}', full)}"
                 )
-
-
-def _check_declares(cfg: DictConfig) -> None:
-    """`declares.<group>` for groups of this config only, the template's keys only for the model and the
-    task (a typo there would silently turn the check before training off), each a word (a model's input:
-    a list of words)."""
-    source = OmegaConf.select(cfg, "data.declares.source", default=None)
-    if source is not None and source not in SOURCES:
-        raise ConfigError(f"data.declares.source={source!r} is not one of: {', '.join(SOURCES)}")
-    declares = cfg.get("declares")
-    if declares is None:
-        return
-    if not isinstance(declares, DictConfig):
-        raise ConfigError(f"declares={declares!r} must map config groups to what they declare")
-    groups = [k for k in cfg if k != "declares" and isinstance(cfg.get(k), DictConfig)]
-    for group, node in declares.items():
-        if group not in groups:
-            near = _nearest(f"declares.{group}", [f"declares.{g}" for g in groups])
-            raise ConfigError(f"declares.{group} names no config group{near}")
-        if not isinstance(node, DictConfig):
-            raise ConfigError(f"declares.{group}={node!r} must be a mapping, e.g. {{output: vector}}")
-        for key, value in node.items() if group in PAIRING else ():
-            full = f"declares.{group}.{key}"
-            if key not in PAIRING[group]:
-                known = [f"declares.{group}.{k}" for k in PAIRING[group]]
-                raise ConfigError(f"{full} is not a config key this template reads{_nearest(full, known)}")
-            if key == "input":  # the input kinds a model takes
-                ok = isinstance(value, ListConfig) and len(value) > 0
-                ok = ok and all(isinstance(w, str) and w for w in value)
-            else:
-                ok = isinstance(value, str) and bool(value)
-            if not ok:
-                shape = "a list of words, e.g. [image]" if key == "input" else "a word, e.g. vector"
-                raise ConfigError(f"{full}={_plain(value)!r} must be {shape}")
 
 
 def _check_param_groups(cfg: DictConfig) -> None:
@@ -406,11 +362,6 @@ def _check_param_groups(cfg: DictConfig) -> None:
 
 def _plain(value):
     return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
-
-
-def _nearest(key: str, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def plain(node: DictConfig) -> SimpleNamespace:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from setup.config import BATCH, DECLARES, ConfigError
+from setup.config import ConfigError
+from setup.declares import BATCH, DECLARES
 from system.errors import UserError, one_line
 
 

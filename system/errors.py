@@ -93,6 +93,14 @@ def signal_exit(signum: int) -> int:
     return SIGNALLED + signum
 
 
+def did_you_mean(key: str, known) -> str:
+    """ " (did you mean <the nearest of known>?)" for an error line about a mistyped key, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def one_line(err: BaseException, limit: int = 2000) -> str:
     """An error in one line: its first line, and the config key where OmegaConf names one (its errors span
     several lines: message, full_key, object_type)."""

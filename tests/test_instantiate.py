@@ -14,7 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from setup.config import DECLARES, ConfigError, check_config
+from setup.config import ConfigError, check_config
+from setup.declares import DECLARES
 from tasks.base import Task
 from tests.helpers import (
     COMBOS,
