@@ -69,6 +69,7 @@ import setup.config as schema
 import setup.distributed
 import setup.parts
 import setup.runtime
+import setup.sharding
 from board import dashboards, writer
 from loop import evaluation, nonfinite
 from loop.session import Session
@@ -139,9 +140,12 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
         init_from.log_summary(init_from.load_initial_weights(model, cfg.init_from, cfg.init_strict), log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # trainer.strategy=fsdp shards it in place (before the optimizer, which then holds the shards);
+    # trainer.activation_checkpointing recomputes its blocks' activations.
+    model = setup.sharding.prepare(model, t.strategy, t.activation_checkpointing, t.compile, t.precision, ddp)
     optimizer = setup.parts.build_optimizer(cfg, model, ddp.device)  # its parameter groups: optim/params.py
     scheduler = setup.parts.build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
-    eval_model = torch.compile(model) if t.compile else model  # the graph traces `model`, uncompiled
+    eval_model = setup.sharding.evaluated(model, t.compile)  # the graph traces `model`, uncompiled
     max_time = schema.parse_max_time(t.max_time)
     parts = Parts(
         cfg, t, lg, run_dir, ddp, task, loaders, plan, model, eval_model,
@@ -296,7 +300,8 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
     numbers, metrics, first = done
     if parts.writer:
         writer.add_scalars(parts.writer, numbers, step, split)
-        if split == "val" and first is not None:
+        # A sharded model runs only with every rank: rank 0 alone cannot draw its pictures.
+        if split == "val" and first is not None and not setup.sharding.is_sharded(parts.model):
             model = writer.unwrap(state.evaluated_model(parts.model))
             was_training = model.training
             model.eval()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from setup.distributed import all_reduce_sum
+from setup.distributed import all_reduce_sum, max_over_ranks
 from setup.runtime import autocast, to_device
+from setup.sharding import is_sharded
 
 
 @torch.no_grad()
@@ -33,6 +34,9 @@ def evaluate(
         if stop is not None and stop():
             model.train(was_training)
             return None
+    if is_sharded(model):
+        _keep_pace(model, task, first, min(len(loader), limit if limit is not None else len(loader)), device,
+                   precision)  # fmt: skip
     model.train(was_training)
     return measure(task, metrics), metrics, first
 
@@ -51,3 +55,12 @@ def measure(task, metrics) -> dict[str, float]:
         if sums:
             metrics.update(zip(sums, all_reduce_sum(*(metrics[k] for k in sums)), strict=True))
     return task.compute(metrics)
+
+
+def _keep_pace(model, task, batch, done: int, device, precision: str) -> None:
+    """A sharded model's forward is a collective (each block gathers its weights from every rank), and the
+    ranks' evaluation shards may differ by a batch: a rank that has run out repeats a forward on a batch it
+    has, uncounted, until every rank has made as many."""
+    for _ in range(max_over_ranks(done, device) - done):
+        with autocast(device, precision):
+            task.forward(model, batch)

@@ -16,4 +16,7 @@ def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
         model.maxpool = nn.Identity()
     elif in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    # Its four stages: FSDP's units, activation checkpointing's (setup/sharding.py). A function on the
+    # instance, as torchvision's class has no such method.
+    model.shard_blocks = lambda: [model.layer1, model.layer2, model.layer3, model.layer4]
     return model

@@ -102,7 +102,9 @@ def init_distributed(device_name: str) -> Distributed:
 def wrap_ddp(model: torch.nn.Module, ddp: Distributed) -> torch.nn.Module:
     """DistributedDataParallel around the (compiled) model when there are several ranks: it broadcasts
     rank 0's weights now and averages gradients in backward, so every rank keeps equal weights."""
-    if ddp.world_size == 1:
+    from setup.sharding import is_sharded
+
+    if ddp.world_size == 1 or is_sharded(model):  # FSDP2 reduces the gradients itself
         return model
     device_ids = [ddp.device.index] if ddp.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
@@ -136,6 +138,15 @@ def all_reduce_sum(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (a collective: every rank must ask)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor(value, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether `flag` holds on any rank: a collective, so every rank must ask at the same step."""
     if not is_distributed():
@@ -159,7 +170,14 @@ def check_weights_in_sync(model: torch.nn.Module, ddp: Distributed) -> None:
     optimizer) and is reported loudly. Buffers (BatchNorm statistics) are rank-local and left out."""
     if ddp.world_size == 1:
         return
-    digest = weights_digest(model.named_parameters())
+    from setup.sharding import full_weights, is_sharded
+
+    # A sharded model's ranks hold different shards: their digests are of the whole weights, gathered.
+    named = model.named_parameters()
+    if is_sharded(model):
+        params = {name for name, _ in named}
+        named = [(k, v) for k, v in full_weights(model).items() if k in params]
+    digest = weights_digest(named)
     log.info("Weights digest on rank %d: %s", ddp.rank, digest)
     digests: list = [None] * ddp.world_size
     dist.all_gather_object(digests, digest)
