@@ -118,8 +118,11 @@ TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logg
 SOURCES = ("builtin", "download", "files")
 DECLARES = {"model": ("input", "output"), "task": ("target", "output")}
 
-CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16"),
-           "trainer.strategy": ("ddp", "fsdp")}
+CHOICES = {
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.precision": ("32", "bf16", "16"),
+    "trainer.strategy": ("ddp", "fsdp"),
+}
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
 RANGES = (
     ("trainer.max_epochs", 1, None),
