@@ -75,7 +75,7 @@ from loop import evaluation, nonfinite
 from loop.session import Session
 from loop.state import Parts, Plan, TrainState
 from loop.timebudget import Deadline
-from store import checkpoint, init_from, resume
+from store import checkpoint, init_from, resume, sharded
 from system import files
 from system.layout import RunDir
 
@@ -314,11 +314,17 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
 def save(parts: Parts, state: TrainState, path: Path, *also: Path) -> None:
     """Every checkpoint goes through here (rank 0 writes): never one of weights that a non-finite loss
     has spoiled, and TensorBoard flushed first, so that a resumed run finds every event up to its step.
-    `also`: second names of the same file (hard links), written after it; a step_<N>.pt prunes older ones."""
+    `also`: second names of the same file (hard links), written after it; a step_<N>.pt prunes older ones.
+    A sharded model's checkpoint is written by every rank, each its shards (store/sharded.py)."""
+    if parts.ddp.is_main:
+        state.window.check(state.last_good, parts.writer)
+        parts.writer.flush()
+    if setup.sharding.is_sharded(parts.model):
+        sharded.save_sharded(parts, state, path, *also)
+        state.last_good = path
+        return
     if not parts.ddp.is_main:
         return
-    state.window.check(state.last_good, parts.writer)
-    parts.writer.flush()
     checkpoint.save_checkpoint(checkpoint.checkpoint_of(parts, state), path)
     for other in also:
         checkpoint.link_checkpoint(path, other)
@@ -334,9 +340,10 @@ def test(parts: Parts, state: TrainState, session: Session) -> bool:
     setup.distributed.check_weights_in_sync(parts.model, parts.ddp)
     setup.distributed.barrier()  # rank 0 has written best.pt; now the other ranks may read it
     run, tested_state = RunDir(parts.run_dir), state
-    if run.best.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
-        tested_state = checkpoint.restore_evaluated(parts, checkpoint.read_checkpoint(run.best, parts.device))
-    log.info("Testing %s on the test split", run.best.name if run.best.exists() else "the last weights")
+    best = run.found(run.best)  # best.pt, or best.dcp in a sharded run
+    if best.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
+        tested_state = checkpoint.restore_evaluated(parts, checkpoint.read_checkpoint(best, parts.device))
+    log.info("Testing %s on the test split", best.name if best.exists() else "the last weights")
     tested = validate(parts, tested_state, "test", state.step, session)
     if tested is None:
         return False

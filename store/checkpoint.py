@@ -57,8 +57,18 @@ class Checkpoint:
     monitor: str | None  # the task's monitored metric and its mode (min, max) when it was saved
     mode: str | None
     data_order: dict | None  # data_order_state() at the save; check_data_order compares it
-    model_weights: dict  # the model's own state_dict()
+    _weights: dict | None = field(repr=False)  # the model's own state_dict(); None: sharded, read when asked
     _saved: dict = field(repr=False)  # all of it, for restore() here
+    sharded: bool = False  # a directory of shards (store/sharded.py), its model and optimizer in them
+
+    @property
+    def model_weights(self) -> dict:
+        """The model's own state_dict(); a sharded checkpoint's is consolidated on this process, once."""
+        if self._weights is None:
+            from store.sharded import consolidated
+
+            object.__setattr__(self, "_weights", consolidated(self.path))
+        return self._weights
 
     @property
     def evaluated_weights(self) -> dict:
@@ -73,7 +83,13 @@ class Checkpoint:
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     """The checkpoint at `path`, read and checked (`load_checkpoint`), as a Checkpoint: what every reader
     (eval.py, resume=, load_trained, init_from=, the final test) gets. Raises CheckpointError, one line."""
-    saved = load_checkpoint(path, map_location)
+    sharded = Path(path).is_dir()
+    if sharded:  # trainer.strategy=fsdp's: its state.pt now, its weights' shards when they are asked for
+        from store.sharded import read_state
+
+        saved = read_state(Path(path))
+    else:
+        saved = load_checkpoint(path, map_location)
     best = saved.get("best")
     return Checkpoint(
         path=Path(path),
@@ -86,8 +102,9 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         monitor=_text(saved.get("monitor")),
         mode=_text(saved.get("mode")),
         data_order=saved.get("data_order"),
-        model_weights=saved[MODEL],
+        _weights=None if sharded else saved[MODEL],
         _saved=saved,
+        sharded=sharded,
     )
 
 
@@ -95,15 +112,18 @@ def _text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def checkpoint_of(parts, state) -> dict:
-    """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
+def checkpoint_of(parts, state, leave_out: tuple[str, ...] = ()) -> dict:
+    """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only).
+    `leave_out`: parts saved elsewhere (a sharded checkpoint's model and optimizer); the model's entry is
+    then empty, as every checkpoint has one."""
     from omegaconf import OmegaConf
 
     from setup.trust import literal
 
     return {
         FORMAT_KEY: FORMAT_VERSION,
-        **{name: part.state_dict() for name, part in parts.saved_parts().items()},
+        **{name: part.state_dict() for name, part in parts.saved_parts().items() if name not in leave_out},
+        **({MODEL: {}} if MODEL in leave_out else {}),
         **state.state_dict(),
         "monitor": parts.task.monitor,
         "mode": parts.task.mode,
@@ -117,10 +137,10 @@ def checkpoint_of(parts, state) -> dict:
 def restore(parts, state, ckpt: Checkpoint) -> None:
     """Load a checkpoint into freshly built parts and state, and set the RNG streams: call it after
     everything that draws random numbers at set-up (model init), right before the loop."""
-    load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    _load_model(parts, ckpt, with_optimizer=True)
     with _refused(ckpt.path, "resumed"):
         for name, part in parts.saved_parts().items():
-            if name != MODEL:
+            if name not in ((MODEL, "optimizer") if ckpt.sharded else (MODEL,)):
                 part.load_state_dict(ckpt._saved[name])
         state.load_state_dict(ckpt._saved)
         check_position(state, parts.plan)
@@ -132,11 +152,22 @@ def restore_evaluated(parts, ckpt: Checkpoint) -> TrainState:
     """What a checkpoint evaluates: its model weights into parts.model, and a fresh state holding its
     fields (its moving average of the weights, which TrainState.evaluated_model then picks). The optimizer,
     the schedule and the RNG streams stay as they are."""
-    load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    _load_model(parts, ckpt, with_optimizer=False)
     state = TrainState.new(parts)
     with _refused(ckpt.path, "evaluated"):
         state.load_state_dict(ckpt._saved)
     return state
+
+
+def _load_model(parts, ckpt: Checkpoint, with_optimizer: bool) -> None:
+    """A sharded checkpoint's model (and optimizer) into the model, sharded or not, each rank reading its
+    own pieces (store/sharded.py); a file's weights into the model whole."""
+    if ckpt.sharded:
+        from store.sharded import load_sharded
+
+        load_sharded(ckpt.path, parts.model, parts.optimizer if with_optimizer else None)
+    else:
+        load_weights(parts.model, ckpt.model_weights, ckpt.path)
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
             f"resume continues the run with its saved config; only {', '.join(RESUME_OVERRIDES)} may be "
             f"set with it (got: {' '.join(others)}); to start a new run from its weights use init_from="
         )
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(
             f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
         )
