@@ -101,8 +101,9 @@ def save_sharded(parts, state, path: Path, *also: Path) -> None:
     """Every rank writes its shards of the model and optimizer into a new directory, rank 0 the rest of
     the checkpoint (state.pt) after them, and then links each name to it (`path` and `also`, given as .pt
     names: last.pt is linked as last.dcp). Every rank must call it."""
-    from store.checkpoint import checkpoint_of, prune_step_checkpoints, save_checkpoint
     from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    from store.checkpoint import checkpoint_of, prune_step_checkpoints, save_checkpoint
 
     run = RunDir(parts.run_dir)
     token = [uuid.uuid4().hex[:8] if parts.ddp.is_main else None]
