@@ -154,8 +154,6 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer=None) -> None:
     size: each rank reads the pieces of the saved shards that its own shards hold. Every rank must call it."""
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    from store.checkpoint import CheckpointError
-
     if optimizer is None:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
@@ -165,13 +163,8 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer=None) -> None:
         wanted = {"model": model_sd, "optimizer": optim_sd}
     try:
         dcp.load(wanted, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner())
-    except UnsafeMetadata as err:
-        raise CheckpointError(
-            f"checkpoint {path}: its .metadata names {err}, not DCP's metadata; refused unread"
-        )
-    except Exception as err:  # DCP wraps each rank's error: one line naming the file
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"checkpoint {path} cannot be loaded into this model: {first}") from None
+    except Exception as err:  # DCP wraps each rank's error in its own: one line naming the file
+        raise _refusal(path, err, "cannot be loaded into this model") from None
     if optimizer is None:
         set_model_state_dict(model, wanted["model"])
     else:
@@ -185,17 +178,23 @@ def consolidated(path: Path) -> dict:
     eval.py, load_trained and init_from= read."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    from store.checkpoint import CheckpointError
-
     loaded: dict = {}
     try:
         _load_state_dict(loaded, storage_reader=_SafeReader(path), planner=_SafeEmptyPlanner(keys={"model"}),
                          no_dist=True)  # fmt: skip
-    except UnsafeMetadata as err:
-        raise CheckpointError(
-            f"checkpoint {path}: its .metadata names {err}, not DCP's metadata; refused unread"
-        )
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"checkpoint {path} is unreadable or incomplete: {first}") from None
+        raise _refusal(path, err, "is unreadable or incomplete") from None
     return loaded.get("model", {})
+
+
+def _refusal(path: Path, err: Exception, what: str) -> Exception:
+    """One CheckpointError line for what DCP raised (it wraps each rank's error in its own)."""
+    from store.checkpoint import CheckpointError
+
+    if isinstance(err, UnsafeMetadata) or "UnsafeMetadata" in f"{err!r}":
+        return CheckpointError(
+            f"checkpoint {path}: its .metadata holds pickled objects other than DCP's metadata; refused "
+            "unread (it may run code)"
+        )
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return CheckpointError(f"checkpoint {path} {what}: {first}")
