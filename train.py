@@ -86,7 +86,7 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
     resumed = None
     if cfg.get("resume"):  # continue that run from a checkpoint, with the config it was started with
         resumed = resume.load_resume(cfg, HydraConfig.get(), requeued=life.requeued)
-        cfg = resumed.cfg
+        cfg = resume.keep_global_batch(resumed, setup.distributed.world_size())
     schema.check_config(cfg)
     life.lock()  # one process trains in a run directory at a time
     parts, state = set_up(cfg, run_dir)

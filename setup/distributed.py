@@ -71,6 +71,12 @@ def _export_from_slurm() -> None:
     os.environ["LOCAL_WORLD_SIZE"] = str(env.num_tasks // env.num_nodes)
 
 
+def world_size() -> int:
+    """How many ranks this launch has (torchrun's or SLURM's variables), before joining their group."""
+    _export_from_slurm()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device_name: str) -> Distributed:
     """Join the process group when launched as several processes; return this process's place in it."""
     _export_from_slurm()

@@ -61,6 +61,10 @@ def prepare(model: nn.Module, strategy: str, activation_checkpointing: bool, com
     # ranks keep their precision.
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" \
         else MixedPrecisionPolicy()  # fmt: skip
+    # Each rank drew its own initial weights (its seed is seed + rank): all take rank 0's, as DDP's wrapper
+    # does, before each keeps its shard of them.
+    for tensor in (*model.parameters(), *model.buffers()):
+        torch.distributed.broadcast(tensor.detach(), src=0)
     if not blocks:
         log.info("FSDP: %s names no shard_blocks(); it is sharded as one unit (gathered whole in forward)",
                  type(model).__name__)  # fmt: skip

@@ -59,6 +59,7 @@ class Checkpoint:
     data_order: dict | None  # data_order_state() at the save; check_data_order compares it
     _weights: dict | None = field(repr=False)  # the model's own state_dict(); None: sharded, read when asked
     _saved: dict = field(repr=False)  # all of it, for restore() here
+    world_size: int | None = None  # the ranks that trained it (None: an older checkpoint, not recorded)
     sharded: bool = False  # a directory of shards (store/sharded.py), its model and optimizer in them
 
     @property
@@ -104,6 +105,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         data_order=saved.get("data_order"),
         _weights=None if sharded else saved[MODEL],
         _saved=saved,
+        world_size=saved.get("world_size"),
         sharded=sharded,
     )
 
@@ -128,6 +130,7 @@ def checkpoint_of(parts, state, leave_out: tuple[str, ...] = ()) -> dict:
         "monitor": parts.task.monitor,
         "mode": parts.task.mode,
         "rng": rng_state(),
+        "world_size": parts.ddp.world_size,  # a resume at another keeps the global batch (store/resume.py)
         "data_order": data_order_state(parts.loaders.train, state.epoch, state.batch_in_epoch),
         # Resolved, and escaped as text: data found in a user's file (a class named `${x}`) reads back as it was.
         "config": literal(OmegaConf.to_container(parts.cfg, resolve=True)),
@@ -339,7 +342,7 @@ MAX_DEPTH = 32
 # The counters' bound: no run takes 10^12 steps; TensorBoard's step is an int64 and JSON's numbers are exact
 # to 2^53 only.
 MAX_COUNT = 10**12
-COUNTERS = ("step", "epoch", "batch_in_epoch", "nonfinite_skipped")
+COUNTERS = ("step", "epoch", "batch_in_epoch", "nonfinite_skipped", "world_size")
 STATE_DICTS = (*SAVED_PARTS, EMA)  # each the state_dict() of an object: a dict (ema: or None)
 
 
