@@ -180,9 +180,9 @@ def check_weights_in_sync(model: torch.nn.Module, ddp: Distributed) -> None:
 
     # A sharded model's ranks hold different shards: their digests are of the whole weights, gathered.
     named = model.named_parameters()
-    if is_sharded(model):
-        params = {name for name, _ in named}
-        named = [(k, v) for k, v in full_weights(model).items() if k in params]
+    if is_sharded(model):  # every parameter by each of its names (a tied one twice), as a checkpoint has them
+        buffers = {name for name, _ in model.named_buffers()}
+        named = [(k, v) for k, v in full_weights(model).items() if k not in buffers]
     digest = weights_digest(named)
     log.info("Weights digest on rank %d: %s", ddp.rank, digest)
     digests: list = [None] * ddp.world_size

@@ -69,8 +69,7 @@ class _SafeReader(FileSystemReader):
     """DCP's file reader, with the metadata read by `_MetadataUnpickler` instead of pickle.load."""
 
     def read_metadata(self, *args, **kwargs):
-        with open(Path(self.path) / ".metadata", "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
+        metadata = read_metadata(Path(self.path))
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -95,6 +94,25 @@ class _SafeLoadPlanner(_SafeBytes, DefaultLoadPlanner):
 
 class _SafeEmptyPlanner(_SafeBytes, _EmptyStateDictLoadPlanner):
     """DCP's planner that builds the state dict from the metadata: consolidation on one process."""
+
+
+def read_metadata(path: Path):
+    """A sharded checkpoint's DCP metadata, unpickled by `_MetadataUnpickler`. Raises CheckpointError, one
+    line, before DCP (which would log a traceback and retry) is given the file."""
+    from store.checkpoint import CheckpointError
+
+    try:
+        with open(path / ".metadata", "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except UnsafeMetadata as err:
+        raise CheckpointError(
+            f"checkpoint {path}: its .metadata holds pickled objects other than DCP's metadata ({err}); refused "
+            "unread (it may run code)"
+        ) from None
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"checkpoint {path}: its .metadata is unreadable ({type(err).__name__})"
+        ) from None
 
 
 def save_sharded(parts, state, path: Path, *also: Path) -> None:
@@ -146,6 +164,7 @@ def read_state(path: Path) -> dict:
 
     if not (path / ".metadata").is_file():
         raise CheckpointError(f"checkpoint {path} is not a sharded checkpoint (it has no .metadata)")
+    read_metadata(path)  # refused here, before any reader goes on
     return load_checkpoint(path / STATE)
 
 
@@ -161,6 +180,7 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer=None) -> None:
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         wanted = {"model": model_sd, "optimizer": optim_sd}
+    read_metadata(path)
     try:
         dcp.load(wanted, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner())
     except Exception as err:  # DCP wraps each rank's error in its own: one line naming the file
@@ -178,6 +198,7 @@ def consolidated(path: Path) -> dict:
     eval.py, load_trained and init_from= read."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+    read_metadata(path)
     loaded: dict = {}
     try:
         _load_state_dict(loaded, storage_reader=_SafeReader(path), planner=_SafeEmptyPlanner(keys={"model"}),
@@ -191,10 +212,5 @@ def _refusal(path: Path, err: Exception, what: str) -> Exception:
     """One CheckpointError line for what DCP raised (it wraps each rank's error in its own)."""
     from store.checkpoint import CheckpointError
 
-    if isinstance(err, UnsafeMetadata) or "UnsafeMetadata" in f"{err!r}":
-        return CheckpointError(
-            f"checkpoint {path}: its .metadata holds pickled objects other than DCP's metadata; refused "
-            "unread (it may run code)"
-        )
     first = (str(err).strip().splitlines() or [""])[0][:200]
     return CheckpointError(f"checkpoint {path} {what}: {first}")
