@@ -5,6 +5,7 @@ as one machine's two ranks. torchrun costs ~15 s a launch here: the runs are sha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from setup.distributed import weights_digest
 from store.checkpoint import CheckpointError, read_checkpoint
 from tests.helpers import PYTHON, REPO, needs, train_in_process, wait_for_line
 from tests.test_ddp import DIGEST, losses, run_dirs
+from tests.test_signals import process_tree
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +47,8 @@ def torchrun(args: list[str], *launcher: str, **popen) -> subprocess.Popen:
     """`torchrun --standalone --nproc_per_node=2 train.py ARGS` (or the launcher options given)."""
     launcher = launcher or ("--standalone", "--nproc_per_node=2")
     cmd = [PYTHON, "-m", "torch.distributed.run", *launcher, str(REPO / "train.py"), *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=env(), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, **popen)  # fmt: skip
+    popen = {"stdout": subprocess.PIPE, **popen}
+    return subprocess.Popen(cmd, cwd=REPO, env=env(), text=True, stderr=subprocess.STDOUT, **popen)
 
 
 def finished(proc: subprocess.Popen, timeout: int = 400) -> str:
@@ -122,27 +124,37 @@ def test_activation_checkpointing_changes_no_loss(tmp_path):
     assert losses(tmp_path / "on") == losses(tmp_path / "off")
 
 
-def kill_group_once(proc: subprocess.Popen, path: Path, timeout: float = 240) -> None:
-    """kill -9 torchrun and its ranks together (a machine lost) as soon as `path` exists."""
+def signal_all(proc: subprocess.Popen, signum: int) -> None:
+    """Signal torchrun and every process under it at once (its ranks run in sessions of their own), as
+    SLURM signals a job step's cgroup, or as a machine is lost."""
+    for pid in process_tree(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def kill_all_once(proc: subprocess.Popen, path: Path, timeout: float = 240) -> None:
+    """kill -9 torchrun and its ranks together as soon as `path` exists."""
     deadline = time.monotonic() + timeout
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)
+    signal_all(proc, signal.SIGKILL)
     proc.wait()
 
 
 def test_kill9_then_resume_is_bit_identical_and_resumes_on_one_rank(tmp_path):
     whole, killed, on_one = tmp_path / "whole", tmp_path / "killed", tmp_path / "on_one"
     reference = torchrun([*KILL_RUN, f"hydra.run.dir={whole}"])
-    victim = torchrun([*KILL_RUN, f"hydra.run.dir={killed}"], start_new_session=True)
-    kill_group_once(victim, killed / "checkpoints" / "step_00000003.dcp")
+    # The victim keeps its step checkpoints, so that the first stays to be seen on a loaded machine.
+    victim = torchrun([*KILL_RUN, "trainer.keep_step_checkpoints=null", f"hydra.run.dir={killed}"],
+                      start_new_session=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    kill_all_once(victim, killed / "checkpoints" / "step_00000003.dcp")
     assert not (killed / "metrics.json").exists(), "the victim finished first"
     last = read_checkpoint(killed / "checkpoints" / "last.dcp")
     assert last.step >= 3 and last.batch_in_epoch > 0, "the kill was not mid-epoch"
     shutil.copytree(killed, on_one, symlinks=True)
     (on_one / ".lock").unlink(missing_ok=True)
 
-    out = finished(torchrun([f"resume={killed}"]))
+    out = finished(torchrun([f"resume={killed}", "trainer.keep_step_checkpoints=1"]))
     assert "Resuming from" in out
     finished(reference)
     a, b = (read_checkpoint(run / "checkpoints" / "last.dcp") for run in (whole, killed))
@@ -172,7 +184,7 @@ def test_sigterm_stops_every_rank_with_one_sharded_checkpoint(tmp_path):
     args = [*KILL_RUN, "trainer.max_epochs=1000", "trainer.checkpoint_every_n_steps=null"]
     proc = torchrun([*args, f"hydra.run.dir={run}"], start_new_session=True)
     seen = wait_for_line(proc, r".*step 3/")
-    os.killpg(proc.pid, signal.SIGTERM)  # the launcher and every rank, as SLURM or Ctrl-C in a terminal
+    signal_all(proc, signal.SIGTERM)
     out = seen + proc.communicate(timeout=240)[0]
     stops = re.findall(r"Stopped by SIGTERM at step (\d+)\. Resume with", out)
     assert len(stops) == 2 and stops[0] == stops[1], out[-4000:]
