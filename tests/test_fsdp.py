@@ -6,6 +6,7 @@ as one machine's two ranks. torchrun costs ~15 s a launch here: the runs are sha
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -237,3 +238,14 @@ def test_a_forged_metadata_file_is_refused_unread(parity, tmp_path):
     with pytest.raises(CheckpointError, match="other than DCP's metadata"):
         _ = read_checkpoint(ckpt).model_weights
     assert not (tmp_path / "ran").exists()
+
+
+@needs("tools/bench_memory.py", "conf/experiment/pytext_gpt.yaml")
+def test_fsdp_halves_each_ranks_optimizer_state_at_two_ranks():
+    done = subprocess.run([PYTHON, str(REPO / "tools" / "bench_memory.py"), "--ranks", "2", "--no-write", "--json"],
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    [two] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert two["ranks"] == 2
+    assert two["fsdp"]["optimizer"] <= 0.55 * two["ddp"]["optimizer"], two
+    assert two["fsdp"]["params"] <= 0.55 * two["ddp"]["params"], two
