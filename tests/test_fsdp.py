@@ -249,3 +249,23 @@ def test_fsdp_halves_each_ranks_optimizer_state_at_two_ranks():
     assert two["ranks"] == 2
     assert two["fsdp"]["optimizer"] <= 0.55 * two["ddp"]["optimizer"], two
     assert two["fsdp"]["params"] <= 0.55 * two["ddp"]["params"], two
+
+
+def test_a_sharded_run_evaluates_loads_and_consolidates_on_one_process(parity, tmp_path):
+    from store.consolidate import main
+    from store.trained import load_trained
+
+    run = parity["fsdp-gpt"]
+    out = tmp_path / "gpt.pt"
+    assert main([str(run), str(out)]) == 0
+    sharded, single = load_trained(run), load_trained(out)
+    assert sharded.path.name == "best.dcp" and sharded.step == single.step == 3
+    for (name, a), (_, b) in zip(
+        sharded.model.state_dict().items(), single.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert main([str(tmp_path)]) == 2  # no sharded checkpoint there: one line, exit 2
+    done = subprocess.run([PYTHON, str(REPO / "eval.py"), f"ckpt={run}"], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "best.dcp on pytext test" in done.stdout + done.stderr
