@@ -165,10 +165,18 @@ def restore_evaluated(parts, ckpt: Checkpoint) -> TrainState:
 def _load_model(parts, ckpt: Checkpoint, with_optimizer: bool) -> None:
     """A sharded checkpoint's model (and optimizer) into the model, sharded or not, each rank reading its
     own pieces (store/sharded.py); a file's weights into the model whole."""
+    from setup.sharding import is_sharded
+
     if ckpt.sharded:
         from store.sharded import load_sharded
 
         load_sharded(ckpt.path, parts.model, parts.optimizer if with_optimizer else None)
+    elif is_sharded(parts.model) and with_optimizer:
+        # Its optimizer state is keyed by position in a single file, not by parameter name as the shards are.
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} was written by one process (one file, its optimizer state by position, "
+            "not by parameter name): resume it on one process, or start an FSDP run from its weights with init_from="
+        )
     else:
         load_weights(parts.model, ckpt.model_weights, ckpt.path)
 

@@ -6,6 +6,7 @@ as one machine's two ranks. torchrun costs ~15 s a launch here: the runs are sha
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -253,6 +254,7 @@ def test_fsdp_halves_each_ranks_optimizer_state_at_two_ranks():
 
 def test_a_sharded_run_evaluates_loads_and_consolidates_on_one_process(parity, tmp_path):
     from store.consolidate import main
+    from store.init_from import load_initial_weights
     from store.trained import load_trained
 
     run = parity["fsdp-gpt"]
@@ -263,6 +265,14 @@ def test_a_sharded_run_evaluates_loads_and_consolidates_on_one_process(parity, t
     for (name, a), (_, b) in zip(
         sharded.model.state_dict().items(), single.model.state_dict().items(), strict=True
     ):
+        assert torch.equal(a, b), name
+    # init_from= a sharded run: its weights, consolidated, into a new model.
+    fresh = copy.deepcopy(single.model)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    load_initial_weights(fresh, run, strict=True)
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), single.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert main([str(tmp_path)]) == 2  # no sharded checkpoint there: one line, exit 2
     done = subprocess.run([PYTHON, str(REPO / "eval.py"), f"ckpt={run}"], cwd=REPO, env=env(),
