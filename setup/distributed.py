@@ -22,6 +22,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from setup.config import ConfigError
@@ -120,9 +121,22 @@ def sync_gradients(model: torch.nn.Module, sync: bool):
     """Gradient accumulation: skip DDP's all-reduce on micro-batches that end in no optimizer step (the
     context must hold the forward pass as well as backward). A no-op outside DDP."""
     # isinstance, not hasattr: a missing attribute on an nn.Module raises inside __getattr__, every step.
-    if sync or not isinstance(model, DistributedDataParallel):
+    if sync:
         return contextlib.nullcontext()
-    return model.no_sync()
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    if isinstance(model, FSDPModule):  # FSDP2: keep the unsharded gradients, reduce-scatter at the last
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def is_distributed() -> bool:

@@ -34,7 +34,13 @@ SAME_MATH = ["trainer.max_epochs=1", "trainer.limit_batches=3", "logging.progres
 # The models the issue names, each with the data it trains on: the MLP names no shard_blocks() (sharded as
 # one unit), the CNN its conv blocks, the GPT its transformer blocks (with activation checkpointing on).
 IMAGE_MODELS = ("mlp", "simple_cnn")
-GPT = ["experiment=pytext_gpt", "trainer.max_steps=3", "data.block_size=32"]
+# Gradient accumulation too: FSDP's reduce-scatter waits for the last micro-batch.
+GPT = [
+    "experiment=pytext_gpt",
+    "trainer.max_steps=3",
+    "data.block_size=32",
+    "trainer.accumulate_grad_batches=2",
+]
 KILL_RUN = ["trainer.max_epochs=2", "trainer.limit_batches=8", "data.batch_size=8", "trainer.limit_val_batches=2",
             "trainer.checkpoint_every_n_steps=3", "trainer.keep_step_checkpoints=1", "model.dropout=0",
             "logging.every_n_steps=1", "logging.progress_bar=false", "trainer.strategy=fsdp"]  # fmt: skip
@@ -120,10 +126,54 @@ def test_fsdp_trains_as_ddp_and_as_one_process(parity, model):
 
 
 def test_activation_checkpointing_changes_no_loss(tmp_path):
-    gpt = [*SAME_MATH, *GPT, "data.batch_size=4"]
+    gpt = [
+        *SAME_MATH,
+        "experiment=pytext_gpt",
+        "trainer.max_steps=2",
+        "data.block_size=32",
+        "data.batch_size=4",
+    ]
     train_in_process(gpt, tmp_path / "off")
     train_in_process([*gpt, "trainer.activation_checkpointing=true"], tmp_path / "on")
     assert losses(tmp_path / "on") == losses(tmp_path / "off")
+
+
+def saved_for_backward(model, tokens) -> tuple[int, list]:
+    """The bytes autograd keeps for backward in one forward (what activation checkpointing saves), and the
+    gradients."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(tokens).float().square().mean()
+    loss.backward()
+    return sum(saved), [p.grad.clone() for p in model.parameters()]
+
+
+@needs("conf/experiment/pytext_gpt.yaml")
+def test_activation_checkpointing_keeps_less_for_backward_and_the_same_gradients():
+    import sys
+
+    from setup.distributed import Distributed
+    from setup.sharding import prepare
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from bench_memory import gpt
+
+    alone = Distributed(0, 0, 1, torch.device("cpu"))
+    torch.manual_seed(0)
+    off, cfg = gpt(["data.block_size=64"])
+    on = copy.deepcopy(off)
+    prepare(on, "ddp", True, False, "32", alone)
+    tokens = torch.randint(0, cfg.model.vocab_size, (4, 64))
+    kept_off, grads_off = saved_for_backward(off, tokens)
+    kept_on, grads_on = saved_for_backward(on, tokens)
+    assert kept_on < 0.5 * kept_off, (kept_on, kept_off)  # the blocks' insides are recomputed, not kept
+    for a, b in zip(grads_on, grads_off, strict=True):
+        assert torch.equal(a, b)
 
 
 def signal_all(proc: subprocess.Popen, signum: int) -> None:
