@@ -118,11 +118,8 @@ TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logg
 SOURCES = ("builtin", "download", "files")
 DECLARES = {"model": ("input", "output"), "task": ("target", "output")}
 
-CHOICES = {
-    "trainer.device": ("auto", "cpu", "cuda"),
-    "trainer.precision": ("32", "bf16", "16"),
-    "trainer.strategy": ("ddp", "fsdp"),
-}
+CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16"),
+           "trainer.strategy": ("ddp", "fsdp")}  # fmt: skip
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
 RANGES = (
     ("trainer.max_epochs", 1, None),
@@ -219,22 +216,15 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _check_fsdp(cfg: DictConfig) -> None:
-    """What FSDP's shards cannot do, refused before anything starts (each a forward or a copy of the whole
-    weights on rank 0 alone, or a scaler FSDP2 does not shard)."""
-    if cfg.trainer.get("strategy", "ddp") != "fsdp":
-        return
-    refused = {
-        "trainer.ema_decay": (cfg.trainer.get("ema_decay") is not None,
-                              "the average is a whole copy of the weights on every rank, which FSDP exists "
-                              "to avoid"),
-        "trainer.precision=16": (str(cfg.trainer.precision) == "16",
-                                 "fp16's GradScaler does not unscale sharded gradients; use bf16"),
-        "logging.graph": (bool(cfg.logging.get("graph")), "tracing the graph runs the model on rank 0 alone"),
-        "logging.histograms_every_n_epochs": (bool(cfg.logging.get("histograms_every_n_epochs")),
-                                              "each rank holds a shard of the weights, not the weights"),
-    }  # fmt: skip
-    for key, (bad, why) in refused.items():
-        if bad:
+    """What FSDP's shards cannot do (each needs the whole weights on rank 0 alone, or an unsharded scaler)."""
+    t, lg = cfg.trainer, cfg.logging
+    for key, bad, why in (
+        ("trainer.ema_decay", t.get("ema_decay") is not None, "the average is a whole copy of the weights on every rank"),
+        ("trainer.precision=16", str(t.precision) == "16", "fp16's GradScaler does not unscale sharded gradients; use bf16"),
+        ("logging.graph", bool(lg.get("graph")), "tracing the graph runs the model on rank 0 alone"),
+        ("logging.histograms_every_n_epochs", bool(lg.get("histograms_every_n_epochs")), "each rank holds a shard"),
+    ):  # fmt: skip
+        if bad and t.get("strategy", "ddp") == "fsdp":
             raise ConfigError(f"{key} cannot be used with trainer.strategy=fsdp: {why}")
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from loop.state import SAVED_PARTS, StateError, TrainState
+from store.rng import rng_state, set_rng_state
 from system.errors import UserError
 from system.files import atomic_file, fsync_dir, out_of_space, space_left
 from system.layout import RunDir
@@ -140,7 +139,9 @@ def checkpoint_of(parts, state, leave_out: tuple[str, ...] = ()) -> dict:
 def restore(parts, state, ckpt: Checkpoint) -> None:
     """Load a checkpoint into freshly built parts and state, and set the RNG streams: call it after
     everything that draws random numbers at set-up (model init), right before the loop."""
-    _load_model(parts, ckpt, with_optimizer=True)
+    from store.sharded import load_model  # torch.distributed.checkpoint: imported when used
+
+    load_model(parts, ckpt, with_optimizer=True)
     with _refused(ckpt.path, "resumed"):
         for name, part in parts.saved_parts().items():
             if name not in ((MODEL, "optimizer") if ckpt.sharded else (MODEL,)):
@@ -155,30 +156,13 @@ def restore_evaluated(parts, ckpt: Checkpoint) -> TrainState:
     """What a checkpoint evaluates: its model weights into parts.model, and a fresh state holding its
     fields (its moving average of the weights, which TrainState.evaluated_model then picks). The optimizer,
     the schedule and the RNG streams stay as they are."""
-    _load_model(parts, ckpt, with_optimizer=False)
+    from store.sharded import load_model
+
+    load_model(parts, ckpt, with_optimizer=False)
     state = TrainState.new(parts)
     with _refused(ckpt.path, "evaluated"):
         state.load_state_dict(ckpt._saved)
     return state
-
-
-def _load_model(parts, ckpt: Checkpoint, with_optimizer: bool) -> None:
-    """A sharded checkpoint's model (and optimizer) into the model, sharded or not, each rank reading its
-    own pieces (store/sharded.py); a file's weights into the model whole."""
-    from setup.sharding import is_sharded
-
-    if ckpt.sharded:
-        from store.sharded import load_sharded
-
-        load_sharded(ckpt.path, parts.model, parts.optimizer if with_optimizer else None)
-    elif is_sharded(parts.model) and with_optimizer:
-        # Its optimizer state is keyed by position in a single file, not by parameter name as the shards are.
-        raise CheckpointError(
-            f"checkpoint {ckpt.path} was written by one process (one file, its optimizer state by position, "
-            "not by parameter name): resume it on one process, or start an FSDP run from its weights with init_from="
-        )
-    else:
-        load_weights(parts.model, ckpt.model_weights, ckpt.path)
 
 
 @contextlib.contextmanager
@@ -405,33 +389,3 @@ def check_fields(state: dict, path) -> None:
 def _short(value) -> str:
     text = repr(value) if isinstance(value, (bool, int, float, str)) else f"a {type(value).__name__}"
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def rng_state() -> dict:
-    """Every random stream the run draws from, as plain containers and tensors."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

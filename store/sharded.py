@@ -193,6 +193,24 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer=None) -> None:
         )
 
 
+def load_model(parts, ckpt, with_optimizer: bool) -> None:
+    """A checkpoint's model (and optimizer) into parts.model: a sharded one's by each rank reading its own
+    pieces, sharded or not; a file's weights whole (store/checkpoint.py's `restore`, `restore_evaluated`)."""
+    from setup.sharding import is_sharded
+    from store.checkpoint import CheckpointError, load_weights
+
+    if ckpt.sharded:
+        load_sharded(ckpt.path, parts.model, parts.optimizer if with_optimizer else None)
+    elif is_sharded(parts.model) and with_optimizer:
+        # A file keeps the optimizer's state by position, the shards by parameter name.
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} was written by one process (one file, its optimizer state by position, "
+            "not by parameter name): resume it on one process, or start an FSDP run from its weights with init_from="
+        )
+    else:
+        load_weights(parts.model, ckpt.model_weights, ckpt.path)
+
+
 def consolidated(path: Path) -> dict:
     """The whole model weights of a sharded checkpoint, on this process alone (no process group): what
     eval.py, load_trained and init_from= read."""
