@@ -46,11 +46,10 @@ _ALLOWED = {
       "ChunkStorageMetadata", "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")),
     (f"{_DCP}.filesystem", "_StorageInfo"),
     ("torch", "Size"),
-    ("torch._utils", "_get_layout"),  # a tensor's layout, by name (torch.strided)
-    ("torch.serialization", "_get_layout"),
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "Path"),  # the checkpoint's own path
-    ("collections", "OrderedDict"),
+    ("torch.serialization", "_get_layout"),  # a tensor's layout looked up by name among torch's layouts
+    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),  # where the checkpoint was written
 }  # fmt: skip
+# Each of these, called by the pickle (its REDUCE), builds a value and nothing else; a dtype is a name too.
 
 
 class UnsafeMetadata(pickle.UnpicklingError):
