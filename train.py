@@ -321,7 +321,7 @@ def save(parts: Parts, state: TrainState, path: Path, *also: Path) -> None:
         parts.writer.flush()
     if setup.sharding.is_sharded(parts.model):
         sharded.save_sharded(parts, state, path, *also)
-        state.last_good = path
+        state.last_good = RunDir.sharded(path)
         return
     if not parts.ddp.is_main:
         return
