@@ -141,10 +141,10 @@ def restore(parts, state, ckpt: Checkpoint) -> None:
     everything that draws random numbers at set-up (model init), right before the loop."""
     from store.sharded import load_model  # torch.distributed.checkpoint: imported when used
 
-    load_model(parts, ckpt, with_optimizer=True)
+    loaded = load_model(parts, ckpt, with_optimizer=True)  # the model's, and a sharded optimizer's
     with _refused(ckpt.path, "resumed"):
         for name, part in parts.saved_parts().items():
-            if name not in ((MODEL, "optimizer") if ckpt.sharded else (MODEL,)):
+            if name not in loaded:
                 part.load_state_dict(ckpt._saved[name])
         state.load_state_dict(ckpt._saved)
         check_position(state, parts.plan)

@@ -192,22 +192,45 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer=None) -> None:
         )
 
 
-def load_model(parts, ckpt, with_optimizer: bool) -> None:
+def load_model(parts, ckpt, with_optimizer: bool) -> tuple[str, ...]:
     """A checkpoint's model (and optimizer) into parts.model: a sharded one's by each rank reading its own
-    pieces, sharded or not; a file's weights whole (store/checkpoint.py's `restore`, `restore_evaluated`)."""
+    pieces, sharded or not; a file's weights whole, or sharded when the model is. Returns the parts loaded
+    (store/checkpoint.py's `restore` loads the others)."""
     from setup.sharding import is_sharded
-    from store.checkpoint import CheckpointError, load_weights
+    from store.checkpoint import load_weights
 
+    both = ("model", "optimizer") if with_optimizer else ("model",)
     if ckpt.sharded:
         load_sharded(ckpt.path, parts.model, parts.optimizer if with_optimizer else None)
-    elif is_sharded(parts.model) and with_optimizer:
-        # A file keeps the optimizer's state by position, the shards by parameter name.
-        raise CheckpointError(
-            f"checkpoint {ckpt.path} was written by one process (one file, its optimizer state by position, "
-            "not by parameter name): resume it on one process, or start an FSDP run from its weights with init_from="
-        )
-    else:
-        load_weights(parts.model, ckpt.model_weights, ckpt.path)
+        return both
+    if is_sharded(parts.model):  # one process's file, resumed by several ranks: each keeps its shards
+        _load_whole(parts, ckpt, with_optimizer)
+        return both
+    load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    return ("model",)
+
+
+def _load_whole(parts, ckpt, with_optimizer: bool) -> None:
+    """A checkpoint file's whole weights (and optimizer state) into a sharded model: every rank reads the
+    file and keeps its shards. The optimizer's state goes back by position, as in the file (the same config
+    builds the same groups in the same order), each tensor of a parameter's shape sharded as it is."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.tensor import distribute_tensor
+
+    try:
+        set_model_state_dict(parts.model, ckpt.model_weights, options=StateDictOptions(full_state_dict=True))
+        if not with_optimizer:
+            return
+        params = [p for group in parts.optimizer.param_groups for p in group["params"]]
+        saved = ckpt._saved["optimizer"]
+        state = {}
+        for i, entry in saved["state"].items():
+            p = params[i]
+            state[i] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+                        if isinstance(v, torch.Tensor) and v.shape == p.shape else v for k, v in entry.items()}  # fmt: skip
+        parts.optimizer.load_state_dict({**saved, "state": state})
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise _refusal(ckpt.path, err, "cannot be loaded into this sharded model") from None
 
 
 def consolidated(path: Path) -> dict:

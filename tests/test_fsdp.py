@@ -22,7 +22,7 @@ import torch
 
 from setup.distributed import weights_digest
 from store.checkpoint import CheckpointError, read_checkpoint
-from tests.helpers import PYTHON, REPO, needs, train_in_process, wait_for_line
+from tests.helpers import PYTHON, REPO, kill9_once_written, needs, train_in_process, wait_for_line
 from tests.test_ddp import DIGEST, losses, run_dirs
 from tests.test_signals import process_tree
 
@@ -329,3 +329,20 @@ def test_a_sharded_run_evaluates_loads_and_consolidates_on_one_process(parity, t
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "best.dcp on pytext test" in done.stdout + done.stderr
+
+
+def test_a_one_process_run_resumes_on_two_ranks(tmp_path):
+    """1 -> 2 ranks: the file's whole weights and optimizer state, sharded by each rank as it loads them;
+    2 x 8 take the samples 1 x 16 took."""
+    args = [a for a in KILL_RUN if not a.startswith("data.batch_size=")] + ["data.batch_size=16"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    victim = subprocess.Popen([PYTHON, str(REPO / "train.py"), *args, f"hydra.run.dir={killed}"], cwd=REPO,
+                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    train_in_process(args, whole)
+    assert kill9_once_written(victim, killed / "checkpoints" / "step_00000003.pt") == -signal.SIGKILL
+    out = finished(torchrun([f"resume={killed}"]))
+    assert "Resuming 1 ranks' run on 2: data.batch_size 16 -> 8" in out
+    got, want = dict(losses(killed)), dict(losses(whole))
+    assert got.keys() == want.keys()
+    for step in got:
+        assert got[step] == pytest.approx(want[step], abs=1e-4), step
