@@ -22,7 +22,15 @@ import torch
 
 from setup.distributed import weights_digest
 from store.checkpoint import CheckpointError, read_checkpoint
-from tests.helpers import PYTHON, REPO, kill9_once_written, needs, train_in_process, wait_for_line
+from tests.helpers import (
+    PYTHON,
+    REFERENCE_RUN,
+    REPO,
+    kill9_once_written,
+    needs,
+    train_in_process,
+    wait_for_line,
+)
 from tests.test_ddp import DIGEST, losses, run_dirs
 from tests.test_signals import process_tree
 
@@ -41,6 +49,13 @@ GPT = [
     "data.block_size=32",
     "trainer.accumulate_grad_batches=2",
 ]
+# The parts the shared runs train (a generated project may lack some: their tests are skipped there).
+PARTS = needs(
+    "conf/data/digits.yaml",
+    "conf/model/mlp.yaml",
+    "conf/model/simple_cnn.yaml",
+    "conf/experiment/pytext_gpt.yaml",
+)
 KILL_RUN = ["trainer.max_epochs=2", "trainer.limit_batches=8", "data.batch_size=8", "trainer.limit_val_batches=2",
             "trainer.checkpoint_every_n_steps=3", "trainer.keep_step_checkpoints=1", "model.dropout=0",
             "logging.every_n_steps=1", "logging.progress_bar=false", "trainer.strategy=fsdp"]  # fmt: skip
@@ -101,7 +116,7 @@ def parity(tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
-@needs("conf/model/mlp.yaml", "conf/model/simple_cnn.yaml", "conf/experiment/pytext_gpt.yaml")
+@PARTS
 @pytest.mark.parametrize("model", [*IMAGE_MODELS, "gpt"])
 def test_fsdp_trains_as_ddp_and_as_one_process(parity, model):
     fsdp, ddp, single = (dict(losses(parity[f"{kind}-{model}"])) for kind in ("fsdp", "ddp", "single"))
@@ -125,6 +140,7 @@ def test_fsdp_trains_as_ddp_and_as_one_process(parity, model):
     assert last.sharded and not (run / "checkpoints" / "last.pt").exists()
 
 
+@needs("conf/experiment/pytext_gpt.yaml")
 def test_activation_checkpointing_changes_no_loss(tmp_path):
     gpt = [
         *SAME_MATH,
@@ -153,7 +169,7 @@ def saved_for_backward(model, tokens) -> tuple[int, list]:
     return sum(saved), [p.grad.clone() for p in model.parameters()]
 
 
-@needs("conf/experiment/pytext_gpt.yaml")
+@needs("conf/experiment/pytext_gpt.yaml", "tools/bench_memory.py")
 def test_activation_checkpointing_keeps_less_for_backward_and_the_same_gradients():
     import sys
 
@@ -193,6 +209,7 @@ def kill_all_once(proc: subprocess.Popen, path: Path, timeout: float = 240) -> N
     proc.wait()
 
 
+@REFERENCE_RUN
 def test_kill9_then_resume_is_bit_identical_and_resumes_on_one_rank(tmp_path):
     whole, killed, on_one = tmp_path / "whole", tmp_path / "killed", tmp_path / "on_one"
     reference = torchrun([*KILL_RUN, f"hydra.run.dir={whole}"])
@@ -231,6 +248,7 @@ def test_kill9_then_resume_is_bit_identical_and_resumes_on_one_rank(tmp_path):
         assert got[step] == pytest.approx(want[step], abs=1e-4), step
 
 
+@REFERENCE_RUN
 def test_sigterm_stops_every_rank_with_one_sharded_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = [*KILL_RUN, "trainer.max_epochs=1000", "trainer.checkpoint_every_n_steps=null"]
@@ -256,6 +274,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@PARTS
 def test_two_nodes_train_as_two_ranks_of_one(parity, tmp_path):
     rdzv = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
             f"--rdzv-id=fsdp-{os.getpid()}"]  # fmt: skip
@@ -274,6 +293,7 @@ def test_two_nodes_train_as_two_ranks_of_one(parity, tmp_path):
     assert losses(run) == losses(parity["fsdp-mlp"])
 
 
+@PARTS
 def test_a_forged_metadata_file_is_refused_unread(parity, tmp_path):
     """DCP pickles its .metadata: one that names anything but DCP's metadata classes is not unpickled."""
     import pickle
@@ -302,6 +322,7 @@ def test_fsdp_halves_each_ranks_optimizer_state_at_two_ranks():
     assert two["fsdp"]["params"] <= 0.55 * two["ddp"]["params"], two
 
 
+@PARTS
 def test_a_sharded_run_evaluates_loads_and_consolidates_on_one_process(parity, tmp_path):
     from store.consolidate import main
     from store.init_from import load_initial_weights
@@ -331,6 +352,7 @@ def test_a_sharded_run_evaluates_loads_and_consolidates_on_one_process(parity, t
     assert "best.dcp on pytext test" in done.stdout + done.stderr
 
 
+@REFERENCE_RUN
 def test_a_one_process_run_resumes_on_two_ranks(tmp_path):
     """1 -> 2 ranks: the file's whole weights and optimizer state, sharded by each rank as it loads them;
     2 x 8 take the samples 1 x 16 took."""
