@@ -70,12 +70,13 @@ import setup.distributed
 import setup.parts
 import setup.pretrained
 import setup.runtime
+import setup.sharding
 from board import dashboards, writer
 from loop import evaluation, freeze, nonfinite
 from loop.session import Session
 from loop.state import Parts, Plan, TrainState
 from loop.timebudget import Deadline
-from store import checkpoint, init_from, resume
+from store import checkpoint, init_from, resume, sharded
 from system import files
 from system.layout import RunDir
 
@@ -86,7 +87,7 @@ def train(cfg: DictConfig, life: RunLife) -> Outcome:
     resumed = None
     if cfg.get("resume"):  # continue that run from a checkpoint, with the config it was started with
         resumed = resume.load_resume(cfg, HydraConfig.get(), requeued=life.requeued)
-        cfg = resumed.cfg
+        cfg = resume.keep_global_batch(resumed, setup.distributed.world_size())
     schema.check_config(cfg)
     life.lock()  # one process trains in a run directory at a time
     parts, state = set_up(cfg, run_dir)
@@ -145,9 +146,12 @@ def set_up(cfg: DictConfig, run_dir) -> tuple[Parts, TrainState]:
         init_from.log_summary(loaded, log)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # trainer.strategy=fsdp shards it in place (before the optimizer, which then holds the shards);
+    # trainer.activation_checkpointing recomputes its blocks' activations.
+    model = setup.sharding.prepare(model, t.strategy, t.activation_checkpointing, t.compile, t.precision, ddp)
     optimizer = setup.parts.build_optimizer(cfg, model, ddp.device)  # its parameter groups: optim/params.py
     scheduler = setup.parts.build("scheduler", cfg.scheduler, optimizer, total_steps=plan.total_steps)
-    eval_model = torch.compile(model) if t.compile else model  # the graph traces `model`, uncompiled
+    eval_model = setup.sharding.evaluated(model, t.compile)  # the graph traces `model`, uncompiled
     max_time = schema.parse_max_time(t.max_time)
     parts = Parts(
         cfg, t, lg, run_dir, ddp, task, loaders, plan, model, eval_model,
@@ -304,7 +308,8 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
     numbers, metrics, first = done
     if parts.writer:
         writer.add_scalars(parts.writer, numbers, step, split)
-        if split == "val" and first is not None:
+        # A sharded model runs only with every rank: rank 0 alone cannot draw its pictures.
+        if split == "val" and first is not None and not setup.sharding.is_sharded(parts.model):
             model = writer.unwrap(state.evaluated_model(parts.model))
             was_training = model.training
             model.eval()
@@ -317,11 +322,17 @@ def validate(parts: Parts, state: TrainState, split: str, step: int, session: Se
 def save(parts: Parts, state: TrainState, path: Path, *also: Path) -> None:
     """Every checkpoint goes through here (rank 0 writes): never one of weights that a non-finite loss
     has spoiled, and TensorBoard flushed first, so that a resumed run finds every event up to its step.
-    `also`: second names of the same file (hard links), written after it; a step_<N>.pt prunes older ones."""
+    `also`: second names of the same file (hard links), written after it; a step_<N>.pt prunes older ones.
+    A sharded model's checkpoint is written by every rank, each its shards (store/sharded.py)."""
+    if parts.ddp.is_main:
+        state.window.check(state.last_good, parts.writer)
+        parts.writer.flush()
+    if setup.sharding.is_sharded(parts.model):
+        sharded.save_sharded(parts, state, path, *also)
+        state.last_good = RunDir.sharded(path)
+        return
     if not parts.ddp.is_main:
         return
-    state.window.check(state.last_good, parts.writer)
-    parts.writer.flush()
     checkpoint.save_checkpoint(checkpoint.checkpoint_of(parts, state), path)
     for other in also:
         checkpoint.link_checkpoint(path, other)
@@ -337,9 +348,10 @@ def test(parts: Parts, state: TrainState, session: Session) -> bool:
     setup.distributed.check_weights_in_sync(parts.model, parts.ddp)
     setup.distributed.barrier()  # rank 0 has written best.pt; now the other ranks may read it
     run, tested_state = RunDir(parts.run_dir), state
-    if run.best.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
-        tested_state = checkpoint.restore_evaluated(parts, checkpoint.read_checkpoint(run.best, parts.device))
-    log.info("Testing %s on the test split", run.best.name if run.best.exists() else "the last weights")
+    best = run.found(run.best)  # best.pt, or best.dcp in a sharded run
+    if best.exists():  # its weights, and its state's (averaged weights, when a state keeps them)
+        tested_state = checkpoint.restore_evaluated(parts, checkpoint.read_checkpoint(best, parts.device))
+    log.info("Testing %s on the test split", best.name if best.exists() else "the last weights")
     tested = validate(parts, tested_state, "test", state.step, session)
     if tested is None:
         return False

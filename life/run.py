@@ -77,7 +77,9 @@ class RunLife:
         self.run_dir = Path(HydraConfig.get().runtime.output_dir)
         resuming = cfg.get("resume") and find_resume_target(cfg.resume, cfg.paths.output_root)
         self.requeued = (
-            not cfg.get("resume") and requeued_slurm_task() and RunDir(self.run_dir).last.is_file()
+            not cfg.get("resume")
+            and requeued_slurm_task()
+            and RunDir.found(RunDir(self.run_dir).last).exists()
         )
         if self.requeued:  # its original command, whose overrides are the run's own
             cfg.resume, resuming = str(self.run_dir), True
@@ -167,8 +169,8 @@ class RunLife:
         where = self.run_dir or Path.cwd()
         what = f" writing {err.filename}" if getattr(err, "filename", None) else ""
         if self.phase in ("train", "test"):
-            last = RunDir(where).last
-            kept = f"{last} is whole" if last.is_file() else "no checkpoint had been written yet"
+            last = RunDir.found(RunDir(where).last)
+            kept = f"{last} is whole" if last.exists() else "no checkpoint had been written yet"
             kept = f"metrics.json was not written; {kept}" if self.phase == "test" else kept
         else:
             kept = "nothing was written"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from setup.distributed import all_gather_cat, all_reduce_sum
+from setup.distributed import all_gather_cat, all_reduce_sum, max_over_ranks
 from setup.runtime import autocast, to_device
+from setup.sharding import is_sharded
 
 
 @torch.no_grad()
@@ -26,14 +27,17 @@ def evaluate(
     if getattr(task, "reads_train_split", False):
         if train is None:
             raise ValueError(f"{type(task).__name__} reads the train split: pass evaluate(train=...)")
+        seen = None
         for batch in train:
-            batch = to_device(batch, device, channels_last)
+            batch = seen = to_device(batch, device, channels_last)
             with autocast(device, precision):
                 output = task.forward(model, batch)
             task.update_train(metrics, output, batch)
             if stop is not None and stop():
                 model.train(was_training)
                 return None
+        if is_sharded(model) and seen is not None:
+            _keep_pace(model, task, seen, len(train), device, precision)
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
@@ -46,6 +50,9 @@ def evaluate(
         if stop is not None and stop():
             model.train(was_training)
             return None
+    if is_sharded(model):
+        _keep_pace(model, task, first, min(len(loader), limit if limit is not None else len(loader)), device,
+                   precision)  # fmt: skip
     model.train(was_training)
     return measure(task, metrics), metrics, first
 
@@ -69,3 +76,12 @@ def measure(task, metrics) -> dict[str, float]:
         if sums:
             metrics.update(zip(sums, all_reduce_sum(*(metrics[k] for k in sums)), strict=True))
     return task.compute(metrics)
+
+
+def _keep_pace(model, task, batch, done: int, device, precision: str) -> None:
+    """A sharded model's forward is a collective (each block gathers its weights from every rank), and the
+    ranks' evaluation shards may differ by a batch: a rank that has run out repeats a forward on a batch it
+    has, uncounted, until every rank has made as many."""
+    for _ in range(max_over_ranks(done, device) - done):
+        with autocast(device, precision):
+            task.forward(model, batch)

@@ -88,6 +88,10 @@ class Detector(nn.Module):
             topk_candidates=100,
         )
 
+    def shard_blocks(self) -> list[nn.Module]:
+        """The backbone's stages: FSDP's units, activation checkpointing's (setup/sharding.py)."""
+        return list(self.net.backbone.stages)
+
     def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None):
         """Train mode: (images [B, C, H, W], targets) -> {"classification", "bbox_regression",
         "bbox_ctrness"} losses. Eval mode: images -> [{"boxes", "scores", "labels"}] one per image."""

@@ -77,6 +77,10 @@ class GPT(nn.Module):
                 )
                 nn.init.normal_(param, std=std)
 
+    def shard_blocks(self) -> list[nn.Module]:
+        """The repeated blocks: FSDP's units, activation checkpointing's (setup/sharding.py)."""
+        return list(self.blocks)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]
         if t > self.block_size:

@@ -36,6 +36,9 @@ def resnet18(
     elif in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     model.head_prefixes = HEAD
+    # Its four stages: FSDP's units, activation checkpointing's (setup/sharding.py). A function on the
+    # instance, as torchvision's class has no such method.
+    model.shard_blocks = lambda: [model.layer1, model.layer2, model.layer3, model.layer4]
     return model
 
 

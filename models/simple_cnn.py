@@ -27,5 +27,9 @@ class SimpleCNN(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * width, num_classes))
 
+    def shard_blocks(self) -> list[nn.Module]:
+        """The conv blocks: FSDP's units, activation checkpointing's (setup/sharding.py)."""
+        return [m for m in self.features if isinstance(m, nn.Sequential)]
+
     def forward(self, x):
         return self.head(self.features(x))

@@ -34,6 +34,10 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
         self.multiple = 2**depth
 
+    def shard_blocks(self) -> list[nn.Module]:
+        """Each level's convolutions: FSDP's units, activation checkpointing's (setup/sharding.py)."""
+        return [*self.down, *self.merge]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.multiple, -width % self.multiple

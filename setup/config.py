@@ -71,6 +71,8 @@ class TrainerSchema:
     detect_anomaly: bool = False
     ema_decay: Optional[float] = None
     freeze_backbone_epochs: int = 0
+    strategy: str = "ddp"  # under torchrun: ddp replicates the model, fsdp shards it (setup/sharding.py)
+    activation_checkpointing: bool = False
 
 
 @dataclass
@@ -133,7 +135,8 @@ TOP_LEVEL = ("model", "data", "task", "optimizer", "scheduler", "trainer", "logg
              "allowed_targets", "init_from", "init_strict", "init_from_map", "tags", "declares",
              "param_groups")  # fmt: skip
 
-CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16")}
+CHOICES = {"trainer.device": ("auto", "cpu", "cuda"), "trainer.precision": ("32", "bf16", "16"),
+           "trainer.strategy": ("ddp", "fsdp")}  # fmt: skip
 # (key, lowest allowed, what the lowest means) for numbers; None values (off) are always allowed.
 RANGES = (
     ("trainer.max_epochs", 1, None),
@@ -214,6 +217,7 @@ def check_config(cfg: DictConfig) -> None:
     ema = cfg.trainer.get("ema_decay")
     if ema is not None and not 0 < ema < 1:
         raise ConfigError(f"trainer.ema_decay={ema} must be between 0 and 1, e.g. 0.999 (null: off)")
+    _check_fsdp(cfg)
     if cfg.trainer.seed > SEED_LIMIT:
         raise ConfigError(f"trainer.seed={cfg.trainer.seed} must be at most {SEED_LIMIT}")
     parse_max_time(cfg.trainer.max_time)  # one line for a malformed budget
@@ -235,6 +239,19 @@ def check_config(cfg: DictConfig) -> None:
     shape = cfg.data.input_shape  # null: found in the data's files when they are read (data=csv)
     if shape is not None and (not shape or any(not isinstance(d, int) or d < 1 for d in shape)):
         raise ConfigError(f"data.input_shape={list(shape)} must list positive sizes")
+
+
+def _check_fsdp(cfg: DictConfig) -> None:
+    """What FSDP's shards cannot do (each needs the whole weights on rank 0 alone, or an unsharded scaler)."""
+    t, lg = cfg.trainer, cfg.logging
+    for key, bad, why in (
+        ("trainer.ema_decay", t.get("ema_decay") is not None, "the average is a whole copy of the weights on every rank"),
+        ("trainer.precision=16", str(t.precision) == "16", "fp16's GradScaler does not unscale sharded gradients; use bf16"),
+        ("logging.graph", bool(lg.get("graph")), "tracing the graph runs the model on rank 0 alone"),
+        ("logging.histograms_every_n_epochs", bool(lg.get("histograms_every_n_epochs")), "each rank holds a shard"),
+    ):  # fmt: skip
+        if bad and t.get("strategy", "ddp") == "fsdp":
+            raise ConfigError(f"{key} cannot be used with trainer.strategy=fsdp: {why}")
 
 
 # trainer.max_time (loop/timebudget.py counts it down).

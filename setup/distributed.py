@@ -22,6 +22,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from setup.config import ConfigError
@@ -71,6 +72,12 @@ def _export_from_slurm() -> None:
     os.environ["LOCAL_WORLD_SIZE"] = str(env.num_tasks // env.num_nodes)
 
 
+def world_size() -> int:
+    """How many ranks this launch has (torchrun's or SLURM's variables), before joining their group."""
+    _export_from_slurm()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device_name: str) -> Distributed:
     """Join the process group when launched as several processes; return this process's place in it."""
     _export_from_slurm()
@@ -102,7 +109,9 @@ def init_distributed(device_name: str) -> Distributed:
 def wrap_ddp(model: torch.nn.Module, ddp: Distributed) -> torch.nn.Module:
     """DistributedDataParallel around the (compiled) model when there are several ranks: it broadcasts
     rank 0's weights now and averages gradients in backward, so every rank keeps equal weights."""
-    if ddp.world_size == 1:
+    from setup.sharding import is_sharded
+
+    if ddp.world_size == 1 or is_sharded(model):  # FSDP2 reduces the gradients itself
         return model
     device_ids = [ddp.device.index] if ddp.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
@@ -112,9 +121,22 @@ def sync_gradients(model: torch.nn.Module, sync: bool):
     """Gradient accumulation: skip DDP's all-reduce on micro-batches that end in no optimizer step (the
     context must hold the forward pass as well as backward). A no-op outside DDP."""
     # isinstance, not hasattr: a missing attribute on an nn.Module raises inside __getattr__, every step.
-    if sync or not isinstance(model, DistributedDataParallel):
+    if sync:
         return contextlib.nullcontext()
-    return model.no_sync()
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    if isinstance(model, FSDPModule):  # FSDP2: keep the unsharded gradients, reduce-scatter at the last
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def is_distributed() -> bool:
@@ -153,6 +175,15 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts, strict=True)])
 
 
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (a collective: every rank must ask)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor(value, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether `flag` holds on any rank: a collective, so every rank must ask at the same step."""
     if not is_distributed():
@@ -176,7 +207,14 @@ def check_weights_in_sync(model: torch.nn.Module, ddp: Distributed) -> None:
     optimizer) and is reported loudly. Buffers (BatchNorm statistics) are rank-local and left out."""
     if ddp.world_size == 1:
         return
-    digest = weights_digest(model.named_parameters())
+    from setup.sharding import full_weights, is_sharded
+
+    # A sharded model's ranks hold different shards: their digests are of the whole weights, gathered.
+    named = model.named_parameters()
+    if is_sharded(model):  # every parameter by each of its names (a tied one twice), as a checkpoint has them
+        buffers = {name for name, _ in model.named_buffers()}
+        named = [(k, v) for k, v in full_weights(model).items() if k not in buffers]
+    digest = weights_digest(named)
     log.info("Weights digest on rank %d: %s", ddp.rank, digest)
     digests: list = [None] * ddp.world_size
     dist.all_gather_object(digests, digest)

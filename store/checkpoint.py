@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from loop.state import SAVED_PARTS, StateError, TrainState
+from store.rng import rng_state, set_rng_state
 from system.errors import UserError
 from system.files import atomic_file, fsync_dir, out_of_space, space_left
 from system.layout import RunDir
@@ -57,8 +56,19 @@ class Checkpoint:
     monitor: str | None  # the task's monitored metric and its mode (min, max) when it was saved
     mode: str | None
     data_order: dict | None  # data_order_state() at the save; check_data_order compares it
-    model_weights: dict  # the model's own state_dict()
+    _weights: dict | None = field(repr=False)  # the model's own state_dict(); None: sharded, read when asked
     _saved: dict = field(repr=False)  # all of it, for restore() here
+    world_size: int | None = None  # the ranks that trained it (None: an older checkpoint, not recorded)
+    sharded: bool = False  # a directory of shards (store/sharded.py), its model and optimizer in them
+
+    @property
+    def model_weights(self) -> dict:
+        """The model's own state_dict(); a sharded checkpoint's is consolidated on this process, once."""
+        if self._weights is None:
+            from store.sharded import consolidated
+
+            object.__setattr__(self, "_weights", consolidated(self.path))
+        return self._weights
 
     @property
     def evaluated_weights(self) -> dict:
@@ -73,7 +83,13 @@ class Checkpoint:
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
     """The checkpoint at `path`, read and checked (`load_checkpoint`), as a Checkpoint: what every reader
     (eval.py, resume=, load_trained, init_from=, the final test) gets. Raises CheckpointError, one line."""
-    saved = load_checkpoint(path, map_location)
+    sharded = Path(path).is_dir()
+    if sharded:  # trainer.strategy=fsdp's: its state.pt now, its weights' shards when they are asked for
+        from store.sharded import read_state
+
+        saved = read_state(Path(path))
+    else:
+        saved = load_checkpoint(path, map_location)
     best = saved.get("best")
     return Checkpoint(
         path=Path(path),
@@ -86,8 +102,10 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
         monitor=_text(saved.get("monitor")),
         mode=_text(saved.get("mode")),
         data_order=saved.get("data_order"),
-        model_weights=saved[MODEL],
+        _weights=None if sharded else saved[MODEL],
         _saved=saved,
+        world_size=saved.get("world_size"),
+        sharded=sharded,
     )
 
 
@@ -95,19 +113,23 @@ def _text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def checkpoint_of(parts, state) -> dict:
-    """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only)."""
+def checkpoint_of(parts, state, leave_out: tuple[str, ...] = ()) -> dict:
+    """Everything a resume needs to go on exactly, as tensors and plain containers (weights_only).
+    `leave_out`: parts saved elsewhere (a sharded checkpoint's model and optimizer); the model's entry is
+    then empty, as every checkpoint has one."""
     from omegaconf import OmegaConf
 
     from setup.trust import literal
 
     return {
         FORMAT_KEY: FORMAT_VERSION,
-        **{name: part.state_dict() for name, part in parts.saved_parts().items()},
+        **{name: part.state_dict() for name, part in parts.saved_parts().items() if name not in leave_out},
+        **({MODEL: {}} if MODEL in leave_out else {}),
         **state.state_dict(),
         "monitor": parts.task.monitor,
         "mode": parts.task.mode,
         "rng": rng_state(),
+        "world_size": parts.ddp.world_size,  # a resume at another keeps the global batch (store/resume.py)
         "data_order": data_order_state(parts.loaders.train, state.epoch, state.batch_in_epoch),
         # Resolved, and escaped as text: data found in a user's file (a class named `${x}`) reads back as it was.
         "config": literal(OmegaConf.to_container(parts.cfg, resolve=True)),
@@ -117,10 +139,12 @@ def checkpoint_of(parts, state) -> dict:
 def restore(parts, state, ckpt: Checkpoint) -> None:
     """Load a checkpoint into freshly built parts and state, and set the RNG streams: call it after
     everything that draws random numbers at set-up (model init), right before the loop."""
-    load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    from store.sharded import load_model  # torch.distributed.checkpoint: imported when used
+
+    loaded = load_model(parts, ckpt, with_optimizer=True)  # the model's, and a sharded optimizer's
     with _refused(ckpt.path, "resumed"):
         for name, part in parts.saved_parts().items():
-            if name != MODEL:
+            if name not in loaded:
                 part.load_state_dict(ckpt._saved[name])
         state.load_state_dict(ckpt._saved)
         check_position(state, parts.plan)
@@ -132,7 +156,9 @@ def restore_evaluated(parts, ckpt: Checkpoint) -> TrainState:
     """What a checkpoint evaluates: its model weights into parts.model, and a fresh state holding its
     fields (its moving average of the weights, which TrainState.evaluated_model then picks). The optimizer,
     the schedule and the RNG streams stay as they are."""
-    load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    from store.sharded import load_model
+
+    load_model(parts, ckpt, with_optimizer=False)
     state = TrainState.new(parts)
     with _refused(ckpt.path, "evaluated"):
         state.load_state_dict(ckpt._saved)
@@ -308,7 +334,7 @@ MAX_DEPTH = 32
 # The counters' bound: no run takes 10^12 steps; TensorBoard's step is an int64 and JSON's numbers are exact
 # to 2^53 only.
 MAX_COUNT = 10**12
-COUNTERS = ("step", "epoch", "batch_in_epoch", "nonfinite_skipped")
+COUNTERS = ("step", "epoch", "batch_in_epoch", "nonfinite_skipped", "world_size")
 STATE_DICTS = (*SAVED_PARTS, EMA)  # each the state_dict() of an object: a dict (ema: or None)
 
 
@@ -363,33 +389,3 @@ def check_fields(state: dict, path) -> None:
 def _short(value) -> str:
     text = repr(value) if isinstance(value, (bool, int, float, str)) else f"a {type(value).__name__}"
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def rng_state() -> dict:
-    """Every random stream the run draws from, as plain containers and tensors."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state(
-        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -71,7 +71,7 @@ def load_resume(cfg: DictConfig, hydra_cfg, requeued: bool = False) -> Resume:
             f"resume continues the run with its saved config; only {', '.join(RESUME_OVERRIDES)} may be "
             f"set with it (got: {' '.join(others)}); to start a new run from its weights use init_from="
         )
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(
             f"{path} does not exist: the run stopped before its first checkpoint; start it again instead"
         )
@@ -226,6 +226,25 @@ def check_can_resume(resume: Resume, loader, total_steps: int, run_dir: Path) ->
             "trainer.max_epochs or trainer.max_steps"
         )
     check_data_order(resume.checkpoint, loader)
+
+
+def keep_global_batch(resume: Resume, world_size: int) -> DictConfig:
+    """The config to resume with at `world_size` ranks: data.batch_size (per rank) scaled so that the global
+    batch, and so each step's samples, stay the saved run's (2 ranks x 8 go on as 1 x 16; setup/loaders.py
+    shards a global batch's samples over the ranks). Raises ConfigError when it does not divide."""
+    cfg, saved = resume.cfg, resume.checkpoint.world_size
+    if not saved or saved == world_size:
+        return cfg
+    total = cfg.data.batch_size * saved
+    if total % world_size:
+        raise ConfigError(
+            f"{resume.checkpoint.path} was trained on {saved} ranks with a global batch of {total}, which "
+            f"{world_size} ranks cannot share equally; resume it on a number of ranks that divides {total}"
+        )
+    log.info("Resuming %d ranks' run on %d: data.batch_size %d -> %d per rank, the same global batch of %d",
+             saved, world_size, cfg.data.batch_size, total // world_size, total)  # fmt: skip
+    cfg.data.batch_size = total // world_size
+    return cfg
 
 
 def resume_command(run_dir: Path) -> str:

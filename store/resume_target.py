@@ -49,14 +49,14 @@ def resume_target(value: str, output_root: str) -> ResumeTarget:
                 f"resume=latest: no unfinished run under {where}: none holds checkpoints/last.pt without a "
                 "metrics.json written after it (paths.output_root says where to look)"
             )
-        return ResumeTarget(found, RunDir(found).last)
+        return ResumeTarget(found, RunDir.found(RunDir(found).last))
     path = Path(os.path.abspath(os.path.expanduser(value)))
-    if path.is_dir():
+    if path.is_dir() and not RunDir.is_sharded(path):
         run = RunDir.named_by(path)  # the run, or its checkpoints/ folder
         if not run.is_run():
             raise ConfigError(f"resume={value}: not a run directory (it has no .hydra/ or checkpoints/)")
-        return ResumeTarget(run.path, run.last)
-    if path.is_file():
+        return ResumeTarget(run.path, run.found(run.last))
+    if path.exists():
         run = RunDir.holding(path)
         if run is None:
             raise ConfigError(
@@ -84,7 +84,7 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     from system.files import read_json
 
     run = RunDir(run_dir)
-    metrics, last = run.metrics, run.last
+    metrics, last = run.metrics, run.found(run.last)
     try:
         done = metrics.stat().st_mtime_ns
     except OSError:
@@ -120,8 +120,8 @@ def latest_unfinished_run(output_root: str | os.PathLike) -> Path | None:
             continue
         for run in runs:
             started = _TIME.fullmatch(run.name)
-            last = RunDir(run).last
-            if not started or not last.is_file() or is_finished(run):
+            last = RunDir.found(RunDir(run).last)
+            if not started or not last.exists() or is_finished(run):
                 continue
             candidates.append((day.name, started[1], last.stat().st_mtime_ns, run.name, run))
     for *_, run in sorted(candidates, reverse=True):

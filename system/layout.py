@@ -4,6 +4,8 @@ path names.
     <run>/checkpoints/best.pt          the best validation's weights and state (what is evaluated)
     <run>/checkpoints/last.pt          the newest state, what a resume goes on from
     <run>/checkpoints/step_XXXXXXXX.pt every trainer.checkpoint_every_n_steps steps
+    <run>/checkpoints/last.dcp, ...    the same names, sharded (trainer.strategy=fsdp): links to
+    <run>/checkpoints/.shards-<step>-<id>/  a torch.distributed.checkpoint directory, complete once linked
     <run>/metrics.json                 the final test's numbers: a run that has one finished
     <run>/tb/                          TensorBoard's events
     <run>/export/model.onnx, model.pt2 the model exported by export.py (docs/export.md)
@@ -25,8 +27,10 @@ from pathlib import Path
 
 CHECKPOINTS = "checkpoints"
 BEST, LAST = "best.pt", "last.pt"
+SHARDED = ".dcp"  # last.pt's sharded twin is last.dcp
 METRICS = "metrics.json"
-_STEP = re.compile(r"step_(\d+)\.pt")
+_STEP = re.compile(r"step_(\d+)\.(?:pt|dcp)")
+_SHARDS = re.compile(r"\.shards-\d+-[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,32 @@ class RunDir:
         return bool(_STEP.fullmatch(Path(file).name))
 
     def step_checkpoints(self) -> list[Path]:
-        """The step_<N>.pt files, oldest (smallest N) first; best.pt and last.pt are never among them."""
+        """The step_<N>.pt files (or .dcp links), oldest (smallest N) first; best.pt and last.pt are never among them."""
         found = [(int(m[1]), p) for p in self.checkpoints.iterdir() if (m := _STEP.fullmatch(p.name))]
         return [p for _, p in sorted(found)]
+
+    @staticmethod
+    def sharded(file: str | os.PathLike) -> Path:
+        """The sharded checkpoint's name for a checkpoint file's: last.pt -> last.dcp."""
+        return Path(file).with_suffix(SHARDED)
+
+    @staticmethod
+    def is_sharded(path: str | os.PathLike) -> bool:
+        return Path(path).suffix == SHARDED
+
+    @staticmethod
+    def found(file: str | os.PathLike) -> Path:
+        """The checkpoint under this name as it exists: the file, else its sharded twin when that is a
+        directory (a link to complete shards), else the name itself (which does not exist)."""
+        file, twin = Path(file), RunDir.sharded(file)
+        return twin if not file.is_file() and twin.is_dir() else file
+
+    def shard_dir(self, step: int, token: str) -> Path:
+        """Where a sharded checkpoint's files are written; its names (last.dcp, ...) link to it."""
+        return self.checkpoints / f".shards-{step:08d}-{token}"
+
+    def shard_dirs(self) -> list[Path]:
+        return [p for p in self.checkpoints.iterdir() if _SHARDS.fullmatch(p.name)]
 
     @property
     def metrics(self) -> Path:
@@ -109,8 +136,9 @@ class RunDir:
         """The checkpoint that evaluating this run means: checkpoints/best.pt, else checkpoints/last.pt (a
         run that never validated), else best.pt or last.pt in the directory itself (a checkpoints/ folder,
         or files copied out of one). None when it holds none of them."""
-        for candidate in (self.best, self.last, self.path / BEST, self.path / LAST):
-            if candidate.is_file():
+        for name in (self.best, self.last, self.path / BEST, self.path / LAST):
+            candidate = self.found(name)
+            if candidate.exists():
                 return candidate
         return None
 
@@ -144,4 +172,4 @@ def checkpoint_to_evaluate(path: str | os.PathLike) -> Path | None:
     init_from=): a file is itself; a directory its evaluated checkpoint (RunDir.evaluated_checkpoint), None
     when it holds none. `~` is expanded."""
     path = Path(os.path.expanduser(str(path)))
-    return RunDir(path).evaluated_checkpoint() if path.is_dir() else path
+    return RunDir(path).evaluated_checkpoint() if path.is_dir() and not RunDir.is_sharded(path) else path
