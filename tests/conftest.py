@@ -47,6 +47,8 @@ def _skip_without_its_extra(item) -> None:
     model = getattr(getattr(item, "callspec", None), "params", {}).get("model")
     known = isinstance(model, str) and (REPO / "conf" / "model" / f"{model}.yaml").is_file()
     extra = declared("model", model).get("extra") if known else None
+    if extra:  # CI's run with every extra selects these by the mark (`-m extra`, .ci/run)
+        item.add_marker(pytest.mark.extra)
     if not extra or os.environ.get("REQUIRE_E2E") == "1":
         return  # under REQUIRE_E2E=1 it runs, and fails in one line naming the extra
     try:  # a dotted name whose parent package is missing raises instead of returning None
