@@ -4,8 +4,10 @@ reproduced, resumed mid-epoch (`start_batch`) and sharded across DDP ranks."""
 
 from __future__ import annotations
 
+import atexit
 import math
 import random
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,8 +184,21 @@ class SampledLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
+        if self.loader.persistent_workers and self.loader._iterator is None:
+            # The workers ignore SIGTERM (quiet_worker), which is how multiprocessing ends them at the
+            # interpreter's exit, then waits for them: a loader still alive then (a run in a longer
+            # process: a notebook, the tests) would hang the exit. Asked to stop first, they do.
+            atexit.register(_shut_down, weakref.ref(self.loader))
         with held_while_forking():  # the first iterator forks the (persistent) workers
             return iter(self.loader)
+
+
+def _shut_down(loader_ref) -> None:
+    """Stop a persistent DataLoader's workers the way the DataLoader itself does (a None on each queue)."""
+    loader = loader_ref()
+    iterator = getattr(loader, "_iterator", None) if loader is not None else None
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
 
 
 @dataclass

@@ -85,10 +85,12 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-# (the line after which the disk is full, what the run had kept by then)
+# (the line after which the disk is full, what the run had kept by then, as its one line says it: the
+# run's life (life/run.py) when an event or a log line is the first write to fail, the checkpoint's writer
+# (store/checkpoint.py) when the next checkpoint is)
 MOMENTS = {
-    "training, after a checkpoint": (r"step 12/", "last.pt is whole"),
-    "the final test": (r"Testing best\.pt on the test split", "metrics.json was not written"),
+    "training, after a checkpoint": (r"step 12/", ("last.pt is whole", "the previous one is intact")),
+    "the final test": (r"Testing best\.pt on the test split", ("metrics.json was not written",)),
 }
 
 
@@ -115,7 +117,7 @@ def test_a_full_disk_is_one_line_and_the_resume_finishes_the_run(small_disk, mom
     assert proc.returncode == 2, out
     assert "Traceback" not in out and "Exception" not in out, out
     errors = [x for x in out.splitlines() if "[ERROR]" in x]
-    assert len(errors) == 1 and "no space left on the device" in errors[0] and kept in errors[0], out
+    assert len(errors) == 1 and "no space left" in errors[0] and any(k in errors[0] for k in kept), out
     assert not (run / "metrics.json").exists()  # absent, not empty
     assert not [p for p in run.rglob(".*.tmp")], list(run.rglob("*"))
     stopped = load_checkpoint(run / "checkpoints" / "last.pt")["step"]  # whole: it loads
