@@ -150,8 +150,14 @@ def test_the_fork_s_own_test_matrix_picks_the_user_task_up(fork):
     tests = ["tests/test_configs.py", "tests/test_train.py", "-k", selection]
     run_in(fork, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, f"--junitxml={report}")
     cases = list(ET.parse(report).iter("testcase"))
+    # Each passed, or skipped for an optional extra that is not installed (model=timm without timm).
+    for_extra = [
+        c
+        for c in cases
+        if c.find("skipped") is not None and "pip install -e" in c.find("skipped").get("message", "")
+    ]
     passed = {f"{c.get('classname')}::{c.get('name')}" for c in cases if not len(c)}  # no failure, no skip
-    assert len(passed) == len(cases), [c.get("name") for c in cases if len(c)]
+    assert len(passed) + len(for_extra) == len(cases), [c.get("name") for c in cases if len(c)]
     user = "[multilabel-digit_attributes-"
     assert any(p.startswith("tests.test_configs::") and user in p for p in passed), passed
     assert any(p.startswith("tests.test_train::") and user in p for p in passed), passed
