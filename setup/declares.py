@@ -22,6 +22,9 @@ DECLARES = {"model": ("input", "output", "extra"), "task": ("target", "output")}
 # said (the template's (inputs, targets) and (tokens,)), e.g. `fields` for a dict batch.
 PAIRING = {"model": DECLARES["model"], "task": (*DECLARES["task"], "batch")}
 BATCH = "tuple"
+# A task that is a worked example (`declares.task.worked_example: true`: docs/tasks.md) is offered by copier
+# but not chosen by default, with the parts that only it uses; the tests treat it like any other part.
+FLAGS = {"task": ("worked_example",)}
 
 
 def check_declares(cfg: DictConfig) -> None:
@@ -45,8 +48,12 @@ def check_declares(cfg: DictConfig) -> None:
             raise ConfigError(f"declares.{group}={node!r} must be a mapping, e.g. {{output: vector}}")
         for key, value in node.items() if group in PAIRING else ():
             full = f"declares.{group}.{key}"
+            if key in FLAGS.get(group, ()):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{full}={plain_value(value)!r} must be true or false")
+                continue
             if key not in PAIRING[group]:
-                known = [f"declares.{group}.{k}" for k in PAIRING[group]]
+                known = [f"declares.{group}.{k}" for k in (*PAIRING[group], *FLAGS.get(group, ()))]
                 raise ConfigError(
                     f"{full} is not a config key this template reads{did_you_mean(full, known)}"
                 )

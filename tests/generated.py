@@ -41,6 +41,12 @@ VENV = Path(sys.prefix).resolve()
 PROJECTS = {
     "everything": {
         "project_name": "pytorch-hydra-template",
+        # Every task on disk, the worked examples too (copier's default leaves them out), in copier's order
+        # of preference: the template's default first.
+        "tasks": sorted(
+            (p.stem for p in (REPO / "conf" / "task").glob("*.yaml")),
+            key=lambda name: (f"task: {name}" not in (REPO / "conf" / "train.yaml").read_text(), name),
+        ),
         "description": json.loads(
             re.search(r"^description = (.*)$", (REPO / "pyproject.toml").read_text(), re.M)[1]
         ),

@@ -517,6 +517,10 @@ def test_a_task_model_and_dataset_added_to_a_clone_are_offered_and_generated(tmp
     added = {
         "tasks/multilabel.py": (user_task / "multilabel.py").read_text(),
         "conf/task/multilabel.yaml": (user_task / "multilabel.yaml").read_text(),
+        # The same task as a worked example: offered, not chosen by default.
+        "conf/task/multilabel_example.yaml": (user_task / "multilabel.yaml")
+        .read_text()
+        .replace("output: vector}", "output: vector, worked_example: true}"),
         "data/signs.py": SIGNS_PY,
         "conf/data/signs.yaml": SIGNS_YAML,
         "models/linear.py": LINEAR_PY,
@@ -529,7 +533,12 @@ def test_a_task_model_and_dataset_added_to_a_clone_are_offered_and_generated(tmp
     git(clone, "commit", "-q", "-m", "a new task, model and dataset")
 
     choices = offered(clone)
-    for group, name in (("task", "multilabel"), ("model", "linear"), ("data", "signs")):
+    for group, name in (
+        ("task", "multilabel"),
+        ("task", "multilabel_example"),
+        ("model", "linear"),
+        ("data", "signs"),
+    ):
         assert name in choices[group].values(), (group, choices[group])
         assert shipped(clone)[group][0] == shipped()[group][0], group  # the template's default stays first
 
@@ -539,6 +548,7 @@ def test_a_task_model_and_dataset_added_to_a_clone_are_offered_and_generated(tmp
     assert made.returncode == 0, made.stdout + made.stderr
     recorded = yaml.safe_load((everything / ".copier-answers.yml").read_text())
     assert "multilabel" in recorded["tasks"] and "linear" in recorded["models"], recorded
+    assert "multilabel_example" not in recorded["tasks"], recorded
     assert "signs" in recorded["datasets"], recorded
     assert_has_what_was_chosen(everything, {**plain_defaults(), **recorded})
 

@@ -146,6 +146,7 @@ def test_declaration_keys_left_in_a_fresh_model_config_are_refused_naming_where_
         ),
         ("declares.model.input=image", "declares.model.input='image' must be a list of words, e.g. [image]"),
         ("declares.task.output=[vector]", "declares.task.output=['vector'] must be a word, e.g. vector"),
+        ("+declares.task.worked_example=maybe", "declares.task.worked_example='maybe' must be true or false"),
     ],
 )
 def test_the_schema_checks_the_declarations(override, message, tmp_path):
