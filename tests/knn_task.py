@@ -4,9 +4,8 @@ self-supervised run would monitor its embeddings. For tests/test_train_split_met
 
 from __future__ import annotations
 
-import torch
-
 from tasks.classification import Classification
+from tasks.contrastive import knn_accuracy
 
 
 class KnnClassification(Classification):
@@ -36,12 +35,3 @@ class KnnClassification(Classification):
         if len(sums["bank"]):  # not at a training log line: its metrics see training batches only
             numbers["knn_acc"] = knn_accuracy(sums, self.k)
         return numbers
-
-
-def knn_accuracy(sums, k: int) -> float:
-    """The share of evaluated rows whose k nearest train rows (cosine) mostly carry their own label."""
-    bank = torch.nn.functional.normalize(sums["bank"], dim=1)
-    rows = torch.nn.functional.normalize(sums["rows"], dim=1)
-    nearest = (rows @ bank.T).topk(k, dim=1).indices
-    votes = sums["bank_labels"].long()[nearest].mode(dim=1).values
-    return (votes == sums["labels"].long()).float().mean().item()
