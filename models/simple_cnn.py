@@ -14,6 +14,10 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class SimpleCNN(nn.Module):
+    # Its classifier (optim/params.py): what fine-tuning's freeze_backbone_epochs and backbone_lr_scale
+    # leave out of the backbone, e.g. on a contrastive encoder (conf/experiment/finetune_contrastive.yaml).
+    head_prefixes = ("head.",)
+
     def __init__(self, in_channels: int, num_classes: int, width: int = 32, dropout: float = 0.0) -> None:
         super().__init__()
         self.features = nn.Sequential(
