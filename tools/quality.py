@@ -36,6 +36,8 @@ class Case:
     metric: str  # a key of metrics.json
     target: str  # ">= 0.80" or "< 2.5"
     seconds: float  # the time the run must finish within
+    # The case whose run this one starts from (init_from=<its run directory>): run first, also under --only.
+    after: str | None = None
 
     def passes(self, value: float, wall: float) -> bool:
         op, threshold = self.target.split()
@@ -48,15 +50,22 @@ TARGETS = (
     Case("shapes_unet", "test/miou", ">= 0.80", 180),
     Case("pytext_gpt", "val/bpc_best", "< 2.5", 300),
     Case("detection", "val/map50_best", ">= 0.5", 600),
+    # Issue 28's worked example: contrastive pretraining, then a linear probe of its encoder.
+    Case("contrastive_digits", "test/knn_acc", ">= 0.90", 300),
+    Case("finetune_contrastive", "test/acc", ">= 0.88", 150, after="contrastive_digits"),
 )
 # The cases whose experiment is on disk: a project generated without one (copier.yml) has no case for it.
+# (and the case it starts from, if any, is on disk too)
 CASES = [case for case in TARGETS if (REPO / "conf" / "experiment" / f"{case.experiment}.yaml").is_file()]
+CASES = [case for case in CASES if case.after is None or case.after in {c.experiment for c in CASES}]
 
 
-def run_case(case: Case, out_root: Path) -> dict:
+def run_case(case: Case, out_root: Path, done_before: dict[str, dict]) -> dict:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     run_dir = out_root / f"{stamp}_{case.experiment}"
     command = [sys.executable, "train.py", f"experiment={case.experiment}", f"hydra.run.dir={run_dir}"]
+    if case.after:
+        command.append(f"init_from={done_before[case.after]['run_dir']}")
     print(f"$ {' '.join(command[1:])}", flush=True)
     load_before = os.getloadavg()[0]
     cpu_before = _children_cpu_seconds()
@@ -141,7 +150,14 @@ def main() -> int:
         names = ", ".join(case.experiment for case in TARGETS)
         print(f"quality.py: none of {names} is in conf/experiment/: nothing to do")
         return 0
-    results = [run_case(c, args.runs) for c in CASES if not args.only or c.experiment in args.only]
+    wanted = set(args.only or [c.experiment for c in CASES])
+    for case in reversed(CASES):  # a chosen case's `after` first: its run directory is this one's init_from
+        if case.experiment in wanted and case.after:
+            wanted.add(case.after)
+    done: dict[str, dict] = {}
+    for case in (c for c in CASES if c.experiment in wanted):
+        done[case.experiment] = run_case(case, args.runs, done)
+    results = list(done.values())
     for r in results:
         c = r["case"]
         print(
