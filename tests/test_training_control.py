@@ -178,6 +178,30 @@ def test_init_from_loads_weights_into_a_new_run_and_changes_the_head(tmp_path):
     # (tests/test_training_control_units.py); any CheckpointError of init_from= is one line: tests/test_cli.py.
 
 
+@needs("conf/experiment/contrastive_digits.yaml", "conf/experiment/finetune_contrastive.yaml")
+def test_a_contrastive_encoder_starts_a_classifier_through_a_prefix_map(tmp_path, caplog):
+    """Issue 28's chain: pretrain a few steps, then init_from= with init_from_map into a classifier. Its
+    encoder, frozen (a linear probe), keeps the pretrained weights; the log names what was renamed, what was
+    left behind (the projector) and what starts fresh (the head)."""
+    short = [*FAST, "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+    pretrained = tmp_path / "pretrained"
+    train_in_process([*short, "experiment=contrastive_digits"], pretrained)
+    tuned = tmp_path / "tuned"
+    with caplog.at_level("INFO"):
+        train_in_process([*short, "experiment=finetune_contrastive", f"init_from={pretrained}"], tuned)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("init_from:")]
+    assert any("renamed: " in line and "encoder.* as features.*" in line for line in lines), lines
+    assert any("missing keys (head.1.weight, head.1.bias)" in line for line in lines), lines
+    assert any("unexpected keys (projector." in line for line in lines), lines
+    theirs = load_checkpoint(pretrained / "checkpoints" / "best.pt")["model"]
+    ours = load_checkpoint(tuned / "checkpoints" / "last.pt")["model"]
+    encoder = {k.removeprefix("encoder."): v for k, v in theirs.items() if k.startswith("encoder.")}
+    # Every weight the optimizer could move: BatchNorm's running statistics follow the new run's data.
+    learned = [k for k in encoder if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert learned and all(torch.equal(ours[f"features.{k}"], encoder[k]) for k in learned)
+    assert not any(k.startswith("projector.") for k in ours)
+
+
 # --- 6. Resume every way people try it -------------------------------------------------------------------
 
 
