@@ -188,7 +188,8 @@ def test_a_contrastive_encoder_starts_a_classifier_through_a_prefix_map(tmp_path
     train_in_process([*short, "experiment=contrastive_digits"], pretrained)
     tuned = tmp_path / "tuned"
     with caplog.at_level("INFO"):
-        train_in_process([*short, "experiment=finetune_contrastive", f"init_from={pretrained}"], tuned)
+        train_in_process([*short, "experiment=finetune_contrastive", f"init_from={pretrained}",
+                          "init_from_map={encoder.:features.}"], tuned)  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("init_from:")]
     assert any("renamed: " in line and "encoder.* as features.*" in line for line in lines), lines
     assert any("missing keys (head.1.weight, head.1.bias)" in line for line in lines), lines
