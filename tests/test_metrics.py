@@ -78,9 +78,10 @@ def numbers(directory, rank: int = 0, world_size: int = 1) -> dict:
     for task, data, model in first_combo_per_task():
         run = build_run(task, data, model, directory / task, [f"data.batch_size={HALF * (3 - world_size)}"],
                         rank, world_size)  # fmt: skip
-        found[task] = evaluate(
-            run.model, run.loaders.val, run.task, torch.device("cpu"), "32", limit=BATCHES
-        )[0]
+        found[task] = evaluate(  # the train split too for a task that reads it (a kNN monitor), as the loop
+            run.model, run.loaders.val, run.task, torch.device("cpu"), "32", limit=BATCHES,
+            train=run.loaders.train_in_order,
+        )[0]  # fmt: skip
     if "classification" in options("task"):
         task, output, batch = binary_case()
         rows = slice(rank, None, world_size)
