@@ -109,7 +109,7 @@ def markdown(results: list[dict]) -> str:
         "",
         "Written by `python tools/quality.py`: each experiment trained for real with",
         "`python train.py experiment=<name>`, its wall time measured around the whole process (start-up,",
-        "data, every validation and the test). Targets from issues 11 and 19. The machine may be shared: the load",
+        "data, every validation and the test). Targets from issues 11, 19 and 28. The machine may be shared: the load",
         "column gives the 1-minute load average before and after each run, and `cpu s / cores` the CPU",
         "time the run used (all threads) over the CPU count. Under load that overstates the run's own need",
         "(threads that wait for a descheduled peer spin): trust wall times only when the load stays near",
