@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from setup.config import ConfigError
-from setup.distributed import Distributed
+from setup.distributed import Distributed, is_fsdp
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether FSDP2 shards this model's parameters over the ranks (its state dict is DTensors)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
+    return is_fsdp(model)
 
 
 def prepare(model: nn.Module, strategy: str, activation_checkpointing: bool, compile_: bool, precision: str,

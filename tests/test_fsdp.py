@@ -23,6 +23,7 @@ import torch
 from setup.distributed import weights_digest
 from store.checkpoint import CheckpointError, read_checkpoint
 from tests.helpers import (
+    FAST,
     PYTHON,
     REFERENCE_RUN,
     REPO,
@@ -368,3 +369,20 @@ def test_a_one_process_run_resumes_on_two_ranks(tmp_path):
     assert got.keys() == want.keys()
     for step in got:
         assert got[step] == pytest.approx(want[step], abs=1e-4), step
+
+
+@REFERENCE_RUN
+def test_a_run_that_does_not_shard_does_not_import_sharded_checkpoints(tmp_path):
+    """torch.distributed.checkpoint takes a good part of a second of start-up to import: a run and a test of
+    its best.pt that shard nothing do not import it. (FSDP itself is imported by torch's optimizer.)"""
+    run = tmp_path / "run"
+    probe = (
+        "import sys, runpy\n"
+        f"sys.argv = ['train.py', *{FAST + [f'hydra.run.dir={run}']!r}]\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('DCP imported:', 'torch.distributed.checkpoint' in sys.modules)\n"
+    )
+    proc = subprocess.run([PYTHON, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and (run / "metrics.json").exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "DCP imported: False" in proc.stdout, proc.stdout[-2000:]
