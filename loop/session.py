@@ -75,7 +75,7 @@ class Session:
         if alone and self.signals.requested:
             return "signal"
         if not alone and synced:
-            # Which signal, not whether: a rank signalled alone (a node's kill, the OOM killer) stops every
+            # Which signal, not whether: a rank signalled alone (`kill PID`, an eviction) stops every
             # rank, and each then says so and exits 128 + N as it does.
             signum = max_over_ranks(self.signals.signum or 0, self.parts.device)
             if signum:

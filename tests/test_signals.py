@@ -350,7 +350,7 @@ def rank_pid(launcher: int, rank: int) -> int:
 
 
 # Who a torchrun launch's stop signal reaches: SLURM's scancel or a preemption signals every process of the
-# job step at once; a node's kill or the OOM killer's SIGTERM reaches one rank alone, the others not at all.
+# job step at once; `kill PID` or a container's eviction reaches one rank alone, the others not at all.
 SENDERS = ("every process", "rank 1 alone")
 
 
