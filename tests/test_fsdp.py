@@ -140,6 +140,22 @@ def test_fsdp_trains_as_ddp_and_as_one_process(parity, model):
     assert last.sharded and not (run / "checkpoints" / "last.pt").exists()
 
 
+@needs("conf/data/digits.yaml", "conf/model/mlp.yaml", "conf/optimizer/sgd.yaml", "conf/scheduler/none.yaml")
+def test_gradient_clipping_takes_the_norm_over_every_shard(tmp_path):
+    """clip_grad_norm_ on FSDP's DTensor gradients clips by the norm of the whole gradient, as under DDP: a
+    norm per shard would scale each rank's shard by a factor of its own. SGD at a constant rate (AdamW undoes
+    a gradient's scale), clipped far below the gradient's norm."""
+    clipped = [*SAME_MATH, "model=mlp", "optimizer=sgd", "scheduler=none", "trainer.grad_clip=0.05"]
+    runs = multirun([*clipped, "data.batch_size=16", "trainer.strategy=ddp,fsdp"], tmp_path / "clipped")
+    fsdp, ddp = (list(dict(losses(runs[f"{kind}-mlp"])).values()) for kind in ("fsdp", "ddp"))
+    assert len(fsdp) == 3 and fsdp == pytest.approx(ddp, abs=1e-5)
+    # The clip did act: one process on the same global batch, unclipped, ends elsewhere.
+    unclipped = [*clipped[:-1], "data.batch_size=32"]
+    train_in_process(unclipped, tmp_path / "unclipped")
+    free = list(dict(losses(tmp_path / "unclipped")).values())
+    assert abs(free[-1] - ddp[-1]) > 1e-3, (free, ddp)
+
+
 @needs("conf/experiment/pytext_gpt.yaml")
 def test_activation_checkpointing_changes_no_loss(tmp_path):
     gpt = [
