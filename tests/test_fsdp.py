@@ -36,8 +36,10 @@ from tests.test_signals import SENDERS, assert_every_rank_stopped, process_tree,
 
 pytestmark = pytest.mark.slow
 
-# No dropout, a loss logged every step: runs of the same global batch compute the same thing.
-SAME_MATH = ["trainer.max_epochs=1", "trainer.limit_batches=3", "logging.progress_bar=false", "model.dropout=0",
+# No dropout, a loss logged every step: runs of the same global batch compute the same thing, for the issue's
+# 20 steps.
+STEPS = 20
+SAME_MATH = ["trainer.max_epochs=1", f"trainer.limit_batches={STEPS}", "logging.progress_bar=false", "model.dropout=0",
              "logging.every_n_steps=1", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]  # fmt: skip
 # The models the issue names, each with the data it trains on: the MLP names no shard_blocks() (sharded as
 # one unit), the CNN its conv blocks, the GPT its transformer blocks (with activation checkpointing on).
@@ -45,7 +47,7 @@ IMAGE_MODELS = ("mlp", "simple_cnn")
 # Gradient accumulation too: FSDP's reduce-scatter waits for the last micro-batch.
 GPT = [
     "experiment=pytext_gpt",
-    "trainer.max_steps=3",
+    f"trainer.max_steps={STEPS}",
     "data.block_size=32",
     "trainer.accumulate_grad_batches=2",
 ]
@@ -120,7 +122,7 @@ def parity(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("model", [*IMAGE_MODELS, "gpt"])
 def test_fsdp_trains_as_ddp_and_as_one_process(parity, model):
     fsdp, ddp, single = (dict(losses(parity[f"{kind}-{model}"])) for kind in ("fsdp", "ddp", "single"))
-    assert list(fsdp) == list(ddp) == list(single) == [1, 2, 3]
+    assert list(fsdp) == list(ddp) == list(single) == list(range(1, STEPS + 1))
     fsdp, ddp, single = (list(x.values()) for x in (fsdp, ddp, single))
     assert fsdp == pytest.approx(ddp, abs=1e-5)
     last = read_checkpoint(parity[f"fsdp-{model}"] / "checkpoints" / "last.dcp")
@@ -148,7 +150,7 @@ def test_gradient_clipping_takes_the_norm_over_every_shard(tmp_path):
     clipped = [*SAME_MATH, "model=mlp", "optimizer=sgd", "scheduler=none", "trainer.grad_clip=0.05"]
     runs = multirun([*clipped, "data.batch_size=16", "trainer.strategy=ddp,fsdp"], tmp_path / "clipped")
     fsdp, ddp = (list(dict(losses(runs[f"{kind}-mlp"])).values()) for kind in ("fsdp", "ddp"))
-    assert len(fsdp) == 3 and fsdp == pytest.approx(ddp, abs=1e-5)
+    assert len(fsdp) == STEPS and fsdp == pytest.approx(ddp, abs=1e-5)
     # The clip did act: one process on the same global batch, unclipped, ends elsewhere.
     unclipped = [*clipped[:-1], "data.batch_size=32"]
     train_in_process(unclipped, tmp_path / "unclipped")
@@ -356,7 +358,7 @@ def test_a_sharded_run_evaluates_loads_and_consolidates_on_one_process(parity, t
     out = tmp_path / "gpt.pt"
     assert main([str(run), str(out)]) == 0
     sharded, single = load_trained(run), load_trained(out)
-    assert sharded.path.name == "best.dcp" and sharded.step == single.step == 3
+    assert sharded.path.name == "best.dcp" and sharded.step == single.step == STEPS
     for (name, a), (_, b) in zip(
         sharded.model.state_dict().items(), single.model.state_dict().items(), strict=True
     ):
