@@ -275,19 +275,13 @@ def test_sigterm_stops_every_rank_with_one_sharded_checkpoint(tmp_path, sender):
     seen = wait_for_line(proc, r".*step 3/")
     send(proc, sender, signal.SIGTERM)
     out = seen + proc.communicate(timeout=240)[0]
-    step = assert_every_rank_stopped(out, signal.SIGTERM)
-    for log in ("train.log", "train.rank1.log"):  # each rank's own log says so, the un-signalled one's too
-        assert f"Stopped by SIGTERM at step {step}." in (run / log).read_text(), log
+    step = assert_every_rank_stopped(proc, out, run, sender, signal.SIGTERM)
     assert read_checkpoint(run / "checkpoints" / "last.dcp").step == step
-    assert [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".shards-")] == [
-        os.readlink(run / "checkpoints" / "last.dcp")
-    ]
-    # torchrun exits 1 (a rank failed, or it was signalled itself) and reports each rank that did not exit 0:
-    # 143, or its own SIGTERM (-15) to a rank still leaving as the first had left.
-    exits = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", out))
-    assert proc.returncode == 1 and set(exits.values()) <= {"143", "-15"}, out[-3000:]
-    if sender != "every process":  # signalled itself, torchrun may not wait to report
-        assert exits.keys() == {"0", "1"}, out[-3000:]
+    # Sharded only, and no shard directory that no name links to (one left half-written).
+    ckpts = run / "checkpoints"
+    linked = {os.readlink(p) for p in ckpts.iterdir() if p.is_symlink()}
+    assert linked == {p.name for p in ckpts.iterdir() if p.name.startswith(".shards-")}
+    assert not (ckpts / "last.pt").exists()
     # Resume goes on from there, for two more steps.
     resumed = torchrun([f"resume={run}", f"trainer.max_steps={step + 2}"])
     out = finished(resumed)

@@ -362,13 +362,23 @@ def send(proc: subprocess.Popen, sender: str, signum: int) -> None:
             os.kill(pid, signum)
 
 
-def assert_every_rank_stopped(out: str, signum: int) -> int:
-    """Every rank (of 2) said it stopped for `signum`, at one step, which it returns; none exited at once."""
+def assert_every_rank_stopped(proc: subprocess.Popen, out: str, run: Path, sender: str, signum: int) -> int:
+    """Both ranks of torchrun `proc` stopped for `signum` at one step, which it returns: each says so, in its
+    own log too (the un-signalled rank's as well), none exited at once, and each exited 128 + N."""
     name = signal.Signals(signum).name
     stops = re.findall(r"Stopped by (\w*) at step (\d+)\. Resume with", out)
-    assert stops == [(name, stops[0][1])] * 2, out[-4000:]
+    assert stops and stops == [(name, stops[0][1])] * 2, out[-4000:]
+    step = int(stops[0][1])
+    for log in ("train.log", "train.rank1.log"):
+        assert f"Stopped by {name} at step {step}." in (run / log).read_text(), log
     assert "exiting now, without saving" not in out and "exited unexpectedly" not in out, out[-4000:]
-    return int(stops[0][1])
+    # torchrun exits 1 (a rank failed, or it was signalled itself) and reports each rank that did not exit 0:
+    # 128 + N, or its own signal to a rank still leaving as the first had left (-N).
+    exits = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", out))
+    assert proc.returncode == 1 and set(exits.values()) <= {str(128 + signum), str(-signum)}, out[-3000:]
+    if sender != "every process":  # signalled itself, torchrun may leave before it reports
+        assert exits.keys() == {"0", "1"}, out[-3000:]
+    return step
 
 
 @pytest.mark.slow
@@ -391,6 +401,5 @@ def test_scancel_of_a_torchrun_step_stops_every_rank_at_one_step(tmp_path, sende
     wait_for_children(proc.pid, 2)
     send(proc, sender, signal.SIGTERM)
     out = seen + proc.communicate(timeout=240)[0]
-    # torchrun itself exits 1 with its own report; the ranks are what this template owns.
-    step = assert_every_rank_stopped(out, signal.SIGTERM)
+    step = assert_every_rank_stopped(proc, out, run, sender, signal.SIGTERM)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == step
