@@ -64,8 +64,8 @@ def prepare(model: nn.Module, strategy: str, activation_checkpointing: bool, com
     for tensor in (*model.parameters(), *model.buffers()):
         torch.distributed.broadcast(tensor.detach(), src=0)
     if not blocks:
-        log.info("FSDP: %s names no shard_blocks(); it is sharded as one unit (gathered whole in forward)",
-                 type(model).__name__)  # fmt: skip
+        log.info("FSDP: %s names no shard_blocks(); it is sharded as one unit (gathered whole in forward)%s",
+                 type(model).__name__, ", and not compiled" if compile_ else "")  # fmt: skip
     for block in blocks:
         if compile_:  # per block, as torchtitan does: the collectives stay between compiled graphs
             block.compile()
