@@ -48,6 +48,7 @@ TARGETS = (
     Case("shapes_unet", "test/miou", ">= 0.80", 180),
     Case("pytext_gpt", "val/bpc_best", "< 2.5", 300),
     Case("detection", "val/map50_best", ">= 0.5", 600),
+    Case("tagging", "test/f1", ">= 0.95", 180),
 )
 # The cases whose experiment is on disk: a project generated without one (copier.yml) has no case for it.
 CASES = [case for case in TARGETS if (REPO / "conf" / "experiment" / f"{case.experiment}.yaml").is_file()]
