@@ -76,7 +76,7 @@ from loop import evaluation, freeze, nonfinite
 from loop.session import Session
 from loop.state import Parts, Plan, TrainState
 from loop.timebudget import Deadline
-from store import checkpoint, init_from, resume, sharded
+from store import checkpoint, init_from, resume
 from system import files
 from system.layout import RunDir
 
@@ -328,7 +328,10 @@ def save(parts: Parts, state: TrainState, path: Path, *also: Path) -> None:
         state.window.check(state.last_good, parts.writer)
         parts.writer.flush()
     if setup.sharding.is_sharded(parts.model):
-        sharded.save_sharded(parts, state, path, *also)
+        # torch.distributed.checkpoint is imported here, by a sharded run only: a second of start-up.
+        from store.sharded import save_sharded
+
+        save_sharded(parts, state, path, *also)
         state.last_good = RunDir.sharded(path)
         return
     if not parts.ddp.is_main:

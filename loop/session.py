@@ -21,7 +21,7 @@ from loop.evaluation import measure
 from loop.nonfinite import NonFiniteLossError
 from loop.profiling import build_profiler
 from loop.progress import Progress
-from setup.distributed import any_rank
+from setup.distributed import any_rank, max_over_ranks
 from system.errors import one_line
 from system.signals import StopSignals
 
@@ -72,12 +72,15 @@ class Session:
         """A signal or the time budget ends the loop after this step. Under DDP every rank must leave at
         the same step, so the ranks agree on it, at the steps where the loop syncs anyway."""
         alone = self.parts.ddp.world_size == 1  # alone, a stop needs no agreement: asked every step
-        if (
-            self.signals.requested
-            if alone
-            else synced and any_rank(self.signals.requested, self.parts.device)
-        ):
+        if alone and self.signals.requested:
             return "signal"
+        if not alone and synced:
+            # Which signal, not whether: a rank signalled alone (`kill PID`, an eviction) stops every
+            # rank, and each then says so and exits 128 + N as it does.
+            signum = max_over_ranks(self.signals.signum or 0, self.parts.device)
+            if signum:
+                self.signals.adopt(signum)
+                return "signal"
         deadline = self.parts.deadline
         due = deadline.enabled and (synced or alone)
         return "max_time" if due and any_rank(deadline.expired(), self.parts.device) else None

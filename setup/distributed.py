@@ -16,13 +16,13 @@ import hashlib
 import logging
 import os
 import random
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from setup.config import ConfigError
@@ -125,9 +125,16 @@ def sync_gradients(model: torch.nn.Module, sync: bool):
         return contextlib.nullcontext()
     if isinstance(model, DistributedDataParallel):
         return model.no_sync()
-    if isinstance(model, FSDPModule):  # FSDP2: keep the unsharded gradients, reduce-scatter at the last
+    if is_fsdp(model):  # FSDP2: keep the unsharded gradients, reduce-scatter at the last
         return _fsdp_no_sync(model)
     return contextlib.nullcontext()
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 shards this model. Read without importing FSDP, which takes a second or more of every
+    run's start-up (DTensor, dynamo): a model is an FSDPModule only once `fully_shard` has imported it."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 @contextlib.contextmanager

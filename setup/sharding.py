@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from setup.config import ConfigError
-from setup.distributed import Distributed
+from setup.distributed import Distributed, is_fsdp
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ def blocks_of(model: nn.Module) -> list[nn.Module]:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether FSDP2 shards this model's parameters over the ranks (its state dict is DTensors)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
+    return is_fsdp(model)
 
 
 def prepare(model: nn.Module, strategy: str, activation_checkpointing: bool, compile_: bool, precision: str,
@@ -66,8 +64,8 @@ def prepare(model: nn.Module, strategy: str, activation_checkpointing: bool, com
     for tensor in (*model.parameters(), *model.buffers()):
         torch.distributed.broadcast(tensor.detach(), src=0)
     if not blocks:
-        log.info("FSDP: %s names no shard_blocks(); it is sharded as one unit (gathered whole in forward)",
-                 type(model).__name__)  # fmt: skip
+        log.info("FSDP: %s names no shard_blocks(); it is sharded as one unit (gathered whole in forward)%s",
+                 type(model).__name__, ", and not compiled" if compile_ else "")  # fmt: skip
     for block in blocks:
         if compile_:  # per block, as torchtitan does: the collectives stay between compiled graphs
             block.compile()

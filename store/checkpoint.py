@@ -139,9 +139,7 @@ def checkpoint_of(parts, state, leave_out: tuple[str, ...] = ()) -> dict:
 def restore(parts, state, ckpt: Checkpoint) -> None:
     """Load a checkpoint into freshly built parts and state, and set the RNG streams: call it after
     everything that draws random numbers at set-up (model init), right before the loop."""
-    from store.sharded import load_model  # torch.distributed.checkpoint: imported when used
-
-    loaded = load_model(parts, ckpt, with_optimizer=True)  # the model's, and a sharded optimizer's
+    loaded = _load_model(parts, ckpt, with_optimizer=True)  # the model's, and a sharded optimizer's
     with _refused(ckpt.path, "resumed"):
         for name, part in parts.saved_parts().items():
             if name not in loaded:
@@ -156,13 +154,25 @@ def restore_evaluated(parts, ckpt: Checkpoint) -> TrainState:
     """What a checkpoint evaluates: its model weights into parts.model, and a fresh state holding its
     fields (its moving average of the weights, which TrainState.evaluated_model then picks). The optimizer,
     the schedule and the RNG streams stay as they are."""
-    from store.sharded import load_model
-
-    load_model(parts, ckpt, with_optimizer=False)
+    _load_model(parts, ckpt, with_optimizer=False)
     state = TrainState.new(parts)
     with _refused(ckpt.path, "evaluated"):
         state.load_state_dict(ckpt._saved)
     return state
+
+
+def _load_model(parts, ckpt: Checkpoint, with_optimizer: bool) -> tuple[str, ...]:
+    """A checkpoint's model (and a sharded one's optimizer) into parts.model; returns the parts loaded.
+    torch.distributed.checkpoint is imported only when the checkpoint or the model is sharded: a second
+    of every other run's start-up."""
+    from setup.distributed import is_fsdp
+
+    if ckpt.sharded or is_fsdp(parts.model):
+        from store.sharded import load_model
+
+        return load_model(parts, ckpt, with_optimizer)
+    load_weights(parts.model, ckpt.model_weights, ckpt.path)
+    return ("model",)
 
 
 @contextlib.contextmanager

@@ -193,21 +193,15 @@ def load_sharded(path: Path, model: torch.nn.Module, optimizer=None) -> None:
 
 
 def load_model(parts, ckpt, with_optimizer: bool) -> tuple[str, ...]:
-    """A checkpoint's model (and optimizer) into parts.model: a sharded one's by each rank reading its own
-    pieces, sharded or not; a file's weights whole, or sharded when the model is. Returns the parts loaded
-    (store/checkpoint.py's `restore` loads the others)."""
-    from setup.sharding import is_sharded
-    from store.checkpoint import load_weights
-
+    """A sharded checkpoint's model (and optimizer) into parts.model, by each rank reading its own pieces,
+    sharded or not; or a file's whole weights into a sharded model. Returns the parts loaded
+    (store/checkpoint.py's `restore` loads the others; it loads a file into a plain model itself)."""
     both = ("model", "optimizer") if with_optimizer else ("model",)
     if ckpt.sharded:
         load_sharded(ckpt.path, parts.model, parts.optimizer if with_optimizer else None)
-        return both
-    if is_sharded(parts.model):  # one process's file, resumed by several ranks: each keeps its shards
+    else:  # one process's file, resumed by several ranks: each keeps its shards
         _load_whole(parts, ckpt, with_optimizer)
-        return both
-    load_weights(parts.model, ckpt.model_weights, ckpt.path)
-    return ("model",)
+    return both
 
 
 def _load_whole(parts, ckpt, with_optimizer: bool) -> None:

@@ -148,6 +148,13 @@ class StopSignals:
         log.error("%s again: exiting now, without saving.", signal.Signals(signum).name)
         os._exit(signal_exit(signum))
 
+    def adopt(self, signum: int) -> None:
+        """Another rank's signal, agreed on at a synced step: this rank stops with it, as if it had come here
+        (a later copy from torchrun's agent is then the copy, not a second request)."""
+        if self.signum is None:
+            self.signum = signum
+            log.warning("%s on another rank: %s", signal.Signals(signum).name, self.then)
+
     def restore(self) -> None:
         """Back to raising Interrupted at once (the final test is not worth waiting for)."""
         if self._installed:

@@ -95,6 +95,26 @@ def test_the_schema_refuses_a_bad_value_in_one_line(override, message, tmp_path)
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
+# What FSDP's shards cannot do (setup/config.py _check_fsdp): refused by the schema, in one line.
+FSDP_REFUSED = [
+    ("trainer.ema_decay=0.9", "trainer.ema_decay cannot be used with trainer.strategy=fsdp"),
+    ("trainer.precision=16", "trainer.precision=16 cannot be used with trainer.strategy=fsdp: fp16's"),
+    ("logging.graph=true", "logging.graph cannot be used with trainer.strategy=fsdp"),
+    ("logging.histograms_every_n_epochs=1", "logging.histograms_every_n_epochs cannot be used with"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), FSDP_REFUSED)
+def test_fsdp_refuses_what_its_shards_cannot_do_in_one_line(override, message, tmp_path):
+    from setup.config import ConfigError, check_config
+
+    cfg = compose_config([*FAST, "trainer.strategy=fsdp", override], tmp_path / "run")
+    with pytest.raises(ConfigError) as refused:
+        check_config(cfg)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    check_config(compose_config([*FAST, override], tmp_path / "ddp"))  # DDP's to use
+
+
 # Every other kind of bad value, as a user types it: one line, exit 2, nothing written, before anything is
 # set up. A row whose message comes from the data or length of the default run (digits, the MLP) needs it.
 BAD_VALUES = [

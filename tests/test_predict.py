@@ -1,7 +1,7 @@
 """predict.py: each shipped task predicts the first batch of its test split, fed as a user would feed it
-(images as a .npy of pixels, a table as a CSV of its feature columns, prompts as lines of text), and what
-it writes, read back, gives the run's own test metrics; bad input stops in one line with nothing written;
-a fork's task without a `predict` says which method to add."""
+(images as a .npy of pixels, a table as a CSV of its feature columns, prompts or sentences to tag as lines
+of text), and what it writes, read back, gives the run's own test metrics; bad input stops in one line with
+nothing written; a fork's task without a `predict` says which method to add."""
 
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ def first_test_samples(run, count: int = 32):
 
 
 def write_input(data: dict, samples: list, folder) -> tuple:
-    """The samples as a user's input file for this kind of data; the prompts' lines for tokens."""
+    """The samples as a user's input file for this kind of data; for tokens, the prompts' lines (None: the
+    samples' own lines, when a token's target is not the next token)."""
     kind = data["declares"]["input"]
     if kind == "image":  # pixels in [0, 1]: the data's normalization undone
         x = torch.stack([s[0] for s in samples]).double()
@@ -86,6 +87,11 @@ def write_input(data: dict, samples: list, folder) -> tuple:
             out.writerow(["extra", *data["features"]])  # a column the run does not read: left out
             out.writerows([["x", *map(repr, row)] for row in x.tolist()])
         return folder / "table.csv", None
+    if data["declares"]["target"] != "tokens":  # a tag a token: each sample's text a line, its padding
+        # (the positions whose target is cross-entropy's ignore_index, -100) left out
+        lines = [bytes(s[0][s[1] != -100].tolist()) for s in samples]
+        (folder / "lines.txt").write_bytes(b"\n".join(lines) + b"\n")
+        return folder / "lines.txt", None
     prompts = ["def main(", "", "import os", "class Point:"]  # the blank line: no prompt
     (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
     return folder / "prompts.txt", [p for p in prompts if p]
@@ -139,6 +145,22 @@ def same_map50(rows, samples, data, metrics, folder):
     assert float(ap.compute()["map_50"]) == pytest.approx(metrics["test/map50"], abs=1e-4)
 
 
+def same_token_scores(rows, samples, data, metrics, folder):
+    names = data["class_names"]
+    pairs = []  # (true, predicted) tag names of every token
+    for row, (_, tags) in zip(rows, samples, strict=True):
+        true = [names[t] for t in tags[tags != -100].tolist()]
+        assert len(row["tags"]) == len(true)
+        pairs += zip(true, row["tags"], strict=True)
+    assert sum(t == p for t, p in pairs) / len(pairs) == pytest.approx(metrics["test/acc"], abs=1e-9)
+    f1 = []  # each tag's, over the tags that occur in the targets or the predictions
+    for name in names:
+        hits = sum(t == p == name for t, p in pairs)
+        seen = sum(t == name for t, _ in pairs) + sum(p == name for _, p in pairs)
+        f1 += [2 * hits / seen] if seen else []
+    assert sum(f1) / len(f1) == pytest.approx(metrics["test/f1"], abs=1e-9)
+
+
 # Each by the column it reads: a task whose rows carry no such column (the contrastive task's embeddings,
 # whose kNN metric needs the train split too) has its rows counted.
 AGREES = {
@@ -146,6 +168,7 @@ AGREES = {
     "real": ("prediction", same_rmse),
     "mask": ("mask", same_pixel_accuracy),
     "boxes": ("boxes", same_map50),
+    "tags": ("tags", same_token_scores),
 }
 
 

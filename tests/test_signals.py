@@ -340,12 +340,55 @@ def process_tree(pid: int) -> list[int]:
     return [pid, *(p for child in children for p in process_tree(int(child)))]
 
 
+def rank_pid(launcher: int, rank: int) -> int:
+    """The process of torchrun's rank `rank` (its RANK variable; its DataLoader workers, below it, share it)."""
+    for pid in process_tree(launcher)[1:]:
+        with contextlib.suppress(OSError):
+            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return pid
+    raise AssertionError(f"torchrun {launcher} has no rank {rank}")
+
+
+# Who a torchrun launch's stop signal reaches: SLURM's scancel or a preemption signals every process of the
+# job step at once; `kill PID` or a container's eviction reaches one rank alone, the others not at all.
+SENDERS = ("every process", "rank 1 alone")
+
+
+def send(proc: subprocess.Popen, sender: str, signum: int) -> None:
+    """`signum` to torchrun's processes as `sender` (one of SENDERS) sends it."""
+    pids = process_tree(proc.pid) if sender == "every process" else [rank_pid(proc.pid, 1)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def assert_every_rank_stopped(proc: subprocess.Popen, out: str, run: Path, sender: str, signum: int) -> int:
+    """Both ranks of torchrun `proc` stopped for `signum` at one step, which it returns: each says so, in its
+    own log too (the un-signalled rank's as well), none exited at once, and each exited 128 + N."""
+    name = signal.Signals(signum).name
+    stops = re.findall(r"Stopped by (\w*) at step (\d+)\. Resume with", out)
+    assert stops and stops == [(name, stops[0][1])] * 2, out[-4000:]
+    step = int(stops[0][1])
+    for log in ("train.log", "train.rank1.log"):
+        assert f"Stopped by {name} at step {step}." in (run / log).read_text(), log
+    assert "exiting now, without saving" not in out and "exited unexpectedly" not in out, out[-4000:]
+    # torchrun exits 1 (a rank failed, or it was signalled itself) and reports each rank that did not exit 0:
+    # 128 + N, or its own signal to a rank still leaving as the first had left (-N).
+    exits = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", out))
+    assert proc.returncode == 1 and set(exits.values()) <= {str(128 + signum), str(-signum)}, out[-3000:]
+    if sender != "every process":  # signalled itself, torchrun may leave before it reports
+        assert exits.keys() == {"0", "1"}, out[-3000:]
+    return step
+
+
 @pytest.mark.slow
 @WORKER_RUN
-def test_scancel_of_a_torchrun_step_stops_every_rank_at_one_step(tmp_path):
+@pytest.mark.parametrize("sender", SENDERS)
+def test_scancel_of_a_torchrun_step_stops_every_rank_at_one_step(tmp_path, sender):
     """SLURM signals every process of a job step: torchrun's agent, each rank and its DataLoader workers. The
     agent also forwards the signal to each rank, which so gets it twice: the copy is not a second request
-    (that would exit at once, without saving). Every rank stops at the same step and last.pt holds it."""
+    (that would exit at once, without saving). A signal to one rank alone stops the others with it. Every
+    rank stops at the same step and last.pt holds it."""
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -356,12 +399,7 @@ def test_scancel_of_a_torchrun_step_stops_every_rank_at_one_step(tmp_path):
     )  # fmt: skip
     seen = wait_for_line(proc, r"step 3/")
     wait_for_children(proc.pid, 2)
-    for pid in process_tree(proc.pid):  # as SLURM's step cgroup: every process at once
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    send(proc, sender, signal.SIGTERM)
     out = seen + proc.communicate(timeout=240)[0]
-    # torchrun itself exits 1 with its own SignalException report; the ranks are what this template owns.
-    stops = re.findall(r"Stopped by SIGTERM at step (\d+)\. Resume with", out)
-    assert len(stops) == 2 and stops[0] == stops[1], out
-    assert "exiting now, without saving" not in out and "exited unexpectedly" not in out, out
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == int(stops[0])
+    step = assert_every_rank_stopped(proc, out, run, sender, signal.SIGTERM)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == step

@@ -51,6 +51,7 @@ TARGETS = (
     Case("shapes_unet", "test/miou", ">= 0.80", 180),
     Case("pytext_gpt", "val/bpc_best", "< 2.5", 300),
     Case("detection", "val/map50_best", ">= 0.5", 600),
+    Case("tagging", "test/f1", ">= 0.95", 180),
     # Issue 28's worked example: contrastive pretraining, then a linear probe of its encoder.
     Case("contrastive_digits", "test/knn_acc", ">= 0.90", 420),
     Case(
