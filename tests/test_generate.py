@@ -425,7 +425,9 @@ def test_make_quality_without_its_experiments_says_so(projects):
     proc = make(project, "quality")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = [line for line in proc.stdout.splitlines() if not line.startswith(".venv/bin/python")]
-    names = ", ".join(re.findall(r'^\s*Case\(\s*"(\w+)"', (project / "tools" / "quality.py").read_text(), re.M))
+    names = ", ".join(
+        re.findall(r'^\s*Case\(\s*"(\w+)"', (project / "tools" / "quality.py").read_text(), re.M)
+    )
     assert said == [f"quality.py: none of {names} is in conf/experiment/: nothing to do"]
     assert (project / "docs" / "quality.md").read_text() == before
 
