@@ -19,7 +19,8 @@ def evaluate(
     they came from (pictures read them, e.g. the confusion matrix), and a batch to draw from.
     `stop`, asked after each batch: when it says so, the evaluation ends at once and returns None.
     `train`: the train split in order (Loaders.train_in_order), for a task that reads it (a kNN monitor):
-    its batches go to `task.update_train` first, through the same model."""
+    its batches go to `task.update_train` first, through the same model; `limit` bounds them too (a quick
+    check's `trainer.limit_val_batches=2` must not read a whole train split)."""
     was_training = model.training
     model.eval()
     metrics = task.init_metrics(device)
@@ -27,9 +28,12 @@ def evaluate(
     if getattr(task, "reads_train_split", False):
         if train is None:
             raise ValueError(f"{type(task).__name__} reads the train split: pass evaluate(train=...)")
-        seen = None
+        seen, done = None, 0
         for batch in train:
+            if limit is not None and done >= limit:
+                break
             batch = seen = to_device(batch, device, channels_last)
+            done += 1
             with autocast(device, precision):
                 output = task.forward(model, batch)
             task.update_train(metrics, output, batch)
@@ -37,7 +41,7 @@ def evaluate(
                 model.train(was_training)
                 return None
         if is_sharded(model) and seen is not None:
-            _keep_pace(model, task, seen, len(train), device, precision)
+            _keep_pace(model, task, seen, done, device, precision)
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break

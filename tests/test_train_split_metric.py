@@ -88,3 +88,22 @@ def test_a_run_monitors_a_train_split_metric(tmp_path):
     metrics = read_metrics(run)
     assert metrics["monitor"] == "val/knn_acc" and 0.0 <= metrics["test/knn_acc"] <= 1.0
     assert metrics["val/knn_acc_best"] == max(metrics["val/knn_acc_best"], metrics["val/knn_acc_last"])
+
+
+def test_the_splits_batch_limit_bounds_the_train_split_too():
+    """A quick check (`trainer.limit_val_batches=2`) reads two batches of the train split, not all of it."""
+    from loop.evaluation import evaluate
+    from setup.loaders import build_dataloaders
+    from tests.knn_task import KnnClassification
+
+    class Counting(KnnClassification):
+        def update_train(self, sums, output, batch):
+            super().update_train(sums, output, batch)
+            self.train_rows = getattr(self, "train_rows", 0) + len(output)
+
+    splits, model = digits_and_model()
+    loaders = build_dataloaders(splits, 32, 0, seed=0, pin_memory=False)
+    task = Counting(10)
+    numbers, _, _ = evaluate(model, loaders.val, task, torch.device("cpu"), "32", limit=2,
+                             train=loaders.train_in_order)  # fmt: skip
+    assert task.train_rows == 64 and 0 <= numbers["knn_acc"] <= 1
