@@ -79,6 +79,50 @@ PROJECTS = {
     },
 }
 
+
+def single_part_projects() -> dict[str, dict]:
+    """For each task, model and dataset on disk, the smallest answers that hold it (`single-model-unet`):
+    that part, and the fewest companions that make copier take the answers (every task trained offline by
+    a chosen dataset and model, every part fitting one of them), taken in copier's order of preference (the
+    template's default first), with the tools off as in the minimum. A part added to conf/ has its own."""
+    from tests.helpers import compatible, default_run, offline, options
+
+    def preferred(group: str) -> list[str]:
+        first = default_run()[group]
+        return sorted(options(group), key=lambda name: (name != first, name))
+
+    tasks, data, models = preferred("task"), preferred("data"), preferred("model")
+    triples = [(t, d, m) for t in tasks for d in data for m in models if compatible(t, d, m)]
+
+    def trainable(t: str, d: str, m: str) -> dict | None:
+        """The parts of a project that keeps these three: data that needs a download or the user's files
+        trains nothing offline, so an offline dataset trains the task beside it (with the same model where
+        one fits)."""
+        offline_pairs = [
+            (d2, m2) for d2 in data if offline(d2) for m2 in [m, *models] if compatible(t, d2, m2)
+        ]
+        pair = (d, m) if offline(d) else next(iter(offline_pairs), None)
+        if pair is None:
+            return None
+        return {"tasks": [t], "models": sorted({m, pair[1]}), "datasets": sorted({d, pair[0]})}
+
+    tools = {k: v for k, v in PROJECTS["minimum"].items() if isinstance(v, bool)}
+    single = {}
+    for group, place in (("task", 0), ("model", 2), ("data", 1)):  # place: in a (task, data, model)
+        for name in preferred(group):
+            found = [p for p in (trainable(*triple) for triple in triples if triple[place] == name) if p]
+            if found:  # else a part that fits nothing: copier offers it, but no project can keep it
+                smallest = min(found, key=lambda parts: sum(map(len, parts.values())))  # the first of those
+                single[f"single-{group}-{name}"] = {
+                    "project_name": f"single-{group}-{name}",
+                    **smallest,
+                    **tools,
+                }
+    return single
+
+
+SINGLE = single_part_projects()
+
 # What `make` and pytest pass to children through the environment: a generated project's own `make test`
 # must not inherit the template's make variables (EXTRAS, VENV), pytest options or xdist worker marks.
 INHERITED = (
@@ -196,18 +240,21 @@ def differing(project: Path, template_ids: set[str]) -> list[str] | None:
 def main(names: list[str]) -> int:
     only_differing = "--differing" in names
     names = [n for n in names if n != "--differing"]
-    unknown = sorted(set(names) - set(PROJECTS))
+    if "--single" in names:
+        names = [n for n in names if n != "--single"] + list(SINGLE)
+    known = {**PROJECTS, **SINGLE}
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        print(f"tests.generated: error: unknown project {', '.join(unknown)} (known: {', '.join(PROJECTS)})")
+        print(f"tests.generated: error: unknown project {', '.join(unknown)} (known: {', '.join(known)})")
         return 2
     root = Path(tempfile.mkdtemp(prefix="generated-"))
     template = template_repo(root / "template")
     template_ids = set(collected(REPO)) if only_differing else set()
     failed = []
-    for name in names or PROJECTS:
+    for name in dict.fromkeys(names or PROJECTS):
         project = root / name
         start = time.perf_counter()
-        made = generate(template, project, PROJECTS[name])
+        made = generate(template, project, known[name])
         if made.returncode != 0:
             print(f"{name}: copier copy failed:\n{made.stdout}{made.stderr}")
             failed.append(name)
