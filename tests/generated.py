@@ -85,23 +85,23 @@ def single_part_projects() -> dict[str, dict]:
     that part, and the fewest companions that make copier take the answers (every task trained offline by
     a chosen dataset and model, every part fitting one of them), taken in copier's order of preference (the
     template's default first), with the tools off as in the minimum. A part added to conf/ has its own."""
-    from tests.helpers import compatible, default_run, offline, options
+    from tests.helpers import COMBOS, default_run, offline, options
 
     def preferred(group: str) -> list[str]:
         first = default_run()[group]
         return sorted(options(group), key=lambda name: (name != first, name))
 
     tasks, data, models = preferred("task"), preferred("data"), preferred("model")
-    triples = [(t, d, m) for t in tasks for d in data for m in models if compatible(t, d, m)]
+    fits = set(COMBOS)  # reading the declarations again for each triple takes most of a minute
+    triples = [(t, d, m) for t in tasks for d in data for m in models if (t, d, m) in fits]
+    offline_data = [d for d in data if offline(d)]
 
     def trainable(t: str, d: str, m: str) -> dict | None:
         """The parts of a project that keeps these three: data that needs a download or the user's files
         trains nothing offline, so an offline dataset trains the task beside it (with the same model where
         one fits)."""
-        offline_pairs = [
-            (d2, m2) for d2 in data if offline(d2) for m2 in [m, *models] if compatible(t, d2, m2)
-        ]
-        pair = (d, m) if offline(d) else next(iter(offline_pairs), None)
+        offline_pairs = [(d2, m2) for d2 in offline_data for m2 in [m, *models] if (t, d2, m2) in fits]
+        pair = (d, m) if d in offline_data else next(iter(offline_pairs), None)
         if pair is None:
             return None
         return {"tasks": [t], "models": sorted({m, pair[1]}), "datasets": sorted({d, pair[0]})}
