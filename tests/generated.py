@@ -8,6 +8,8 @@ shares this checkout's virtual environment (a .venv symlink; make's install step
     python -m tests.generated                 # each project below: generate it, then its whole `make test`
     python -m tests.generated minimum         # one of them
     python -m tests.generated --differing minimum in_between   # only the tests that differ (CI)
+    python -m tests.generated --single         # a project of each task, model and dataset alone (SINGLE)
+    python -m tests.generated single-data-csv  # one of those
 
 `--differing` runs, in a project, what the template's own suite has not already run on the same code: a
 project's files are the template's (copier copies them, leaving parts out) but for the few it renders, so a
