@@ -8,7 +8,7 @@ shares this checkout's virtual environment (a .venv symlink; make's install step
     python -m tests.generated                 # each project below: generate it, then its whole `make test`
     python -m tests.generated minimum         # one of them
     python -m tests.generated --differing minimum in_between   # only the tests that differ (CI)
-    python -m tests.generated --single         # a project of each task, model and dataset alone (SINGLE)
+    python -m tests.generated --single         # each task, model and dataset alone (SINGLE), once a set
     python -m tests.generated single-data-csv  # one of those
 
 `--differing` runs, in a project, what the template's own suite has not already run on the same code: a
@@ -124,6 +124,16 @@ def single_part_projects() -> dict[str, dict]:
 
 
 SINGLE = single_part_projects()
+
+
+def distinct(projects: dict[str, dict]) -> list[str]:
+    """The first name of each set of projects that keep the same parts (digits alone is the MLP alone):
+    the one to generate and test for them all."""
+    first = {}
+    for name, answers in projects.items():
+        first.setdefault(tuple(tuple(answers[q]) for q in ("tasks", "models", "datasets")), name)
+    return list(first.values())
+
 
 # What `make` and pytest pass to children through the environment: a generated project's own `make test`
 # must not inherit the template's make variables (EXTRAS, VENV), pytest options or xdist worker marks.
@@ -243,7 +253,7 @@ def main(names: list[str]) -> int:
     only_differing = "--differing" in names
     names = [n for n in names if n != "--differing"]
     if "--single" in names:
-        names = [n for n in names if n != "--single"] + list(SINGLE)
+        names = [n for n in names if n != "--single"] + distinct(SINGLE)
     known = {**PROJECTS, **SINGLE}
     unknown = sorted(set(names) - set(known))
     if unknown:

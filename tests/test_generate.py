@@ -959,13 +959,10 @@ def test_a_project_of_each_single_part_generates_imports_its_modules_and_compose
     fewest companions copier takes) generates a project that holds what was chosen, in which every module
     imports and `python train.py --cfg job` composes the default run. A set that several parts share (digits
     alone is the MLP alone) is generated once. `make test-generated PROJECTS=--single` runs their tests."""
-    from tests.generated import SINGLE
+    from tests.generated import SINGLE, distinct
 
-    parts = {}
-    for name, answers in SINGLE.items():
-        parts.setdefault(tuple(tuple(answers[q]) for q in ("tasks", "models", "datasets")), name)
     problems = []
-    for name in parts.values():
+    for name in distinct(SINGLE):
         project = tmp_path / name
         made = generate(template, project, SINGLE[name])
         if made.returncode != 0:
@@ -975,7 +972,7 @@ def test_a_project_of_each_single_part_generates_imports_its_modules_and_compose
         composed = run([PYTHON, "train.py", "--cfg", "job"], project)
         if composed.returncode != 0 or "model" not in (yaml.safe_load(composed.stdout) or {}):
             problems.append(f"{name}: python train.py --cfg job:\n{composed.stdout}{composed.stderr[-3000:]}")
-    built = [str(tmp_path / name) for name in parts.values() if (tmp_path / name).is_dir()]
+    built = [str(tmp_path / name) for name in distinct(SINGLE) if (tmp_path / name).is_dir()]
     imported = run([PYTHON, "-c", IMPORT_EVERY_MODULE, *built], REPO)
     if imported.returncode != 0 or imported.stdout:
         problems.append(f"importing every module:\n{imported.stdout[-5000:]}{imported.stderr[-3000:]}")
