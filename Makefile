@@ -44,7 +44,8 @@ quality: install
 # Projects generated from this template by copier (copier.yml), with the sets of answers of
 # tests/generated.py (everything, the minimum, one in between; PROJECTS="minimum" for one), each through
 # its own whole `make test` on this venv (PROJECTS="--differing minimum": only the tests that differ from the
-# template's, as CI runs them). `make test` itself checks them more quickly.
+# template's, as CI runs them). PROJECTS="--single": a project of each task, model and dataset alone
+# (PROJECTS="single-model-unet" for one). `make test` itself checks them more quickly.
 test-generated: install
 	$(PY) -m tests.generated $(PROJECTS)
 

@@ -8,6 +8,8 @@ shares this checkout's virtual environment (a .venv symlink; make's install step
     python -m tests.generated                 # each project below: generate it, then its whole `make test`
     python -m tests.generated minimum         # one of them
     python -m tests.generated --differing minimum in_between   # only the tests that differ (CI)
+    python -m tests.generated --single         # each task, model and dataset alone (SINGLE), once a set
+    python -m tests.generated single-data-csv  # one of those
 
 `--differing` runs, in a project, what the template's own suite has not already run on the same code: a
 project's files are the template's (copier copies them, leaving parts out) but for the few it renders, so a
@@ -78,6 +80,60 @@ PROJECTS = {
         "pre_commit": False,
     },
 }
+
+
+def single_part_projects() -> dict[str, dict]:
+    """For each task, model and dataset on disk, the smallest answers that hold it (`single-model-unet`):
+    that part, and the fewest companions that make copier take the answers (every task trained offline by
+    a chosen dataset and model, every part fitting one of them), taken in copier's order of preference (the
+    template's default first), with the tools off as in the minimum. A part added to conf/ has its own."""
+    from tests.helpers import COMBOS, default_run, offline, options
+
+    def preferred(group: str) -> list[str]:
+        first = default_run()[group]
+        return sorted(options(group), key=lambda name: (name != first, name))
+
+    tasks, data, models = preferred("task"), preferred("data"), preferred("model")
+    fits = set(COMBOS)  # reading the declarations again for each triple takes most of a minute
+    triples = [(t, d, m) for t in tasks for d in data for m in models if (t, d, m) in fits]
+    offline_data = [d for d in data if offline(d)]
+
+    def trainable(t: str, d: str, m: str) -> dict | None:
+        """The parts of a project that keeps these three: data that needs a download or the user's files
+        trains nothing offline, so an offline dataset trains the task beside it (with the same model where
+        one fits)."""
+        offline_pairs = [(d2, m2) for d2 in offline_data for m2 in [m, *models] if (t, d2, m2) in fits]
+        pair = (d, m) if d in offline_data else next(iter(offline_pairs), None)
+        if pair is None:
+            return None
+        return {"tasks": [t], "models": sorted({m, pair[1]}), "datasets": sorted({d, pair[0]})}
+
+    tools = {k: v for k, v in PROJECTS["minimum"].items() if isinstance(v, bool)}
+    single = {}
+    for group, place in (("task", 0), ("model", 2), ("data", 1)):  # place: in a (task, data, model)
+        for name in preferred(group):
+            found = [p for p in (trainable(*triple) for triple in triples if triple[place] == name) if p]
+            if found:  # else a part that fits nothing: copier offers it, but no project can keep it
+                smallest = min(found, key=lambda parts: sum(map(len, parts.values())))  # the first of those
+                single[f"single-{group}-{name}"] = {
+                    "project_name": f"single-{group}-{name}",
+                    **smallest,
+                    **tools,
+                }
+    return single
+
+
+SINGLE = single_part_projects()
+
+
+def distinct(projects: dict[str, dict]) -> list[str]:
+    """The first name of each set of projects that keep the same parts (digits alone is the MLP alone):
+    the one to generate and test for them all."""
+    first = {}
+    for name, answers in projects.items():
+        first.setdefault(tuple(tuple(answers[q]) for q in ("tasks", "models", "datasets")), name)
+    return list(first.values())
+
 
 # What `make` and pytest pass to children through the environment: a generated project's own `make test`
 # must not inherit the template's make variables (EXTRAS, VENV), pytest options or xdist worker marks.
@@ -196,18 +252,21 @@ def differing(project: Path, template_ids: set[str]) -> list[str] | None:
 def main(names: list[str]) -> int:
     only_differing = "--differing" in names
     names = [n for n in names if n != "--differing"]
-    unknown = sorted(set(names) - set(PROJECTS))
+    if "--single" in names:
+        names = [n for n in names if n != "--single"] + distinct(SINGLE)
+    known = {**PROJECTS, **SINGLE}
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        print(f"tests.generated: error: unknown project {', '.join(unknown)} (known: {', '.join(PROJECTS)})")
+        print(f"tests.generated: error: unknown project {', '.join(unknown)} (known: {', '.join(known)})")
         return 2
     root = Path(tempfile.mkdtemp(prefix="generated-"))
     template = template_repo(root / "template")
     template_ids = set(collected(REPO)) if only_differing else set()
     failed = []
-    for name in names or PROJECTS:
+    for name in dict.fromkeys(names or PROJECTS):
         project = root / name
         start = time.perf_counter()
-        made = generate(template, project, PROJECTS[name])
+        made = generate(template, project, known[name])
         if made.returncode != 0:
             print(f"{name}: copier copy failed:\n{made.stdout}{made.stderr}")
             failed.append(name)

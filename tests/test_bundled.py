@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.helpers import REFERENCE_RUN
+
 
 def test_the_bundled_tables_are_sklearns_own():
     from sklearn.datasets import load_diabetes, load_digits
@@ -21,6 +23,7 @@ def test_the_bundled_tables_are_sklearns_own():
     assert list(DIABETES_FEATURES) == list(bunch.feature_names)
 
 
+@REFERENCE_RUN  # another default run may need SciPy itself (detection's mAP)
 def test_a_default_run_does_not_import_sklearn(tmp_path):
     """Importing scikit-learn (and SciPy with it) would cost more than the default run's training."""
     import subprocess

@@ -65,7 +65,7 @@ SCHEMA_VALUES = [
     ),
     ("trainer.precision=8", "trainer.precision='8' is not one of: 32, bf16, 16"),
     ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
-    ("data.image_size=0", "data.image_size=0 must be at least 1"),
+    ("++data.image_size=0", "data.image_size=0 must be at least 1"),  # ++: a default data without one too
     ("optimizer.lr=fast", "optimizer.lr='fast' is not a number"),
     ("optimizer.lr=inf", "optimizer.lr=inf must be a finite number"),
     ("trainer.grad_clip=-1", "trainer.grad_clip=-1.0 must be greater than 0"),

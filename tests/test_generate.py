@@ -909,3 +909,73 @@ def test_a_project_of_one_part_keeps_the_modules_that_part_imports(tmp_path):
     assert not (project / "data" / "shapes.py").exists() and not (project / "models" / "gpt.py").exists()
     imported = run([PYTHON, "-c", "import data.digit_attributes, tasks.multilabel"], project)
     assert imported.returncode == 0, imported.stderr
+
+
+# Imports every module of each project named on the command line (its packages' modules, tests/ aside, and
+# its entry points), each project in a fork of this one process, which has imported the template's first:
+# torch, hydra and the rest are imported once for all, and in each fork the project's modules are its own
+# (the template's are dropped from sys.modules). Prints a traceback for each module that does not import.
+IMPORT_EVERY_MODULE = """
+import importlib, os, sys, traceback
+from pathlib import Path
+
+def modules(root):
+    names = [p.stem for p in sorted(root.glob("*.py"))]
+    for package in sorted(p.parent for p in root.glob("*/__init__.py") if p.parent.name != "tests"):
+        for path in sorted(package.rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+template = Path.cwd()
+sys.path.insert(0, str(template))
+for name in modules(template):
+    importlib.import_module(name)
+for root in map(Path, sys.argv[1:]):
+    pid = os.fork()
+    if pid == 0:
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(str(template) + os.sep):
+                del sys.modules[name]
+        sys.path[0] = str(root)
+        os.chdir(root)
+        failed = 0
+        for name in modules(root):
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                failed = 1
+                print(f"{root.name}: import {name}:\\n{traceback.format_exc()}", flush=True)
+        os._exit(failed)
+    status = os.waitpid(pid, 0)[1]
+    if status:
+        print(f"{root.name}: importing its modules ended with wait status {status}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_project_of_each_single_part_generates_imports_its_modules_and_composes_its_default_run(
+    template, tmp_path
+):
+    """Each set of answers of tests/generated.py SINGLE (every task, model and dataset on disk, with the
+    fewest companions copier takes) generates a project that holds what was chosen, in which every module
+    imports and `python train.py --cfg job` composes the default run. A set that several parts share (digits
+    alone is the MLP alone) is generated once. `make test-generated PROJECTS=--single` runs their tests."""
+    from tests.generated import SINGLE, distinct
+
+    problems = []
+    for name in distinct(SINGLE):
+        project = tmp_path / name
+        made = generate(template, project, SINGLE[name])
+        if made.returncode != 0:
+            problems.append(f"{name}: copier copy failed:\n{made.stdout}{made.stderr}")
+            continue
+        assert_has_what_was_chosen(project, {**plain_defaults(), **SINGLE[name]})
+        composed = run([PYTHON, "train.py", "--cfg", "job"], project)
+        if composed.returncode != 0 or "model" not in (yaml.safe_load(composed.stdout) or {}):
+            problems.append(f"{name}: python train.py --cfg job:\n{composed.stdout}{composed.stderr[-3000:]}")
+    built = [str(tmp_path / name) for name in distinct(SINGLE) if (tmp_path / name).is_dir()]
+    imported = run([PYTHON, "-c", IMPORT_EVERY_MODULE, *built], REPO)
+    if imported.returncode != 0 or imported.stdout:
+        problems.append(f"importing every module:\n{imported.stdout[-5000:]}{imported.stderr[-3000:]}")
+    assert not problems, "\n".join(problems)
