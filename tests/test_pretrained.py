@@ -107,13 +107,14 @@ def test_finetune_recipe_freezes_then_trains_and_resumes_across_the_switch(tmp_p
         assert_same(resumed[part], whole[part], f"resumed from step 2: {part}")
 
 
+@needs("conf/model/mlp.yaml")  # a model that names no head
 def test_a_recipe_on_a_model_without_a_head_or_with_a_bad_scale_is_one_line(tmp_path):
     from setup.config import ConfigError, check_config
     from setup.parts import build, build_optimizer
 
     for override in ("param_groups.backbone_lr_scale=0.1", "trainer.freeze_backbone_epochs=1"):
-        cfg = compose_config(["model=simple_cnn", override], tmp_path / "run")
-        with pytest.raises(ConfigError, match=r"SimpleCNN declares no head: set `model.head_prefixes = "):
+        cfg = compose_config(["model=mlp", override], tmp_path / "run")
+        with pytest.raises(ConfigError, match=r"MLP declares no head: set `model.head_prefixes = "):
             build_optimizer(cfg, build("model", cfg.model), torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"param_groups.backbone_lr_scale=-1 must be a finite number"):
         check_config(compose_config(["param_groups.backbone_lr_scale=-1"], tmp_path / "run"))
