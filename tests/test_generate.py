@@ -929,13 +929,16 @@ def modules(root):
 
 template = Path.cwd()
 sys.path.insert(0, str(template))
-for name in modules(template):
+own = modules(template)
+for name in own:
     importlib.import_module(name)
+# The template's own modules, by name: not by file, since a checkout's .venv (torch) lies under it too.
+tops = {name.split(".")[0] for name in own}
 for root in map(Path, sys.argv[1:]):
     pid = os.fork()
     if pid == 0:
-        for name, module in list(sys.modules.items()):
-            if str(getattr(module, "__file__", None) or "").startswith(str(template) + os.sep):
+        for name in list(sys.modules):
+            if name.split(".")[0] in tops:
                 del sys.modules[name]
         sys.path[0] = str(root)
         os.chdir(root)
