@@ -90,6 +90,7 @@ def test_a_run_monitors_a_train_split_metric(tmp_path):
     assert metrics["val/knn_acc_best"] == max(metrics["val/knn_acc_best"], metrics["val/knn_acc_last"])
 
 
+@REFERENCE_RUN
 def test_the_splits_batch_limit_bounds_the_train_split_too():
     """A quick check (`trainer.limit_val_batches=2`) reads two batches of the train split, not all of it."""
     from loop.evaluation import evaluate
