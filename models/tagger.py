@@ -39,6 +39,10 @@ class Tagger(nn.Module):
         pad_token: int = 0,
     ) -> None:
         super().__init__()
+        if blocks < 0:
+            raise ValueError(
+                f"blocks={blocks} must be at least 0 (0: each token's tag from its own embedding)"
+            )
         if kernel_size % 2 == 0:
             raise ValueError(
                 f"kernel_size={kernel_size} must be odd: the convolution is centred on its token"

@@ -69,3 +69,10 @@ def test_the_tags_need_context():
     splits = entities.entities(300, 48, 0.15, 0.15, seed=0, split_seed=0)
     accuracy = entities.lookup_accuracy(splits.train, splits.test)
     assert 0.5 < accuracy < 0.9 and not math.isnan(accuracy)
+
+
+def test_a_negative_number_of_blocks_is_refused():
+    from models.tagger import Tagger
+
+    with pytest.raises(ValueError, match="blocks=-1 must be at least 0"):
+        Tagger(vocab_size=128, num_tags=5, blocks=-1)
