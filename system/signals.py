@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 
 from system.errors import Interrupted, signal_exit
@@ -60,11 +59,8 @@ def stop_while_starting(prog: str) -> None:
     """The first thing train.py and eval.py do: until Hydra is set up, a signal exits with one line."""
 
     def stop(signum: int, frame) -> None:
-        print(
-            f"{prog}: stopped by {signal.Signals(signum).name} while starting: nothing to save.",
-            file=sys.stderr,
-            flush=True,
-        )
+        # os.write, not print: the signal may have broken into a write to stderr, which refuses another.
+        os.write(2, f"{prog}: stopped by {signal.Signals(signum).name} while starting: nothing to save.\n".encode())
         # At once, without unwinding: an exception raised here lands inside whatever import is running,
         # whose library may catch and rewrap it (OmegaConf does) into a traceback. Nothing is open yet.
         os._exit(signal_exit(signum))
@@ -104,13 +100,26 @@ def held_while_forking():
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
+def _logging_busy(logger: logging.Logger) -> bool:
+    """Whether this thread is inside a write of one of the handlers that `logger`'s records reach."""
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            owned = getattr(handler.lock, "_is_owned", None)  # RLock's; a handler without a lock is never busy
+            if owned is not None and owned():
+                return True
+        node = node.parent if node.propagate else None
+    return False
+
+
 class StopSignals:
     """Inside the loop: a signal sets a flag, which the loop reads after each optimizer step. Installs the
     handlers on creation; `restore()` goes back to raising Interrupted."""
 
     def __init__(self) -> None:
         raise_if_dropped()  # a signal during set-up that a library swallowed: training must not start
-        self.signum: int | None = None
+        self._signum: int | None = None
+        self._unsaid: list[tuple[int, str, tuple]] = []  # lines a signal could not log at once (_say)
         # What a first signal does now, as the run's phase says (life/run.py sets it).
         self.then = "finishing the current step, then saving checkpoints/last.pt"
         # Under torchrun a signal sent to every process of a SLURM job step (scancel, a preemption) comes
@@ -123,6 +132,41 @@ class StopSignals:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, self._handle)
 
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker inherited this handler: the main process decides
+        if self._signum is None:
+            self._signum = signum
+            self._say(logging.WARNING, "%s: %s (send it again to exit at once, without saving).",
+                      signal.Signals(signum).name, self.then)  # fmt: skip
+            return
+        if self._agent_copy and signum == self._signum:
+            self._agent_copy = False
+            return
+        line = f"{signal.Signals(signum).name} again: exiting now, without saving."
+        if not self._say(logging.ERROR, line):
+            os.write(2, f"{line}\n".encode())  # unbuffered: the streams may be mid-write
+        os._exit(signal_exit(signum))
+
+    def _say(self, level: int, msg: str, *args) -> bool:
+        """Log now unless the signal broke into a log write (a handler's lock held by this thread, the one
+        handlers run in): writing again there is refused ("reentrant call inside BufferedWriter") and logging
+        prints its traceback. Such a line waits for the loop's next look at the flag. Returns whether said."""
+        if _logging_busy(log):
+            self._unsaid.append((level, msg, args))
+            return False
+        log.log(level, msg, *args)
+        return True
+
+    @property
+    def signum(self) -> int | None:
+        """The first stop signal, if any. Read by the loop, outside any log write: what a signal could not
+        say at once is said here."""
+        while self._unsaid:
+            level, msg, args = self._unsaid.pop(0)
+            log.log(level, msg, *args)
+        return self._signum
+
     @property
     def requested(self) -> bool:
         return self.signum is not None
@@ -131,28 +175,11 @@ class StopSignals:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
-    def _handle(self, signum: int, frame) -> None:
-        if os.getpid() != self._pid:
-            return  # a forked DataLoader worker inherited this handler: the main process decides
-        if self.signum is None:
-            self.signum = signum
-            log.warning(
-                "%s: %s (send it again to exit at once, without saving).",
-                signal.Signals(signum).name,
-                self.then,
-            )
-            return
-        if self._agent_copy and signum == self.signum:
-            self._agent_copy = False
-            return
-        log.error("%s again: exiting now, without saving.", signal.Signals(signum).name)
-        os._exit(signal_exit(signum))
-
     def adopt(self, signum: int) -> None:
         """Another rank's signal, agreed on at a synced step: this rank stops with it, as if it had come here
         (a later copy from torchrun's agent is then the copy, not a second request)."""
         if self.signum is None:
-            self.signum = signum
+            self._signum = signum
             log.warning("%s on another rank: %s", signal.Signals(signum).name, self.then)
 
     def restore(self) -> None:

@@ -2,6 +2,7 @@
 130 / 143. A second signal exits at once. Real runs of train.py, stopped with real signals."""
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -147,6 +148,59 @@ def test_a_signal_that_a_library_drops_still_stops_the_run(signum, loop):
     assert "trained" not in done.stdout and "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"train.py: stopped by {signum.name}"), done.stderr
+
+
+LANDS_IN_A_LOG_WRITE = """
+import json, logging, os, signal, sys
+sys.path.insert(0, {repo!r})
+from system.signals import StopSignals
+
+class File:
+    \"\"\"A log file that refuses a write inside its own flush, as io.BufferedWriter does ("reentrant call").\"\"\"
+    def __init__(self):
+        self.lines, self.busy, self.send = [], False, []
+    def write(self, text):
+        if self.busy:
+            raise RuntimeError("reentrant call inside File")
+        self.lines.append(text)
+    def flush(self):
+        self.busy = True
+        for signum in self.send:  # the signal lands while the flush is in flight
+            os.kill(os.getpid(), signum)
+        self.send.clear()
+        self.busy = False
+
+file = File()
+logging.getLogger().addHandler(logging.StreamHandler(file))
+logging.getLogger().setLevel(logging.INFO)
+log = logging.getLogger("train")
+signals = StopSignals()
+file.send.append(signal.SIGTERM)
+log.info("a line the signal breaks into")
+log.info("the loop's next line")
+print(json.dumps([signals.requested, [line.strip() for line in file.lines]]), flush=True)
+file.send.append(signal.SIGTERM)
+log.info("a line the second signal breaks into")
+print("not reached", flush=True)
+"""
+
+
+def test_a_signal_inside_a_log_write_is_said_after_it():
+    """What CI saw once: SIGUSR1 landed while train.log was being flushed; the handler's own log line was
+    refused inside it, and logging printed a 60-line traceback. The line now waits for the loop to read
+    the flag; a second signal there still exits at once, its line written to stderr unbuffered."""
+    script = LANDS_IN_A_LOG_WRITE.format(repo=str(REPO))
+    done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stdout + done.stderr
+    requested, logged = json.loads(done.stdout.splitlines()[0])
+    assert requested and logged == [
+        "a line the signal breaks into",
+        "the loop's next line",
+        "SIGTERM: finishing the current step, then saving checkpoints/last.pt "
+        "(send it again to exit at once, without saving).",
+    ], logged
+    assert done.stderr == "SIGTERM again: exiting now, without saving.\n", done.stderr
+    assert "not reached" not in done.stdout
 
 
 # --- Every phase, the signal sent as its sender sends it ------------------------------------------------
