@@ -60,7 +60,8 @@ def stop_while_starting(prog: str) -> None:
 
     def stop(signum: int, frame) -> None:
         # os.write, not print: the signal may have broken into a write to stderr, which refuses another.
-        os.write(2, f"{prog}: stopped by {signal.Signals(signum).name} while starting: nothing to save.\n".encode())
+        line = f"{prog}: stopped by {signal.Signals(signum).name} while starting: nothing to save.\n"
+        os.write(2, line.encode())
         # At once, without unwinding: an exception raised here lands inside whatever import is running,
         # whose library may catch and rewrap it (OmegaConf does) into a traceback. Nothing is open yet.
         os._exit(signal_exit(signum))
@@ -105,7 +106,8 @@ def _logging_busy(logger: logging.Logger) -> bool:
     node: logging.Logger | None = logger
     while node is not None:
         for handler in node.handlers:
-            owned = getattr(handler.lock, "_is_owned", None)  # RLock's; a handler without a lock is never busy
+            # RLock's _is_owned: held by this thread. A handler without a lock is never busy.
+            owned = getattr(handler.lock, "_is_owned", None)
             if owned is not None and owned():
                 return True
         node = node.parent if node.propagate else None
