@@ -12,6 +12,38 @@ def _quiet_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
 
 
+# The tests whose last run skipped (an extra, a system component or root missing), kept in pytest's cache as
+# its lastfailed is: CI runs README's `make test` with the default extras, then `--last-skipped` with every
+# extra runs those alone (.ci/run).
+SKIPPED_KEY = "template/last-skipped"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--last-skipped", action="store_true", help="run only the tests whose last run skipped")
+
+
+_outcomes: dict[str, bool] = {}  # a test's id: whether it skipped (else it ran), in this session
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _outcomes[report.nodeid] = True
+    elif report.when == "call":
+        _outcomes[report.nodeid] = False
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if config.getoption("--last-skipped") and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # nothing skipped last time: nothing left to run
+    if getattr(config, "cache", None) is None or hasattr(config, "workerinput"):
+        return  # under xdist the workers' reports reach the controller, which alone writes
+    skipped = set(config.cache.get(SKIPPED_KEY, []))
+    skipped |= {nodeid for nodeid, skip in _outcomes.items() if skip}
+    skipped -= {nodeid for nodeid, skip in _outcomes.items() if not skip}
+    config.cache.set(SKIPPED_KEY, sorted(skipped))
+
+
 def pytest_collection_modifyitems(config, items):
     """A project without a part has no test of it, not a skipped one: a test marked `needs(paths)` (see
     tests/helpers.py) whose files are not all there, and a parametrized test whose cases come from the
@@ -29,9 +61,13 @@ def pytest_collection_modifyitems(config, items):
         )
         if missing or empty:
             absent.append(item)
+    if config.getoption("--last-skipped"):
+        wanted = set(config.cache.get(SKIPPED_KEY, []))
+        absent += [item for item in items if item.nodeid not in wanted]
     if absent:
         config.hook.pytest_deselected(items=absent)
-        items[:] = [item for item in items if item not in absent]
+        absent_ids = {id(item) for item in absent}
+        items[:] = [item for item in items if id(item) not in absent_ids]
     for item in items:
         _skip_without_its_extra(item)
 

@@ -279,7 +279,10 @@ def main(names: list[str]) -> int:
         if chosen == []:  # nothing to run that the template did not: its lint still runs
             tested = make(project, "lint")
         else:
-            tested = make(project, "test", *(["PYTEST_ARGS=@.differing-tests"] if chosen is not None else []))
+            # TEST_MARKS= : the slow tests too (`make test-all`), the project's whole suite or those that differ.
+            tested = make(
+                project, "test", "TEST_MARKS=", *(["PYTEST_ARGS=@.differing-tests"] if chosen else [])
+            )
         seconds = time.perf_counter() - start
         if tested.returncode != 0:
             print(tested.stdout[-20000:] + tested.stderr[-5000:])

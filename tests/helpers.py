@@ -280,6 +280,22 @@ def needs(*paths: str):
     return pytest.mark.needs(*paths)
 
 
+def first_quick(cases) -> list:
+    """A matrix's first case runs in `make test`, its others with the `slow` tests (`make test-all`, CI): the
+    quick suite checks the capability end to end once, the whole suite on every part. `cases`: what
+    parametrize takes (values, tuples of values, or pytest.param)."""
+    import pytest
+
+    marked = []
+    for i, case in enumerate(cases):
+        if hasattr(case, "marks"):  # a pytest.param
+            values, marks, id_ = case.values, list(case.marks), case.id
+        else:
+            values, marks, id_ = (case if isinstance(case, tuple) else (case,)), [], None
+        marked.append(pytest.param(*values, marks=marks + ([pytest.mark.slow] if i else []), id=id_))
+    return marked
+
+
 # The template's default run, classification of digits with the MLP: the tests that check what exactly this
 # run gives (its accuracy, split sizes, the MLP's keys) are collected only in a project that has all three
 # (where they are the first task, data and model, so the default run: copier.yml).

@@ -51,7 +51,6 @@ def losses(run: Path) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in event_accumulator(run).Scalars("train/loss")]
 
 
-@pytest.mark.slow
 @REFERENCE_RUN
 def test_torchrun_two_processes_train_as_one(tmp_path):
     ddp = torchrun([*SAME_MATH, "data.batch_size=16", f"paths.output_root={tmp_path / 'ddp'}"])

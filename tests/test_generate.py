@@ -845,6 +845,7 @@ def test_a_folder_name_too_long_is_refused_in_one_line_before_anything_is_writte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c" * 255]
 
 
+@pytest.mark.slow
 def test_the_three_pairing_rules_agree_on_every_triple_a_fork_s_too(tmp_path):
     """tests/helpers.py `compatible`, copier's `_fits` (.copier/parts.jinja) and the check before training
     (setup/parts.py `check_declared`) pair the same task x data x model, over the parts on disk and a fork's

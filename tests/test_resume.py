@@ -19,6 +19,7 @@ from tests.helpers import (
     REPO,
     event_accumulator,
     first_combo_per_task,
+    first_quick,
     kill9_once_written,
     needs,
     read_metrics,
@@ -324,8 +325,7 @@ def cifar10_files(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return REPO, overrides
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", cases())
+@pytest.mark.parametrize("case", first_quick(cases()))
 def test_kill9_then_resume_is_bit_identical(case, tmp_path):
     root, overrides, env = (*named(case.setup)(tmp_path), {})[:3] if case.setup else (REPO, {}, {})
     args = {**KILL_RUN, **overrides, **case.overrides}

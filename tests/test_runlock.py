@@ -33,6 +33,7 @@ def contend(run_dir: str, start, tried, results) -> None:
         lock.release()
 
 
+@pytest.mark.slow
 def test_processes_racing_for_the_lock_get_exactly_one_holder(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     start, tried = ctx.Barrier(WORKERS + 1), ctx.Barrier(WORKERS + 1)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 
 import pytest
 
-from tests.helpers import REPO, require_extra
+from tests.helpers import PYTHON, REPO, require_extra
 
 
 def test_a_missing_extra_of_a_namespace_package_skips(monkeypatch):
@@ -35,4 +37,47 @@ def test_ci_runs_readmes_make_test_with_the_default_extras_first():
     assert not any("REQUIRE_E2E" in c for c in commands[:plain])
     extended = [i for i, c in enumerate(commands) if c.startswith("make test EXTRAS=")]
     assert extended and extended[0] > plain
+    # The whole suite once: the slow tests that README's `make test` leaves out come after it.
+    assert commands.index("make test TEST_MARKS=slow") > plain
+    assert all("--last-skipped" in commands[i] for i in extended)
     assert "make test" in (REPO / "README.md").read_text()
+
+
+SKIPS_WITHOUT_IT = """
+import os
+import pytest
+
+
+def test_runs_anywhere():
+    pass
+
+
+@pytest.mark.skipif(os.environ.get("HAVE_IT") != "1", reason="needs it")
+def test_needs_it():
+    pass
+"""
+
+
+def test_last_skipped_runs_the_tests_that_skipped_and_nothing_else(tmp_path):
+    """CI's pass with every extra runs what the passes before it skipped (tests/conftest.py), read from
+    pytest's cache; once they have run, nothing is left, and that is no failure."""
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import pytest_addoption, pytest_collection_modifyitems, "
+        "pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401\n"
+    )
+    (tmp_path / "test_it.py").write_text(SKIPS_WITHOUT_IT)
+
+    def pytest_(*args: str, have_it: bool) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HAVE_IT": "1" if have_it else "0",
+               "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # fmt: skip
+        cmd = [PYTHON, "-m", "pytest", "-rA", "-q", *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    first = pytest_(have_it=False)
+    assert first.returncode == 0 and "1 passed, 1 skipped" in first.stdout, first.stdout + first.stderr
+    again = pytest_("--last-skipped", have_it=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "PASSED test_it.py::test_needs_it" in again.stdout and "test_runs_anywhere" not in again.stdout
+    assert "1 passed, 1 deselected" in again.stdout, again.stdout
+    done = pytest_("--last-skipped", have_it=True)
+    assert done.returncode == 0 and "2 deselected" in done.stdout, done.stdout + done.stderr

@@ -16,6 +16,7 @@ from tests.helpers import (
     PYTHON,
     REPO,
     event_accumulator,
+    first_quick,
     needs,
     read_metrics,
     run_cli,
@@ -295,9 +296,8 @@ SENDERS = {"training": "ctrl-c", "first batch with the graph": "scancel", "valid
 SIGNALS = {"ctrl-c": signal.SIGINT, "scancel": signal.SIGTERM}
 
 
-@pytest.mark.slow
 @WORKER_RUN
-@pytest.mark.parametrize("phase, sender", SENDERS.items())
+@pytest.mark.parametrize("phase, sender", first_quick(SENDERS.items()))
 def test_a_signal_to_the_group_saves_last_pt_and_resume_finishes(tmp_path, phase, sender):
     moment, args = PHASES[phase]
     signum = SIGNALS[sender]
