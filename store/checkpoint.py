@@ -162,9 +162,8 @@ def restore_evaluated(parts, ckpt: Checkpoint) -> TrainState:
 
 
 def _load_model(parts, ckpt: Checkpoint, with_optimizer: bool) -> tuple[str, ...]:
-    """A checkpoint's model (and a sharded one's optimizer) into parts.model; returns the parts loaded.
-    torch.distributed.checkpoint is imported only when the checkpoint or the model is sharded: a second
-    of every other run's start-up."""
+    """A checkpoint's model (a sharded one's optimizer too) into parts.model; the parts loaded. DCP is imported
+    only for a sharded checkpoint or model: it costs every other run's start-up a second."""
     from setup.distributed import is_fsdp
 
     if ckpt.sharded or is_fsdp(parts.model):
