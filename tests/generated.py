@@ -136,9 +136,11 @@ def distinct(projects: dict[str, dict]) -> list[str]:
 
 
 # What `make` and pytest pass to children through the environment: a generated project's own `make test`
-# must not inherit the template's make variables (EXTRAS, VENV), pytest options or xdist worker marks.
+# must not inherit the template's make variables (make puts the command line's in the environment too: CI's
+# `make test TEST_MARKS=slow` would select only the project's slow tests), pytest options or xdist marks.
 INHERITED = (
     *("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "HYDRA_FULL_ERROR"),
+    *("EXTRAS", "VENV", "TEST_JOBS", "TEST_MARKS", "PYTEST_ARGS", "PROJECTS", "ARGS"),
     *("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"),
 )
 
