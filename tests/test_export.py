@@ -84,8 +84,14 @@ def export_in_process(*overrides: str):
     return export.export_run(cfg)
 
 
-def test_the_table_has_a_row_for_every_shipped_model():
-    assert sorted(table()) == sorted(options("model"))
+def test_each_row_of_the_table_is_a_model_on_disk():
+    """A row names a model of conf/ (none deleted, none misspelled). A model without a row, a fork's, is held
+    to export to both formats (`table_says`), as docs/export.md says: no row to add for a fork's tests."""
+    assert set(table()) <= set(options("model"))
+
+
+def table_says(model: str) -> dict[str, bool]:
+    return table().get(model, dict.fromkeys(FORMATS, True))
 
 
 def outputs_of(file, fmt: str, x):
@@ -119,7 +125,7 @@ def test_a_shipped_model_exports_as_the_table_says(runs, model, fmt, capfd):
         require_extra("onnxruntime", "export")
     run = runs(model)
     out = run / "export" / f"model{'.onnx' if fmt == 'onnx' else '.pt2'}"
-    if not table()[model][fmt]:
+    if not table_says(model)[fmt]:
         capfd.readouterr()
         with pytest.raises(UserError) as told:
             export_in_process(f"run={run}", f"format={fmt}")
@@ -149,7 +155,7 @@ def test_a_shipped_model_exports_as_the_table_says(runs, model, fmt, capfd):
 
 def exporting(fmt: str) -> str:
     """The first shipped model that exports to fmt (a project with none skips the test)."""
-    found = next((m for m in MODELS if table()[m][fmt]), None)
+    found = next((m for m in MODELS if table_says(m)[fmt]), None)
     if found is None:
         pytest.skip(f"no shipped model exports to {fmt}")
     return found
