@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import re
@@ -46,6 +47,7 @@ DEADLINE = 90  # seconds: a guard against hangs, not a timing assertion
 # serve_tb.sh remembers the remote directory of each checkout and host in $XDG_STATE_HOME/serve_tb: the
 # scripts that the tests start keep that memory in a directory of the test run, not in the user's home.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="serve_tb_state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], ignore_errors=True)
 
 
 def require(available: bool, what: str) -> None:

@@ -11,6 +11,7 @@ the same logic inside the 30 s that docs/remote_tensorboard.md promises.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import shutil
@@ -613,6 +614,7 @@ def checkouts(sshd, tmp_path: Path, training_run: Path, laptop: str, *server: st
             (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
             copy_run(training_run, checkout / "outputs" / "run1")
     local_tmp = Path(tempfile.mkdtemp(prefix="stb-", dir="/tmp"))  # short: a socket path lives there
+    atexit.register(shutil.rmtree, local_tmp, ignore_errors=True)
     env = {
         **os.environ,
         "HOME": str(home),
